@@ -1,0 +1,397 @@
+//! Kafka v2 RecordBatch: header layout, validation, and the two fields the broker patches.
+//!
+//! A batch is stored on disk byte for byte as the producer sent it, except `baseOffset`
+//! and `partitionLeaderEpoch`, which the leader assigns. Both lie before the CRC'd region,
+//! so patching them keeps the producer's CRC valid and a fetch can send the bytes as they
+//! are. All integers are big-endian.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  baseOffset            (patched by the broker)
+//!      8     4  batchLength           (bytes after this field: total = 12 + batchLength)
+//!     12     4  partitionLeaderEpoch  (patched by the broker)
+//!     16     1  magic                 (must be 2)
+//!     17     4  crc                   (CRC-32C of bytes 21..end)
+//!     21     2  attributes            (bits 0-2 codec, 3 timestamp type, 4 transactional, 5 control)
+//!     23     4  lastOffsetDelta
+//!     27     8  baseTimestamp
+//!     35     8  maxTimestamp
+//!     43     8  producerId
+//!     51     2  producerEpoch
+//!     53     4  baseSequence
+//!     57     4  recordCount
+//!     61     …  records
+//! ```
+
+use crate::error::BatchError;
+use crate::types::{LeaderEpoch, Offset, Timestamp};
+
+/// Bytes of the fixed batch header.
+pub const HEADER_BYTES: usize = 61;
+/// Bytes before `batchLength`'s coverage begins (baseOffset + batchLength).
+pub const LOG_OVERHEAD: usize = 12;
+/// Where the CRC'd region starts.
+pub const CRC_START: usize = 21;
+
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const EPOCH_AT: usize = 12;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const BASE_TIMESTAMP_AT: usize = 27;
+const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+const RECORD_COUNT_AT: usize = 57;
+
+/// Compression codec from the low three attribute bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
+/// The parsed fixed header of one batch. Holds no reference to the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: Offset,
+    /// Total bytes of the batch, header included (12 + batchLength).
+    pub size: usize,
+    pub leader_epoch: LeaderEpoch,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: Timestamp,
+    pub max_timestamp: Timestamp,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads the fixed header from the start of `bytes`. Checks only that the header is
+    /// present and that the length field is sane; `validate` checks the rest.
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(BatchError::TooShort {
+                present: bytes.len(),
+            });
+        }
+        let batch_length = be_i32(bytes, 8);
+        if batch_length < (HEADER_BYTES - LOG_OVERHEAD) as i32 {
+            return Err(BatchError::LengthMismatch {
+                declared: i64::from(batch_length) + LOG_OVERHEAD as i64,
+                present: bytes.len(),
+            });
+        }
+        Ok(BatchHeader {
+            base_offset: Offset(be_i64(bytes, 0)),
+            size: batch_length as usize + LOG_OVERHEAD,
+            leader_epoch: LeaderEpoch(be_i32(bytes, EPOCH_AT)),
+            magic: bytes[MAGIC_AT] as i8,
+            crc: u32::from_be_bytes(bytes[CRC_AT..CRC_AT + 4].try_into().expect("4 bytes")),
+            attributes: be_i16(bytes, ATTRIBUTES_AT),
+            last_offset_delta: be_i32(bytes, LAST_OFFSET_DELTA_AT),
+            base_timestamp: Timestamp(be_i64(bytes, BASE_TIMESTAMP_AT)),
+            max_timestamp: Timestamp(be_i64(bytes, MAX_TIMESTAMP_AT)),
+            producer_id: be_i64(bytes, PRODUCER_ID_AT),
+            producer_epoch: be_i16(bytes, PRODUCER_EPOCH_AT),
+            base_sequence: be_i32(bytes, BASE_SEQUENCE_AT),
+            record_count: be_i32(bytes, RECORD_COUNT_AT),
+        })
+    }
+
+    /// The offset of the batch's last record.
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(i64::from(self.last_offset_delta))
+    }
+
+    /// The compression codec, if the attribute bits name a known one.
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        match self.attributes & 0x7 {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Gzip),
+            2 => Ok(Compression::Snappy),
+            3 => Ok(Compression::Lz4),
+            4 => Ok(Compression::Zstd),
+            codec => Err(BatchError::UnknownCompression { codec: codec as u8 }),
+        }
+    }
+
+    /// Whether the batch is a transaction control batch (commit/abort marker).
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+}
+
+/// Validates one whole batch as a producer sent it: magic 2, the declared length equals
+/// the bytes present, the CRC-32C matches, the record count agrees with lastOffsetDelta,
+/// a known codec, and the size is within `max_bytes`. Returns the parsed header.
+pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    if header.magic != 2 {
+        return Err(BatchError::UnsupportedMagic {
+            magic: header.magic,
+        });
+    }
+    if header.size != bytes.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: header.size as i64,
+            present: bytes.len(),
+        });
+    }
+    if bytes.len() > max_bytes {
+        return Err(BatchError::TooLarge {
+            size: bytes.len(),
+            max: max_bytes,
+        });
+    }
+    let computed = crc32c::crc32c(&bytes[CRC_START..]);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    header.compression()?;
+    if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::CountMismatch {
+            count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
+/// Checks a batch read back from a segment: header sane, magic 2, and CRC intact. Unlike
+/// `validate`, it accepts batches whose record count is below lastOffsetDelta + 1, since
+/// compaction leaves such batches.
+pub fn verify_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    if header.magic != 2 {
+        return Err(BatchError::UnsupportedMagic {
+            magic: header.magic,
+        });
+    }
+    if header.size > bytes.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: header.size as i64,
+            present: bytes.len(),
+        });
+    }
+    let computed = crc32c::crc32c(&bytes[CRC_START..header.size]);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.last_offset_delta < 0 || header.record_count < 0 {
+        return Err(BatchError::CountMismatch {
+            count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
+/// Stamps the broker-assigned base offset and leader epoch into a batch. Neither field is
+/// covered by the CRC, so the batch stays valid.
+pub fn patch(bytes: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
+    assert!(
+        bytes.len() >= HEADER_BYTES,
+        "patching a batch shorter than its header"
+    );
+    bytes[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
+    bytes[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&leader_epoch.0.to_be_bytes());
+}
+
+/// Reads a zig-zag varint (Kafka's record field encoding) at `*at`, advancing it.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// For an uncompressed batch, the offset of the first record whose timestamp is at least
+/// `target`. Returns `None` if the batch is compressed (the caller then answers with the
+/// batch's base offset, which is never later than the exact record) or malformed, or if
+/// no record qualifies.
+pub fn first_record_at_or_after(bytes: &[u8], target: Timestamp) -> Option<Offset> {
+    let header = BatchHeader::parse(bytes).ok()?;
+    if header.compression().ok()? != Compression::None || header.attributes & 0x08 != 0 {
+        // LogAppendTime batches carry the time in maxTimestamp only.
+        return None;
+    }
+    let mut at = HEADER_BYTES;
+    for _ in 0..header.record_count {
+        let length = read_varint(bytes, &mut at)?;
+        let record_start = at;
+        at += 1; // record attributes
+        let timestamp_delta = read_varint(bytes, &mut at)?;
+        let offset_delta = read_varint(bytes, &mut at)?;
+        if header.base_timestamp.0.saturating_add(timestamp_delta) >= target.0 {
+            return Some(header.base_offset.plus(offset_delta));
+        }
+        at = record_start.checked_add(usize::try_from(length).ok()?)?;
+    }
+    None
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a valid uncompressed v2 batch of `count` records with the given values,
+    /// timestamps `base_ts + i`. Used across the engine's tests.
+    pub fn build_batch(count: i32, value_bytes: usize, base_ts: i64) -> Vec<u8> {
+        let mut records = Vec::new();
+        for i in 0..count {
+            let mut body = vec![0u8]; // attributes
+            put_varint(&mut body, i64::from(i)); // timestamp delta
+            put_varint(&mut body, i64::from(i)); // offset delta
+            put_varint(&mut body, -1); // null key
+            put_varint(&mut body, value_bytes as i64);
+            body.extend(std::iter::repeat_n((i % 251) as u8, value_bytes));
+            put_varint(&mut body, 0); // no headers
+            put_varint(&mut records, body.len() as i64);
+            records.extend(body);
+        }
+        let mut b = vec![0u8; HEADER_BYTES];
+        b.extend(records);
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+        b[16] = 2;
+        b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+        b[27..35].copy_from_slice(&base_ts.to_be_bytes());
+        b[35..43].copy_from_slice(&(base_ts + i64::from(count) - 1).to_be_bytes());
+        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+        b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+        b[57..61].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    fn put_varint(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        loop {
+            if z < 0x80 {
+                out.push(z as u8);
+                return;
+            }
+            out.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+    }
+
+    #[test]
+    fn a_built_batch_validates() {
+        let b = build_batch(3, 10, 1000);
+        let h = validate(&b, 1 << 20).unwrap();
+        assert_eq!(h.record_count, 3);
+        assert_eq!(h.size, b.len());
+        assert_eq!(h.max_timestamp, Timestamp(1002));
+    }
+
+    #[test]
+    fn bad_input_gets_a_typed_error() {
+        let good = build_batch(2, 5, 0);
+        let mut b = good.clone();
+        b[16] = 1;
+        assert_eq!(
+            validate(&b, 1 << 20),
+            Err(BatchError::UnsupportedMagic { magic: 1 })
+        );
+        let mut b = good.clone();
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        let b = &good[..good.len() - 1];
+        assert!(matches!(
+            validate(b, 1 << 20),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            validate(&good, 10),
+            Err(BatchError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            validate(&good[..30], 1 << 20),
+            Err(BatchError::TooShort { .. })
+        ));
+        let mut b = good.clone();
+        b[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn patching_keeps_the_crc_valid() {
+        let mut b = build_batch(4, 3, 0);
+        patch(&mut b, Offset(1234), LeaderEpoch(7));
+        let h = validate(&b, 1 << 20).unwrap();
+        assert_eq!(h.base_offset, Offset(1234));
+        assert_eq!(h.leader_epoch, LeaderEpoch(7));
+        assert_eq!(h.last_offset(), Offset(1237));
+    }
+
+    #[test]
+    fn finds_the_first_record_at_a_timestamp() {
+        let mut b = build_batch(5, 2, 100);
+        patch(&mut b, Offset(50), LeaderEpoch(0));
+        assert_eq!(
+            first_record_at_or_after(&b, Timestamp(102)),
+            Some(Offset(52))
+        );
+        assert_eq!(first_record_at_or_after(&b, Timestamp(0)), Some(Offset(50)));
+        assert_eq!(first_record_at_or_after(&b, Timestamp(105)), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn validator_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(0u8..=255, 0..200)) {
+            let _ = validate(&bytes, 1 << 20);
+            let _ = verify_stored(&bytes);
+            let _ = first_record_at_or_after(&bytes, Timestamp(0));
+        }
+
+        #[test]
+        fn any_single_byte_flip_in_the_crc_region_is_caught(at in 21usize..80, bit in 0u8..8) {
+            let mut b = build_batch(2, 8, 0);
+            let at = at.min(b.len() - 1);
+            b[at] ^= 1 << bit;
+            proptest::prop_assert!(validate(&b, 1 << 20).is_err());
+        }
+    }
+}

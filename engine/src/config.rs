@@ -1,0 +1,150 @@
+//! Per-partition storage configuration: the topic configs the engine acts on, with
+//! Kafka's names, defaults and range checks. A bad value is a recoverable
+//! `InvalidConfig` error naming the key and the reason; nothing is changed.
+
+use crate::error::{EngineError, Result};
+use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// When an append resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckPolicy {
+    /// After the flush cycle holding the batch has written it and `fdatasync` returned.
+    Durable,
+    /// As soon as the batch is in the log (offsets assigned, staged for the next flush),
+    /// as Kafka's acks=1 answers once the write is in the page cache. Readers still see
+    /// the batch only once it is durable (the high watermark is the durable end).
+    Appended,
+}
+
+/// Storage settings of one partition.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionConfig {
+    /// `segment.bytes`: roll the active segment when a batch would take it past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll the active segment once its first batch is this old.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete closed segments whose newest record is older; -1 keeps all.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete oldest closed segments while the log exceeds this; -1 keeps all.
+    pub retention_bytes: i64,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_message_bytes: u32,
+    /// `index.interval.bytes`: log bytes between sparse index entries.
+    pub index_interval_bytes: u32,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * DAY_MS,
+            retention_ms: 7 * DAY_MS,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            index_interval_bytes: INDEX_INTERVAL_BYTES,
+        }
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> EngineError {
+    EngineError::InvalidConfig {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_in<T>(key: &str, value: &str, min: T, max: T) -> Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let parsed: T = value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "not a number"))?;
+    if parsed < min || parsed > max {
+        return Err(invalid(
+            key,
+            value,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(parsed)
+}
+
+impl PartitionConfig {
+    /// The config keys this struct understands.
+    pub const KEYS: [&'static str; 6] = [
+        "segment.bytes",
+        "segment.ms",
+        "retention.ms",
+        "retention.bytes",
+        "max.message.bytes",
+        "index.interval.bytes",
+    ];
+
+    /// Sets one config from its Kafka name and string value, checking its range.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "segment.bytes" => {
+                self.segment_bytes = parse_in(key, value, SEGMENT_BYTES_MIN, SEGMENT_BYTES_MAX)?
+            }
+            "segment.ms" => self.segment_ms = parse_in(key, value, 1, i64::MAX)?,
+            "retention.ms" => self.retention_ms = parse_in(key, value, -1, i64::MAX)?,
+            "retention.bytes" => self.retention_bytes = parse_in(key, value, -1, i64::MAX)?,
+            "max.message.bytes" => {
+                self.max_message_bytes = parse_in(key, value, 0, BATCH_BYTES_MAX as u32)?
+            }
+            "index.interval.bytes" => self.index_interval_bytes = parse_in(key, value, 1, 1 << 30)?,
+            _ => return Err(invalid(key, value, "unknown config key")),
+        }
+        Ok(())
+    }
+
+    /// Builds a config from defaults and `key=value` overrides.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+        let mut config = PartitionConfig::default();
+        for (key, value) in pairs {
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Largest batch accepted: `max.message.bytes`, never above the engine's hard cap.
+    pub fn batch_bytes_max(&self) -> usize {
+        (self.max_message_bytes as usize).min(BATCH_BYTES_MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_kafkas() {
+        let c = PartitionConfig::default();
+        assert_eq!(c.segment_bytes, 1 << 30);
+        assert_eq!(c.retention_ms, 604_800_000);
+        assert_eq!(c.retention_bytes, -1);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_change_nothing() {
+        let mut c = PartitionConfig::default();
+        for (k, v) in [
+            ("segment.bytes", "abc"),
+            ("segment.bytes", "5"),
+            ("segment.bytes", "99999999999"),
+            ("retention.ms", "-2"),
+            ("no.such.key", "1"),
+        ] {
+            let e = c.set(k, v).unwrap_err();
+            assert!(e.to_string().contains(k), "{e}");
+            assert_eq!(c, PartitionConfig::default());
+        }
+        c.set("segment.bytes", "1048576").unwrap();
+        assert_eq!(c.segment_bytes, 1 << 20);
+    }
+}

@@ -1,0 +1,389 @@
+//! A partition log: ordered segments, the append path, and the offsets that describe it.
+//!
+//! Lives on, and is only touched by, the shard that owns the partition; there are no
+//! locks, only `RefCell` borrows that are never held across an `.await`.
+//!
+//! Offsets, each a promise (all dense, `log_start <= high_watermark <= durable_end <= log_end`):
+//! - `log_start`: the first offset still in the log (retention moves it forward);
+//! - `log_end`: the next offset to assign; batches below it are appended (maybe only staged);
+//! - `durable_end`: every offset below it is written and covered by a completed `fdatasync`;
+//! - `high_watermark`: the last offset + 1 readers may see. On a single node it equals
+//!   `durable_end`; replication will drive it to the quorum commit index instead.
+//!
+//! Appends are validated, stamped with their base offset and leader epoch, staged into
+//! the active segment's aligned buffers and the tail cache, then made durable by the
+//! partition's flusher (group commit, see `flush`). A storage failure takes the partition
+//! offline through `Inner::fail`, the one place that does so.
+
+mod flush;
+pub(crate) mod open;
+mod read;
+mod retention;
+mod scan;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures::channel::oneshot;
+use glommio::channels::local_channel::LocalSender;
+use glommio::sync::{Semaphore, StaticPermit};
+use glommio::task::JoinHandle;
+
+use crate::batch::{self, BatchHeader};
+use crate::cache::TailCache;
+use crate::config::{AckPolicy, PartitionConfig};
+use crate::error::{EngineError, Result};
+use crate::limits::{PARTITION_STAGED_BYTES_MAX, SHARD_STAGED_BYTES_MAX};
+use crate::meta::PartitionMeta;
+use crate::segment::Segment;
+use crate::types::{LeaderEpoch, Offset, ShardId, Timestamp, TopicPartition};
+
+pub use read::{ReadChunk, ReadResult};
+pub use retention::RetentionOutcome;
+
+/// Resources one shard's partitions share. Created once per shard.
+#[derive(Debug)]
+pub struct ShardResources {
+    pub shard: ShardId,
+    /// Permits for staged bytes over the whole shard (`SHARD_STAGED_BYTES_MAX`).
+    pub staged: Rc<Semaphore>,
+    /// Tail-cache bytes over the whole shard.
+    pub cache_bytes: Rc<Cell<usize>>,
+    /// Task queue for flushes, sealing, retention and checkpoints.
+    pub background: Option<glommio::TaskQueueHandle>,
+}
+
+impl ShardResources {
+    pub fn new(shard: ShardId, background: Option<glommio::TaskQueueHandle>) -> Rc<ShardResources> {
+        Rc::new(ShardResources {
+            shard,
+            staged: Rc::new(Semaphore::new(SHARD_STAGED_BYTES_MAX as u64)),
+            cache_bytes: Rc::new(Cell::new(0)),
+            background,
+        })
+    }
+}
+
+/// What an append resolved with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub log_start: Offset,
+    /// The broker's time of the append (for LogAppendTime topics).
+    pub append_time: Timestamp,
+}
+
+/// The offsets of a partition at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start: Offset,
+    pub high_watermark: Offset,
+    pub durable_end: Offset,
+    pub log_end: Offset,
+}
+
+/// A handle to a partition log, cheap to clone, usable only on its shard.
+#[derive(Clone, Debug)]
+pub struct PartitionLog(Rc<Inner>);
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    tp: TopicPartition,
+    dir: PathBuf,
+    state: RefCell<LogState>,
+    /// Serialises the part of an append that may roll a segment and assigns offsets, so
+    /// appends land in arrival order even when one of them waits for a roll.
+    gate: Semaphore,
+    /// Serialises writes of the partition's metadata files (checkpoint), which share a
+    /// temporary file name.
+    metadata_gate: Semaphore,
+    /// Rung after every append; the flusher waits on it. Capacity 1: rings coalesce.
+    flush_bell: LocalSender<()>,
+    flusher: RefCell<Option<JoinHandle<()>>>,
+    shard: Rc<ShardResources>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LogState {
+    meta: PartitionMeta,
+    segments: BTreeMap<Offset, Segment>,
+    log_start: Offset,
+    log_end: Offset,
+    durable_end: Offset,
+    high_watermark: Offset,
+    leader_epoch: LeaderEpoch,
+    /// Bytes staged since the last flush cycle took them.
+    staged_bytes: usize,
+    /// Shard-wide staging permits of the staged and in-flight appends.
+    staged_permits: Vec<StaticPermit>,
+    /// Durable appends waiting for `durable_end` to pass their end offset; in offset order.
+    durable_waiters: VecDeque<(Offset, oneshot::Sender<Result<()>>)>,
+    /// Woken after every flush cycle (and on failure): staged-bytes backpressure and
+    /// long-polling readers. Bounded by the callers in flight.
+    progress_waiters: Vec<oneshot::Sender<()>>,
+    /// A segment file was created or deleted; the next cycle syncs the directory first.
+    dir_dirty: bool,
+    failed: Option<String>,
+    closing: bool,
+    cache: TailCache,
+}
+
+impl LogState {
+    fn config(&self) -> &PartitionConfig {
+        &self.meta.config
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn offsets(&self) -> LogOffsets {
+        LogOffsets {
+            log_start: self.log_start,
+            high_watermark: self.high_watermark,
+            durable_end: self.durable_end,
+            log_end: self.log_end,
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert!(
+            self.log_start <= self.high_watermark,
+            "log start past high watermark"
+        );
+        assert!(
+            self.high_watermark <= self.durable_end,
+            "high watermark past durable end"
+        );
+        assert!(self.durable_end <= self.log_end, "durable end past log end");
+        assert_eq!(
+            self.active().next_offset,
+            self.log_end,
+            "active segment ends at log end"
+        );
+    }
+
+    /// Whether a batch of `size` bytes and `records` records must go to a new segment.
+    fn needs_roll(&self, size: usize, records: i64, now: Timestamp) -> bool {
+        let active = self.active();
+        if active.is_empty() {
+            return false;
+        }
+        let config = self.config();
+        let too_big = active.size + size as u64 > config.segment_bytes;
+        let too_old = active
+            .first_append_at
+            .is_some_and(|first| now.0.saturating_sub(first.0) >= config.segment_ms);
+        // Relative offsets in `.index` are u32.
+        let offsets_full = self.log_end.0 + records - active.base_offset.0 > i64::from(u32::MAX);
+        too_big || too_old || offsets_full
+    }
+
+    fn usable(&self, tp: &TopicPartition) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(EngineError::PartitionOffline {
+                tp: tp.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if self.closing {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
+    }
+}
+
+impl PartitionLog {
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.0.tp
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.0.dir
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        self.0.state.borrow().offsets()
+    }
+
+    pub fn config(&self) -> PartitionConfig {
+        self.0.state.borrow().config().clone()
+    }
+
+    /// Number of segments (closed and active).
+    pub fn segment_count(&self) -> usize {
+        self.0.state.borrow().segments.len()
+    }
+
+    /// Base offsets of all segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.0.state.borrow().segments.keys().copied().collect()
+    }
+
+    /// The reason the partition went offline, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.0.state.borrow().failed.clone()
+    }
+
+    /// Validates a producer's batch, assigns its offsets, stages it, and resolves per
+    /// `policy`. A rejected batch writes nothing. The batch's bytes become the stored and
+    /// cached bytes; only base offset and leader epoch are changed.
+    pub async fn append(
+        &self,
+        mut batch: BytesMut,
+        leader_epoch: LeaderEpoch,
+        policy: AckPolicy,
+    ) -> Result<AppendInfo> {
+        let inner = &self.0;
+        let max_bytes = inner.state.borrow().config().batch_bytes_max();
+        let header = batch::validate(&batch, max_bytes)?;
+        inner.state.borrow().usable(&inner.tp)?;
+        let size = batch.len();
+        let permit = inner
+            .shard
+            .staged
+            .acquire_static_permit(size as u64)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let _gate = inner
+            .gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        inner.wait_for_staging_room(size).await?;
+        let now = Timestamp::now();
+        let records = i64::from(header.record_count);
+        if inner.state.borrow().needs_roll(size, records, now) {
+            inner.roll().await?;
+        }
+        let (info, waiter) = {
+            let mut st = inner.state.borrow_mut();
+            st.usable(&inner.tp)?;
+            let base_offset = st.log_end;
+            batch::patch(&mut batch, base_offset, leader_epoch);
+            let header = BatchHeader {
+                base_offset,
+                leader_epoch,
+                ..header
+            };
+            let bytes = batch.freeze();
+            st.active_mut().append(&bytes, &header, now);
+            st.log_end = header.last_offset().next();
+            st.leader_epoch = st.leader_epoch.max(leader_epoch);
+            st.cache.push(base_offset, header.last_offset(), bytes);
+            st.staged_bytes += size;
+            st.staged_permits.push(permit);
+            let waiter = (policy == AckPolicy::Durable).then(|| {
+                let (tx, rx) = oneshot::channel();
+                let end = st.log_end;
+                st.durable_waiters.push_back((end, tx));
+                rx
+            });
+            st.check_invariants();
+            let info = AppendInfo {
+                base_offset,
+                last_offset: header.last_offset(),
+                log_start: st.log_start,
+                append_time: now,
+            };
+            (info, waiter)
+        };
+        drop(_gate);
+        inner.ring_flusher();
+        if let Some(waiter) = waiter {
+            waiter.await.map_err(|_| EngineError::ShuttingDown)??;
+        }
+        Ok(info)
+    }
+
+    /// Resolves after the next flush cycle completes, or at once if the partition failed
+    /// or is closing. Long-polling readers use it to wait for the high watermark to move.
+    pub async fn wait_for_progress(&self) {
+        self.0.wait_for_progress().await
+    }
+}
+
+impl Inner {
+    fn ring_flusher(&self) {
+        // Full means a ring is already pending: rings coalesce, which is the point.
+        let _ = self.flush_bell.try_send(());
+    }
+
+    async fn wait_for_progress(&self) {
+        let rx = {
+            let mut st = self.state.borrow_mut();
+            if st.failed.is_some() || st.closing {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            st.progress_waiters.push(tx);
+            rx
+        };
+        let _ = rx.await;
+    }
+
+    /// Backpressure: waits while this partition has more than its share staged.
+    async fn wait_for_staging_room(&self, size: usize) -> Result<()> {
+        loop {
+            let staged = self.state.borrow().staged_bytes;
+            if staged == 0 || staged + size <= PARTITION_STAGED_BYTES_MAX {
+                return Ok(());
+            }
+            self.ring_flusher();
+            self.wait_for_progress().await;
+            self.state.borrow().usable(&self.tp)?;
+        }
+    }
+
+    /// Starts a new active segment at `log_end`. The old one keeps its staged bytes; the
+    /// flusher writes them and seals it. Called with the append gate held.
+    async fn roll(&self) -> Result<()> {
+        let (base, interval) = {
+            let st = self.state.borrow();
+            (st.log_end, st.config().index_interval_bytes)
+        };
+        let segment = Segment::create(&self.dir, base, interval).await?;
+        tracing::debug!(partition = %self.tp, base_offset = base.0, "rolled a new segment");
+        let mut st = self.state.borrow_mut();
+        assert!(
+            st.segments.insert(base, segment).is_none(),
+            "segment base offsets are unique"
+        );
+        st.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Takes the partition offline after a storage failure: every waiting append gets an
+    /// error, new calls are refused, nothing is retried (after a failed fsync the file's
+    /// contents are unknown). The one place that does this, and it says so loudly.
+    fn fail(&self, error: &EngineError) {
+        let reason = error.to_string();
+        tracing::error!(partition = %self.tp, %reason, "partition taken offline after a storage failure");
+        let mut st = self.state.borrow_mut();
+        st.failed.get_or_insert(reason.clone());
+        for (_, tx) in st.durable_waiters.drain(..) {
+            let _ = tx.send(Err(EngineError::PartitionOffline {
+                tp: self.tp.clone(),
+                reason: reason.clone(),
+            }));
+        }
+        for tx in st.progress_waiters.drain(..) {
+            let _ = tx.send(());
+        }
+        st.staged_permits.clear();
+    }
+}

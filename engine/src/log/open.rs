@@ -1,0 +1,540 @@
+//! Creating, opening (with crash recovery), checkpointing and closing a partition log.
+//!
+//! Recovery rules (also in docs/FORMAT.md):
+//! - After a clean shutdown (the checkpoint says so), segments and indexes are trusted;
+//!   only the active segment's tail after its last index entry is walked to find the log end.
+//! - Otherwise every segment from the one holding the checkpoint's recovery point onward
+//!   is verified batch by batch (CRC, dense offsets) and its indexes rebuilt. At the first
+//!   invalid batch: if the rest of the file is zeros, it is O_DIRECT padding or unwritten
+//!   space and is cut; if the batch lies at or past the recovery point, it is a torn tail
+//!   and is cut, with a warning naming file, position and bytes dropped; if it lies below
+//!   the recovery point, acknowledged data is damaged, and opening fails with an error
+//!   naming the file and position, leaving the files untouched for an operator.
+//! - Segments after a cut are deleted: their data was never acknowledged, because a flush
+//!   cycle acknowledges nothing until every segment it wrote is fsynced.
+//! - Before accepting writes, the recovered tail is fsynced and the checkpoint rewritten
+//!   with `clean_shutdown = false`, so a crash from now on is detected.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::channels::local_channel;
+use glommio::sync::Semaphore;
+
+use super::{flush, scan, Inner, LogState, PartitionLog, ShardResources};
+use crate::cache::TailCache;
+use crate::config::PartitionConfig;
+use crate::error::{EngineError, Result};
+use crate::file::{self, align_down};
+use crate::index::SegmentIndex;
+use crate::meta::{self, FileKind, PartitionMeta, RecoveryCheckpoint};
+use crate::segment::{finalize_files, Segment};
+use crate::staging::Staging;
+use crate::types::{LeaderEpoch, Offset, TopicPartition};
+
+pub const META_FILE: &str = "partition.meta";
+pub const CHECKPOINT_FILE: &str = "recovery.checkpoint";
+
+/// What was recovered when a log was opened.
+#[derive(Debug)]
+struct Recovered {
+    segments: BTreeMap<Offset, Segment>,
+    checkpoint: RecoveryCheckpoint,
+}
+
+impl PartitionLog {
+    /// Creates a new, empty partition under `root`. On any failure the partly created
+    /// directory is removed: nothing is half-created.
+    pub async fn create(
+        root: &Path,
+        tp: TopicPartition,
+        config: PartitionConfig,
+        shard: Rc<ShardResources>,
+    ) -> Result<PartitionLog> {
+        let dir = root.join(tp.dir_name());
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(EngineError::PartitionExists(tp));
+            }
+            Err(e) => return Err(EngineError::io("create directory", &dir, e)),
+        }
+        let meta = PartitionMeta {
+            topic: tp.topic.to_string(),
+            partition: tp.partition.0,
+            shard: shard.shard,
+            config,
+        };
+        let made = async {
+            file::write_atomic(
+                &dir,
+                META_FILE,
+                &meta::encode(FileKind::PartitionMeta, &meta),
+            )
+            .await?;
+            let checkpoint = RecoveryCheckpoint {
+                log_start: Offset::ZERO,
+                recovery_point: Offset::ZERO,
+                leader_epoch: LeaderEpoch(-1),
+                clean_shutdown: false,
+            };
+            write_checkpoint(&dir, &checkpoint).await?;
+            let segment =
+                Segment::create(&dir, Offset::ZERO, meta.config.index_interval_bytes).await?;
+            file::sync_dir(&dir).await?;
+            file::sync_dir(root).await?;
+            Ok::<_, EngineError>(segment)
+        }
+        .await;
+        match made {
+            Ok(segment) => {
+                let segments = BTreeMap::from([(Offset::ZERO, segment)]);
+                let checkpoint = RecoveryCheckpoint {
+                    log_start: Offset::ZERO,
+                    recovery_point: Offset::ZERO,
+                    leader_epoch: LeaderEpoch(-1),
+                    clean_shutdown: false,
+                };
+                Ok(PartitionLog::assemble(
+                    tp,
+                    dir,
+                    meta,
+                    Recovered {
+                        segments,
+                        checkpoint,
+                    },
+                    shard,
+                ))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = file::sync_dir(root).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens an existing partition directory, recovering it if it was not closed cleanly.
+    pub async fn open(dir: PathBuf, shard: Rc<ShardResources>) -> Result<PartitionLog> {
+        let meta_path = dir.join(META_FILE);
+        let meta: PartitionMeta = file::read_small(&meta_path)
+            .await?
+            .and_then(|bytes| meta::decode(FileKind::PartitionMeta, &bytes))
+            .ok_or_else(|| EngineError::CorruptSegment {
+                path: meta_path.clone(),
+                position: 0,
+                reason: "missing or invalid partition.meta; the partition's identity is unknown"
+                    .into(),
+            })?;
+        let tp = TopicPartition::new(&meta.topic, meta.partition);
+        let recovered = recover(&dir, &meta).await?;
+        if meta.shard != shard.shard {
+            tracing::info!(partition = %tp, from = meta.shard.0, to = shard.shard.0, "partition placed on a new shard");
+            let moved = PartitionMeta {
+                shard: shard.shard,
+                ..meta.clone()
+            };
+            file::write_atomic(
+                &dir,
+                META_FILE,
+                &meta::encode(FileKind::PartitionMeta, &moved),
+            )
+            .await?;
+        }
+        let log = PartitionLog::assemble(tp, dir, meta, recovered, shard);
+        log.write_checkpoint(false).await?;
+        Ok(log)
+    }
+
+    fn assemble(
+        tp: TopicPartition,
+        dir: PathBuf,
+        mut meta: PartitionMeta,
+        recovered: Recovered,
+        shard: Rc<ShardResources>,
+    ) -> PartitionLog {
+        meta.shard = shard.shard;
+        let mut segments = recovered.segments;
+        let first_base = *segments.keys().next().expect("a log has a segment");
+        let active = segments
+            .values_mut()
+            .next_back()
+            .expect("a log has a segment");
+        let log_end = active.next_offset;
+        let log_start = recovered.checkpoint.log_start.clamp(first_base, log_end);
+        let (bell_tx, bell_rx) = local_channel::new_bounded(1);
+        let state = LogState {
+            meta,
+            segments,
+            log_start,
+            log_end,
+            durable_end: log_end,
+            high_watermark: log_end,
+            leader_epoch: recovered.checkpoint.leader_epoch,
+            staged_bytes: 0,
+            staged_permits: Vec::new(),
+            durable_waiters: VecDeque::new(),
+            progress_waiters: Vec::new(),
+            dir_dirty: false,
+            failed: None,
+            closing: false,
+            cache: TailCache::new(shard.cache_bytes.clone()),
+        };
+        state.check_invariants();
+        let inner = Rc::new(Inner {
+            tp,
+            dir,
+            state: RefCell::new(state),
+            gate: Semaphore::new(1),
+            metadata_gate: Semaphore::new(1),
+            flush_bell: bell_tx,
+            flusher: RefCell::new(None),
+            shard,
+        });
+        let task = flush::run(inner.clone(), bell_rx);
+        let handle = match inner.shard.background {
+            Some(queue) => glommio::spawn_local_into(task, queue)
+                .expect("background queue exists")
+                .detach(),
+            None => glommio::spawn_local(task).detach(),
+        };
+        *inner.flusher.borrow_mut() = Some(handle);
+        PartitionLog(inner)
+    }
+
+    /// Writes the recovery checkpoint. The recovery point is the durable end, but never
+    /// past the first segment that is not sealed yet (its index is not on disk).
+    pub async fn write_checkpoint(&self, clean_shutdown: bool) -> Result<()> {
+        let inner = &self.0;
+        let _serial = inner
+            .metadata_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let checkpoint = {
+            let st = inner.state.borrow();
+            let active = st.active().base_offset;
+            let first_unsealed = st
+                .segments
+                .values()
+                .find(|s| !s.sealed && s.base_offset != active)
+                .map_or(st.durable_end, |s| s.base_offset);
+            RecoveryCheckpoint {
+                log_start: st.log_start,
+                recovery_point: st.durable_end.min(first_unsealed),
+                leader_epoch: st.leader_epoch,
+                clean_shutdown,
+            }
+        };
+        write_checkpoint(&inner.dir, &checkpoint).await
+    }
+
+    /// Stops the flusher after a last cycle, then returns once nothing more will run.
+    async fn stop(&self) {
+        let inner = &self.0;
+        if let Ok(gate) = inner.gate.acquire_permit(1).await {
+            inner.state.borrow_mut().closing = true;
+            drop(gate);
+        }
+        inner.ring_flusher();
+        let handle = inner.flusher.borrow_mut().take();
+        if let Some(handle) = handle {
+            handle.await;
+        }
+        inner.gate.close();
+        let mut st = inner.state.borrow_mut();
+        for (_, tx) in st.durable_waiters.drain(..) {
+            let _ = tx.send(Err(EngineError::ShuttingDown));
+        }
+        for tx in st.progress_waiters.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Closes the log cleanly: flushes everything, finalizes the active segment's files,
+    /// and records a clean shutdown so the next open skips recovery.
+    pub async fn close(&self) -> Result<()> {
+        self.stop().await;
+        let inner = &self.0;
+        if let Some(reason) = inner.state.borrow().failed.clone() {
+            return Err(EngineError::PartitionOffline {
+                tp: inner.tp.clone(),
+                reason,
+            });
+        }
+        let (file, path, size, index) = {
+            let st = inner.state.borrow();
+            let active = st.active();
+            assert_eq!(active.durable, active.size, "closing with unflushed bytes");
+            (
+                active.file.clone(),
+                active.log_path.clone(),
+                active.size,
+                active.index.clone(),
+            )
+        };
+        finalize_files(&inner.dir, &file, &path, size, &index).await?;
+        self.write_checkpoint(true).await?;
+        tracing::debug!(partition = %inner.tp, "closed cleanly");
+        Ok(())
+    }
+
+    /// Stops the log and removes its directory and files.
+    pub async fn delete(&self, root: &Path) -> Result<()> {
+        self.stop().await;
+        let dir = &self.0.dir;
+        std::fs::remove_dir_all(dir).map_err(|e| EngineError::io("remove directory", dir, e))?;
+        file::sync_dir(root).await
+    }
+}
+
+async fn write_checkpoint(dir: &Path, checkpoint: &RecoveryCheckpoint) -> Result<()> {
+    file::write_atomic(
+        dir,
+        CHECKPOINT_FILE,
+        &meta::encode(FileKind::RecoveryCheckpoint, checkpoint),
+    )
+    .await
+}
+
+/// Lists `<20 digits>.log` files by base offset, removing leftover temporaries.
+async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
+    let mut logs = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io("list directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io("list directory", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            file::remove(&entry.path()).await?;
+        } else if let Some(stem) = name.strip_suffix(".log") {
+            if stem.len() == 20 {
+                if let Ok(base) = stem.parse::<i64>() {
+                    logs.push((Offset(base), entry.path()));
+                }
+            }
+        }
+    }
+    logs.sort();
+    Ok(logs)
+}
+
+async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
+    let checkpoint = file::read_small(&dir.join(CHECKPOINT_FILE))
+        .await?
+        .and_then(|bytes| meta::decode::<RecoveryCheckpoint>(FileKind::RecoveryCheckpoint, &bytes));
+    if checkpoint.is_none() {
+        tracing::warn!(dir = %dir.display(), "no valid recovery checkpoint: verifying every segment");
+    }
+    let checkpoint = checkpoint.unwrap_or(RecoveryCheckpoint {
+        log_start: Offset::ZERO,
+        recovery_point: Offset::ZERO,
+        leader_epoch: LeaderEpoch(-1),
+        clean_shutdown: false,
+    });
+    let interval = meta.config.index_interval_bytes;
+    let listed = list_segments(dir).await?;
+    let mut segments = BTreeMap::new();
+    if listed.is_empty() {
+        let base = checkpoint.log_start;
+        segments.insert(base, Segment::create(dir, base, interval).await?);
+        file::sync_dir(dir).await?;
+        return Ok(Recovered {
+            segments,
+            checkpoint,
+        });
+    }
+    let verify_from = if checkpoint.clean_shutdown {
+        Offset(i64::MAX)
+    } else {
+        listed
+            .iter()
+            .rev()
+            .find(|(base, _)| *base <= checkpoint.recovery_point)
+            .map_or(listed[0].0, |(b, _)| *b)
+    };
+    let mut cut = false;
+    let next_bases: Vec<Offset> = listed.iter().skip(1).map(|(b, _)| *b).collect();
+    for (i, (base, path)) in listed.into_iter().enumerate() {
+        // A segment wholly below the log start is left over from a retention pass that a
+        // crash interrupted after its checkpoint: finish deleting it.
+        let below_start = next_bases
+            .get(i)
+            .is_some_and(|next| *next <= checkpoint.log_start);
+        if cut || below_start {
+            tracing::warn!(file = %path.display(), "deleting a segment below the log start or after a truncated tail");
+            for ext in ["log", "index", "timeindex"] {
+                file::remove(&file::segment_path(dir, base.0, ext)).await?;
+            }
+            continue;
+        }
+        let mut segment = Segment::open(path, base, interval).await?;
+        if base >= verify_from {
+            cut = verify_segment(&mut segment, &checkpoint).await?;
+            segment
+                .file
+                .fdatasync()
+                .await
+                .map_err(|e| EngineError::glommio("fdatasync", &segment.log_path, e))?;
+        } else {
+            load_sealed(dir, &mut segment).await?;
+        }
+        if let Some((_, previous)) = segments.iter().next_back() {
+            let previous: &Segment = previous;
+            if previous.next_offset > segment.base_offset {
+                return Err(EngineError::CorruptSegment {
+                    path: segment.log_path.clone(),
+                    position: 0,
+                    reason: format!(
+                        "segment overlaps the previous one, which ends at offset {}",
+                        previous.next_offset.0
+                    ),
+                });
+            }
+        }
+        segments.insert(base, segment);
+    }
+    if cut {
+        file::sync_dir(dir).await?;
+    }
+    let active = segments
+        .values_mut()
+        .next_back()
+        .expect("at least one segment");
+    activate(active).await?;
+    Ok(Recovered {
+        segments,
+        checkpoint,
+    })
+}
+
+/// Verifies a segment past the recovery point; returns whether its tail was cut.
+async fn verify_segment(segment: &mut Segment, checkpoint: &RecoveryCheckpoint) -> Result<bool> {
+    let file_size = segment.size;
+    let Some(invalid) = scan::verify(segment).await? else {
+        return Ok(false);
+    };
+    let dropped = file_size - invalid.position;
+    if !invalid.zero_tail && invalid.expected_offset < checkpoint.recovery_point {
+        return Err(EngineError::CorruptSegment {
+            path: segment.log_path.clone(),
+            position: invalid.position,
+            reason: format!(
+                "{} (offset {} is below the recovery point {}, so it was acknowledged as durable)",
+                invalid.reason, invalid.expected_offset.0, checkpoint.recovery_point.0
+            ),
+        });
+    }
+    if invalid.zero_tail {
+        tracing::info!(file = %segment.log_path.display(), position = invalid.position, bytes = dropped, "cut zero padding after the last batch");
+    } else {
+        tracing::warn!(
+            file = %segment.log_path.display(),
+            position = invalid.position,
+            bytes = dropped,
+            reason = %invalid.reason,
+            "truncated a torn tail past the recovery point"
+        );
+    }
+    segment
+        .file
+        .truncate(invalid.position)
+        .await
+        .map_err(|e| EngineError::glommio("truncate", &segment.log_path, e))?;
+    Ok(true)
+}
+
+/// Loads a sealed segment's indexes (rebuilding them if invalid) and finds its end.
+async fn load_sealed(dir: &Path, segment: &mut Segment) -> Result<()> {
+    let base = segment.base_offset.0;
+    let index = file::read_small(&file::segment_path(dir, base, "index"))
+        .await?
+        .unwrap_or_default();
+    let times = file::read_small(&file::segment_path(dir, base, "timeindex"))
+        .await?
+        .unwrap_or_default();
+    let interval = segment.index.interval_bytes();
+    let Some(decoded) =
+        SegmentIndex::decode(segment.base_offset, interval, &index, &times, segment.size)
+    else {
+        tracing::warn!(file = %segment.log_path.display(), "index missing or invalid: rebuilding from the log");
+        if let Some(invalid) = scan::verify(segment).await? {
+            return Err(EngineError::CorruptSegment {
+                path: segment.log_path.clone(),
+                position: invalid.position,
+                reason: invalid.reason,
+            });
+        }
+        return Ok(());
+    };
+    let from = decoded
+        .offset_entries()
+        .last()
+        .map_or(0, |e| u64::from(e.position));
+    segment.index = decoded;
+    if let Some(last) = segment.index.last_time() {
+        segment.max_timestamp = last.timestamp;
+        segment.max_timestamp_offset = last.offset;
+    }
+    let mut end = from;
+    let mut next = segment.base_offset;
+    let mut last_ts = None;
+    scan::headers(
+        &segment.file,
+        &segment.log_path,
+        from,
+        segment.size,
+        |position, header| {
+            end = position + header.size as u64;
+            next = header.last_offset().next();
+            last_ts = Some((header.max_timestamp, header.base_offset));
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .await?;
+    if end != segment.size {
+        return Err(EngineError::CorruptSegment {
+            path: segment.log_path.clone(),
+            position: end,
+            reason: format!(
+                "the last batch ends at byte {end} but the file has {} bytes",
+                segment.size
+            ),
+        });
+    }
+    segment.next_offset = next;
+    if let Some((ts, offset)) = last_ts {
+        if ts > segment.max_timestamp {
+            segment.max_timestamp = ts;
+            segment.max_timestamp_offset = offset;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the last segment writable: staging starts at the last aligned position with the
+/// partial page read back from disk.
+async fn activate(segment: &mut Segment) -> Result<()> {
+    let start = align_down(segment.size);
+    let prefix = if segment.size > start {
+        file::read_at(
+            &segment.file,
+            &segment.log_path,
+            start,
+            (segment.size - start) as usize,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    assert_eq!(
+        prefix.len() as u64,
+        segment.size - start,
+        "partial page read back whole"
+    );
+    segment.staging = Some(Staging::new(&segment.file, start, &prefix));
+    segment.sealed = false;
+    segment.durable = segment.size;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Engine metadata files: rkyv archives inside a small checksummed envelope.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "SPTM"
+//!      4     1  kind (1 partition meta, 2 recovery checkpoint)
+//!      5     1  format version (1)
+//!      6     2  reserved, zero
+//!      8     4  payload length, little-endian
+//!     12     4  CRC-32C of the payload, little-endian
+//!     16     …  payload: an rkyv archive of the kind's type
+//! ```
+//!
+//! The CRC catches torn or rotted files that might still pass rkyv's structural check;
+//! rkyv's `bytecheck` validation then guarantees the archive is safe to read. A file that
+//! fails either check is reported as `None`, and the caller rebuilds what it held from
+//! the log (a checkpoint) or refuses to guess (a partition meta: see `log::open`).
+//! Files are replaced atomically: write a temporary, fsync, rename, fsync the directory.
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+
+use crate::config::PartitionConfig;
+use crate::limits::METADATA_FILE_BYTES_MAX;
+use crate::types::{LeaderEpoch, Offset, ShardId};
+
+const MAGIC: &[u8; 4] = b"SPTM";
+const VERSION: u8 = 1;
+const ENVELOPE_BYTES: usize = 16;
+
+/// Which structure an envelope holds; a file of one kind is never read as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FileKind {
+    PartitionMeta = 1,
+    RecoveryCheckpoint = 2,
+}
+
+/// Identity and configuration of a partition, in `partition.meta`. Written when the
+/// partition is created and when its config or shard changes. `shard` records placement
+/// so it survives restarts.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionMeta {
+    pub topic: String,
+    pub partition: i32,
+    pub shard: ShardId,
+    pub config: PartitionConfig,
+}
+
+/// Durability bookkeeping of a partition, in `recovery.checkpoint`.
+///
+/// `recovery_point`: every offset below it was durable when the checkpoint was written,
+/// so invalid bytes found below it after a crash are corruption of acknowledged data (an
+/// error naming file and position), while invalid bytes at or past it are a torn tail
+/// (truncated). `clean_shutdown`: set only by a clean close, cleared on open before any
+/// write; when set, recovery trusts the segments and indexes as they are.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RecoveryCheckpoint {
+    pub log_start: Offset,
+    pub recovery_point: Offset,
+    pub leader_epoch: LeaderEpoch,
+    pub clean_shutdown: bool,
+}
+
+/// Serialises `value` as an rkyv archive inside the envelope.
+pub fn encode<T>(kind: FileKind, value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    let payload = rkyv::to_bytes::<rancor::Error>(value).expect("engine metadata serialises");
+    assert!(payload.len() <= METADATA_FILE_BYTES_MAX - ENVELOPE_BYTES);
+    let mut out = Vec::with_capacity(ENVELOPE_BYTES + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.push(VERSION);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Checks the envelope and validates the archive. `None` for anything invalid.
+pub fn decode<T>(kind: FileKind, bytes: &[u8]) -> Option<T>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    if bytes.len() < ENVELOPE_BYTES || bytes.len() > METADATA_FILE_BYTES_MAX {
+        return None;
+    }
+    if &bytes[0..4] != MAGIC || bytes[4] != kind as u8 || bytes[5] != VERSION {
+        return None;
+    }
+    let length = u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().ok()?);
+    let payload = bytes.get(ENVELOPE_BYTES..ENVELOPE_BYTES.checked_add(length)?)?;
+    if crc32c::crc32c(payload) != crc {
+        return None;
+    }
+    // rkyv reads archives in place, which needs them aligned.
+    let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint() -> RecoveryCheckpoint {
+        RecoveryCheckpoint {
+            log_start: Offset(5),
+            recovery_point: Offset(900),
+            leader_epoch: LeaderEpoch(3),
+            clean_shutdown: true,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = encode(FileKind::RecoveryCheckpoint, &checkpoint());
+        assert_eq!(
+            decode::<RecoveryCheckpoint>(FileKind::RecoveryCheckpoint, &bytes),
+            Some(checkpoint())
+        );
+        let meta = PartitionMeta {
+            topic: "t".into(),
+            partition: 3,
+            shard: ShardId(1),
+            config: PartitionConfig::default(),
+        };
+        let bytes = encode(FileKind::PartitionMeta, &meta);
+        assert_eq!(
+            decode::<PartitionMeta>(FileKind::PartitionMeta, &bytes),
+            Some(meta)
+        );
+    }
+
+    #[test]
+    fn wrong_kind_and_any_corruption_are_refused() {
+        let bytes = encode(FileKind::RecoveryCheckpoint, &checkpoint());
+        assert!(decode::<PartitionMeta>(FileKind::PartitionMeta, &bytes).is_none());
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            if i == 6 || i == 7 {
+                continue; // reserved bytes are not checked
+            }
+            assert!(
+                decode::<RecoveryCheckpoint>(FileKind::RecoveryCheckpoint, &b).is_none(),
+                "flip at {i}"
+            );
+        }
+        for cut in 0..bytes.len() {
+            assert!(
+                decode::<RecoveryCheckpoint>(FileKind::RecoveryCheckpoint, &bytes[..cut]).is_none()
+            );
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Messages between shards, and the task that serves one peer's channel.
+//!
+//! A request carries its own reply channel (a `futures` oneshot, which wakes the waiting
+//! shard's executor across threads). The serving task runs each request as its own task
+//! on the latency queue, holding one of `SHARD_PEER_REQUESTS_INFLIGHT_MAX` permits; when
+//! they are all taken it stops reading the channel, the channel fills, and the peer's
+//! senders wait. That is the mesh's backpressure: bounded in both queue and tasks.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures::channel::oneshot;
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::sync::Semaphore;
+
+use super::Shard;
+use crate::config::{AckPolicy, PartitionConfig};
+use crate::error::Result;
+use crate::limits::SHARD_PEER_REQUESTS_INFLIGHT_MAX;
+use crate::log::{AppendInfo, LogOffsets, ReadResult, RetentionOutcome};
+use crate::types::{LeaderEpoch, Offset, Timestamp, TopicPartition};
+
+/// What travels on the mesh.
+#[derive(Debug)]
+pub enum Message {
+    Request(Request),
+    /// The sending shard's body has returned; it will send no more requests.
+    Done,
+}
+
+/// A request for the owning shard, with the channel its answer goes back on.
+#[derive(Debug)]
+pub enum Request {
+    Create {
+        tp: TopicPartition,
+        config: PartitionConfig,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Delete {
+        tp: TopicPartition,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Append {
+        tp: TopicPartition,
+        batch: BytesMut,
+        leader_epoch: LeaderEpoch,
+        policy: AckPolicy,
+        reply: oneshot::Sender<Result<AppendInfo>>,
+    },
+    Read {
+        tp: TopicPartition,
+        offset: Offset,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<ReadResult>>,
+    },
+    Offsets {
+        tp: TopicPartition,
+        reply: oneshot::Sender<Result<LogOffsets>>,
+    },
+    ForTimestamp {
+        tp: TopicPartition,
+        timestamp: Timestamp,
+        reply: oneshot::Sender<Result<Option<(Offset, Timestamp)>>>,
+    },
+    Retention {
+        tp: TopicPartition,
+        now: Timestamp,
+        reply: oneshot::Sender<Result<RetentionOutcome>>,
+    },
+}
+
+/// Serves one peer's channel until it closes.
+pub(super) async fn serve_peer(shard: Shard, receiver: ConnectedReceiver<Message>) {
+    let permits = Rc::new(Semaphore::new(SHARD_PEER_REQUESTS_INFLIGHT_MAX as u64));
+    while let Some(message) = receiver.recv().await {
+        let request = match message {
+            Message::Done => {
+                shard.note_peer_done(1);
+                continue;
+            }
+            Message::Request(request) => request,
+        };
+        let Ok(permit) = permits.acquire_static_permit(1).await else {
+            return;
+        };
+        let queue = shard.latency_queue();
+        let shard = shard.clone();
+        let task = async move {
+            execute(&shard, request).await;
+            drop(permit);
+        };
+        glommio::spawn_local_into(task, queue)
+            .expect("latency queue exists")
+            .detach();
+    }
+}
+
+/// Runs a request locally and sends the answer. A dropped reply channel means the
+/// requester gave up (e.g. it shut down); the work is done regardless.
+async fn execute(shard: &Shard, request: Request) {
+    match request {
+        Request::Create { tp, config, reply } => {
+            let _ = reply.send(shard.local_create(tp, config).await);
+        }
+        Request::Delete { tp, reply } => {
+            let _ = reply.send(shard.local_delete(tp).await);
+        }
+        Request::Append {
+            tp,
+            batch,
+            leader_epoch,
+            policy,
+            reply,
+        } => {
+            let result = match shard.local(&tp) {
+                Ok(log) => log.append(batch, leader_epoch, policy).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        Request::Read {
+            tp,
+            offset,
+            max_bytes,
+            reply,
+        } => {
+            let result = match shard.local(&tp) {
+                Ok(log) => log.read(offset, max_bytes).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        Request::Offsets { tp, reply } => {
+            let _ = reply.send(shard.local(&tp).map(|log| log.offsets()));
+        }
+        Request::ForTimestamp {
+            tp,
+            timestamp,
+            reply,
+        } => {
+            let result = match shard.local(&tp) {
+                Ok(log) => log.offset_for_timestamp(timestamp).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        Request::Retention { tp, now, reply } => {
+            let result = match shard.local(&tp) {
+                Ok(log) => log.apply_retention(now).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
