@@ -100,6 +100,14 @@ impl BatchHeader {
                 present: bytes.len(),
             });
         }
+        let last_offset_delta = be_i32(bytes, LAST_OFFSET_DELTA_AT);
+        let record_count = be_i32(bytes, RECORD_COUNT_AT);
+        if last_offset_delta < 0 || record_count < 0 {
+            return Err(BatchError::CountMismatch {
+                count: record_count,
+                last_offset_delta,
+            });
+        }
         Ok(BatchHeader {
             base_offset: Offset(be_i64(bytes, 0)),
             size: batch_length as usize + LOG_OVERHEAD,
@@ -107,19 +115,24 @@ impl BatchHeader {
             magic: bytes[MAGIC_AT] as i8,
             crc: u32::from_be_bytes(bytes[CRC_AT..CRC_AT + 4].try_into().expect("4 bytes")),
             attributes: be_i16(bytes, ATTRIBUTES_AT),
-            last_offset_delta: be_i32(bytes, LAST_OFFSET_DELTA_AT),
+            last_offset_delta,
             base_timestamp: Timestamp(be_i64(bytes, BASE_TIMESTAMP_AT)),
             max_timestamp: Timestamp(be_i64(bytes, MAX_TIMESTAMP_AT)),
             producer_id: be_i64(bytes, PRODUCER_ID_AT),
             producer_epoch: be_i16(bytes, PRODUCER_EPOCH_AT),
             base_sequence: be_i32(bytes, BASE_SEQUENCE_AT),
-            record_count: be_i32(bytes, RECORD_COUNT_AT),
+            record_count,
         })
     }
 
-    /// The offset of the batch's last record.
+    /// The offset of the batch's last record. Saturates rather than overflowing, since a
+    /// producer's batch may carry any base offset before the broker assigns one.
     pub fn last_offset(&self) -> Offset {
-        self.base_offset.plus(i64::from(self.last_offset_delta))
+        Offset(
+            self.base_offset
+                .0
+                .saturating_add(i64::from(self.last_offset_delta)),
+        )
     }
 
     /// The compression codec, if the attribute bits name a known one.
@@ -253,61 +266,104 @@ pub fn first_record_at_or_after(bytes: &[u8], target: Timestamp) -> Option<Offse
         at += 1; // record attributes
         let timestamp_delta = read_varint(bytes, &mut at)?;
         let offset_delta = read_varint(bytes, &mut at)?;
+        if !(0..=i64::from(header.last_offset_delta)).contains(&offset_delta) {
+            return None;
+        }
         if header.base_timestamp.0.saturating_add(timestamp_delta) >= target.0 {
-            return Some(header.base_offset.plus(offset_delta));
+            return Some(Offset(header.base_offset.0.saturating_add(offset_delta)));
         }
         at = record_start.checked_add(usize::try_from(length).ok()?)?;
     }
     None
 }
 
+/// One record for `encode_uncompressed`.
+#[derive(Debug, Clone, Copy)]
+pub struct SimpleRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            out.push(z as u8);
+            return;
+        }
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// Encodes records as one uncompressed v2 batch with CreateTime timestamps
+/// `base_timestamp + i`, no producer id, base offset 0: what a simple producer sends.
+/// Used by the benchmark harness and tests.
+pub fn encode_uncompressed(base_timestamp: i64, records: &[SimpleRecord<'_>]) -> Vec<u8> {
+    assert!(!records.is_empty(), "a batch has at least one record");
+    let mut out = vec![0u8; HEADER_BYTES];
+    let mut body = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        body.clear();
+        body.push(0); // record attributes
+        put_varint(&mut body, i as i64); // timestamp delta
+        put_varint(&mut body, i as i64); // offset delta
+        put_bytes(&mut body, record.key);
+        put_bytes(&mut body, record.value);
+        put_varint(&mut body, 0); // header count
+        put_varint(&mut out, body.len() as i64);
+        out.extend_from_slice(&body);
+    }
+    let count = records.len() as i32;
+    let length = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    out[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    out[MAGIC_AT] = 2;
+    out[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&(count - 1).to_be_bytes());
+    out[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8].copy_from_slice(&base_timestamp.to_be_bytes());
+    let max_timestamp = base_timestamp + i64::from(count) - 1;
+    out[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    out[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&(-1i64).to_be_bytes());
+    out[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&(-1i16).to_be_bytes());
+    out[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    out[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// A batch of `count` records whose values are `value_bytes` long (bytes derived from the
+/// record index), for tests and benchmarks.
+pub fn encode_test_batch(count: i32, value_bytes: usize, base_timestamp: i64) -> Vec<u8> {
+    let values: Vec<Vec<u8>> = (0..count)
+        .map(|i| vec![(i % 251) as u8; value_bytes])
+        .collect();
+    let records: Vec<SimpleRecord<'_>> = values
+        .iter()
+        .map(|v| SimpleRecord {
+            key: None,
+            value: Some(v),
+        })
+        .collect();
+    encode_uncompressed(base_timestamp, &records)
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// Builds a valid uncompressed v2 batch of `count` records with the given values,
-    /// timestamps `base_ts + i`. Used across the engine's tests.
-    pub fn build_batch(count: i32, value_bytes: usize, base_ts: i64) -> Vec<u8> {
-        let mut records = Vec::new();
-        for i in 0..count {
-            let mut body = vec![0u8]; // attributes
-            put_varint(&mut body, i64::from(i)); // timestamp delta
-            put_varint(&mut body, i64::from(i)); // offset delta
-            put_varint(&mut body, -1); // null key
-            put_varint(&mut body, value_bytes as i64);
-            body.extend(std::iter::repeat_n((i % 251) as u8, value_bytes));
-            put_varint(&mut body, 0); // no headers
-            put_varint(&mut records, body.len() as i64);
-            records.extend(body);
-        }
-        let mut b = vec![0u8; HEADER_BYTES];
-        b.extend(records);
-        let len = (b.len() - LOG_OVERHEAD) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
-        b[16] = 2;
-        b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
-        b[27..35].copy_from_slice(&base_ts.to_be_bytes());
-        b[35..43].copy_from_slice(&(base_ts + i64::from(count) - 1).to_be_bytes());
-        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-        b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-        b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-        b[57..61].copy_from_slice(&count.to_be_bytes());
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
-    }
-
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            if z < 0x80 {
-                out.push(z as u8);
-                return;
-            }
-            out.push((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
-        }
+    fn build_batch(count: i32, value_bytes: usize, base_ts: i64) -> Vec<u8> {
+        encode_test_batch(count, value_bytes, base_ts)
     }
 
     #[test]

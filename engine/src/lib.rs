@@ -34,6 +34,8 @@ pub mod types;
 
 pub use config::{AckPolicy, PartitionConfig};
 pub use error::{BatchError, EngineError, Result};
-pub use log::{AppendInfo, LogOffsets, PartitionLog, ReadChunk, ReadResult, ShardResources};
+pub use log::{
+    AppendInfo, LogOffsets, LogStats, PartitionLog, ReadChunk, ReadResult, ShardResources,
+};
 pub use shard::{EngineConfig, Shard, ShardSet};
 pub use types::{LeaderEpoch, Offset, PartitionId, ShardId, Timestamp, TopicPartition};

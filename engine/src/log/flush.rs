@@ -77,6 +77,11 @@ async fn cycle(inner: &Inner) -> Result<()> {
         return Ok(());
     }
     let mut jobs = jobs;
+    let bytes: u64 = jobs
+        .iter()
+        .flat_map(|j| j.writes.iter())
+        .map(|w| w.buffer.len() as u64)
+        .sum();
     let mut writes = Vec::new();
     for job in &mut jobs {
         for write in std::mem::take(&mut job.writes) {
@@ -110,6 +115,11 @@ async fn cycle(inner: &Inner) -> Result<()> {
     }))
     .await?;
     complete(inner, &jobs, target);
+    {
+        let mut st = inner.state.borrow_mut();
+        st.stats.flush_cycles += 1;
+        st.stats.bytes_written += bytes;
+    }
     drop(permits);
     Ok(())
 }

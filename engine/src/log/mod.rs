@@ -86,6 +86,17 @@ pub struct LogOffsets {
     pub log_end: Offset,
 }
 
+/// Counters of a partition's write path, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Appends accepted.
+    pub appends: u64,
+    /// Flush cycles that wrote something (each ends with one `fdatasync` per segment).
+    pub flush_cycles: u64,
+    /// Bytes handed to O_DIRECT writes, padding and rewritten partial pages included.
+    pub bytes_written: u64,
+}
+
 /// A handle to a partition log, cheap to clone, usable only on its shard.
 #[derive(Clone, Debug)]
 pub struct PartitionLog(Rc<Inner>);
@@ -130,6 +141,7 @@ pub(crate) struct LogState {
     failed: Option<String>,
     closing: bool,
     cache: TailCache,
+    stats: LogStats,
 }
 
 impl LogState {
@@ -220,6 +232,10 @@ impl PartitionLog {
         self.0.state.borrow().offsets()
     }
 
+    pub fn stats(&self) -> LogStats {
+        self.0.state.borrow().stats
+    }
+
     pub fn config(&self) -> PartitionConfig {
         self.0.state.borrow().config().clone()
     }
@@ -287,6 +303,7 @@ impl PartitionLog {
             st.cache.push(base_offset, header.last_offset(), bytes);
             st.staged_bytes += size;
             st.staged_permits.push(permit);
+            st.stats.appends += 1;
             let waiter = (policy == AckPolicy::Durable).then(|| {
                 let (tx, rx) = oneshot::channel();
                 let end = st.log_end;

@@ -181,6 +181,7 @@ impl PartitionLog {
             failed: None,
             closing: false,
             cache: TailCache::new(shard.cache_bytes.clone()),
+            stats: Default::default(),
         };
         state.check_invariants();
         let inner = Rc::new(Inner {

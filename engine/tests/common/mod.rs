@@ -1,0 +1,117 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use spate_engine::batch::{self, BatchHeader};
+use spate_engine::{
+    AckPolicy, LeaderEpoch, Offset, PartitionConfig, PartitionLog, ReadChunk, ShardId,
+    ShardResources, TopicPartition,
+};
+
+/// Runs a future on a fresh glommio executor (a "process": dropping it is a crash).
+pub fn run<T>(future: impl Future<Output = T> + 'static) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .make()
+        .expect("executor")
+        .run(future)
+}
+
+pub fn shard0() -> Rc<ShardResources> {
+    ShardResources::new(ShardId(0), None)
+}
+
+pub fn tp() -> TopicPartition {
+    TopicPartition::new("test-topic", 0)
+}
+
+pub async fn create(root: &Path, config: PartitionConfig) -> PartitionLog {
+    PartitionLog::create(root, tp(), config, shard0())
+        .await
+        .expect("create")
+}
+
+pub async fn reopen(root: &Path) -> spate_engine::Result<PartitionLog> {
+    PartitionLog::open(root.join(tp().dir_name()), shard0()).await
+}
+
+pub fn batch(count: i32, value_bytes: usize, ts: i64) -> BytesMut {
+    BytesMut::from(&batch::encode_test_batch(count, value_bytes, ts)[..])
+}
+
+/// Appends and returns the stored bytes (the batch with its assigned offset and epoch).
+pub async fn append(
+    log: &PartitionLog,
+    count: i32,
+    value_bytes: usize,
+    ts: i64,
+    policy: AckPolicy,
+) -> Vec<u8> {
+    let mut b = batch(count, value_bytes, ts);
+    let info = log
+        .append(b.clone(), LeaderEpoch(1), policy)
+        .await
+        .expect("append");
+    batch::patch(&mut b, info.base_offset, LeaderEpoch(1));
+    b.to_vec()
+}
+
+/// Reads every visible batch from `from`, as stored, checking offsets stay dense.
+pub async fn read_all(log: &PartitionLog, from: Offset) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut offset = from;
+    loop {
+        let result = log.read(offset, 64 * 1024).await.expect("read");
+        if result.chunks.is_empty() {
+            return out;
+        }
+        let mut bytes = Vec::new();
+        for chunk in result.chunks {
+            match chunk {
+                ReadChunk::File {
+                    file,
+                    position,
+                    len,
+                } => {
+                    let mut b = vec![0u8; len as usize];
+                    file.read_exact_at(&mut b, position).expect("pread");
+                    bytes.extend(b);
+                }
+                ReadChunk::Cached(b) => bytes.extend_from_slice(&b),
+            }
+        }
+        let mut at = 0;
+        let before = offset;
+        while at + batch::HEADER_BYTES <= bytes.len() {
+            let header = BatchHeader::parse(&bytes[at..]).expect("header");
+            if at + header.size > bytes.len() {
+                break; // a trailing partial batch, as Kafka fetches may return
+            }
+            if header.last_offset() >= offset {
+                if let Some(prev) = out.last() {
+                    let prev = BatchHeader::parse(prev).unwrap();
+                    assert_eq!(
+                        prev.last_offset().next(),
+                        header.base_offset,
+                        "offsets are dense"
+                    );
+                }
+                batch::verify_stored(&bytes[at..at + header.size]).expect("stored batch is valid");
+                out.push(bytes[at..at + header.size].to_vec());
+                offset = header.last_offset().next();
+            }
+            at += header.size;
+        }
+        assert!(offset > before, "a read makes progress");
+    }
+}
+
+pub fn small_segments(bytes: u64) -> PartitionConfig {
+    let mut c = PartitionConfig::default();
+    c.set("segment.bytes", &bytes.to_string()).unwrap();
+    c
+}

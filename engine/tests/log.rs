@@ -1,0 +1,273 @@
+//! Partition log behaviour: offsets, rolling, restart, reads, time lookups, retention,
+//! and refusal of bad batches.
+
+mod common;
+
+use common::*;
+use spate_engine::batch;
+use spate_engine::{AckPolicy, BatchError, EngineError, LeaderEpoch, Offset, ReadChunk, Timestamp};
+
+#[test]
+fn appends_get_dense_offsets_and_read_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, Default::default()).await;
+        let mut stored = Vec::new();
+        for i in 0..200 {
+            stored.push(
+                append(
+                    &log,
+                    1 + i % 7,
+                    10 + (i as usize * 13) % 300,
+                    1000 + i64::from(i),
+                    AckPolicy::Durable,
+                )
+                .await,
+            );
+        }
+        let expected_end: i64 = (0..200).map(|i| i64::from(1 + i % 7)).sum();
+        let offsets = log.offsets();
+        assert_eq!(offsets.log_end, Offset(expected_end));
+        assert_eq!(offsets.high_watermark, offsets.log_end);
+        assert_eq!(read_all(&log, Offset(0)).await, stored);
+        // A read from the middle starts with the batch containing the offset.
+        let from_middle = read_all(&log, Offset(expected_end / 2)).await;
+        assert!(
+            batch::BatchHeader::parse(&from_middle[0])
+                .unwrap()
+                .base_offset
+                <= Offset(expected_end / 2)
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn concurrent_appends_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, Default::default()).await;
+        let tasks: Vec<_> = (0..256)
+            .map(|_| {
+                let log = log.clone();
+                glommio::spawn_local(
+                    async move { append(&log, 2, 100, 0, AckPolicy::Durable).await },
+                )
+            })
+            .collect();
+        let mut bases: Vec<i64> = Vec::new();
+        for t in tasks {
+            bases.push(batch::BatchHeader::parse(&t.await).unwrap().base_offset.0);
+        }
+        bases.sort();
+        assert_eq!(bases, (0..256).map(|i| i * 2).collect::<Vec<_>>());
+        let stats = log.stats();
+        assert_eq!(stats.appends, 256);
+        assert!(
+            stats.flush_cycles < 256,
+            "group commit shares fsyncs: {stats:?}"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_at_segment_bytes_and_survive_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let stored = run({
+        let root = root.clone();
+        async move {
+            let log = create(&root, small_segments(64 * 1024)).await;
+            let mut stored = Vec::new();
+            for i in 0..300 {
+                stored.push(append(&log, 3, 1000, i, AckPolicy::Durable).await);
+            }
+            assert!(log.segment_count() > 10, "{} segments", log.segment_count());
+            log.close().await.unwrap();
+            stored
+        }
+    });
+    let partition_dir = root.join(tp().dir_name());
+    let mut names: Vec<String> = std::fs::read_dir(&partition_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(names.contains(&"00000000000000000000.log".to_string()));
+    assert!(names.contains(&"00000000000000000000.index".to_string()));
+    assert!(names.contains(&"00000000000000000000.timeindex".to_string()));
+    for name in names.iter().filter(|n| n.ends_with(".log")) {
+        let len = std::fs::metadata(partition_dir.join(name)).unwrap().len();
+        assert!(len <= 64 * 1024, "{name} is {len} bytes");
+        let index = std::fs::metadata(partition_dir.join(name.replace(".log", ".index")))
+            .unwrap()
+            .len();
+        assert!(
+            index > 0 && index % 8 == 0,
+            "{name} index has {index} bytes"
+        );
+    }
+    run(async move {
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(log.offsets().log_end, Offset(900));
+        assert_eq!(read_all(&log, Offset(0)).await, stored);
+        // And the log keeps growing after a restart.
+        append(&log, 1, 10, 0, AckPolicy::Durable).await;
+        assert_eq!(log.offsets().log_end, Offset(901));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_batches_are_refused_with_typed_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let mut config = spate_engine::PartitionConfig::default();
+        config.set("max.message.bytes", "10000").unwrap();
+        let log = create(&root, config).await;
+        append(&log, 2, 10, 0, AckPolicy::Durable).await;
+        let before = (log.offsets(), read_all(&log, Offset(0)).await);
+        let good = batch(2, 10, 0);
+        let mut magic = good.clone();
+        magic[16] = 1;
+        let mut crc = good.clone();
+        let last = crc.len() - 1;
+        crc[last] ^= 1;
+        let mut lying = good.clone();
+        lying.truncate(good.len() - 3);
+        let cases = [
+            (magic, "magic"),
+            (crc, "crc"),
+            (lying, "length"),
+            (batch(1, 20_000, 0), "too large"),
+            (bytes::BytesMut::from(&b"short"[..]), "short"),
+        ];
+        for (bad, what) in cases {
+            let err = log
+                .append(bad, LeaderEpoch(1), AckPolicy::Durable)
+                .await
+                .unwrap_err();
+            let EngineError::InvalidBatch(kind) = &err else {
+                panic!("{what}: {err}")
+            };
+            match what {
+                "magic" => assert_eq!(*kind, BatchError::UnsupportedMagic { magic: 1 }),
+                "crc" => assert!(matches!(kind, BatchError::CrcMismatch { .. })),
+                "length" => assert!(matches!(kind, BatchError::LengthMismatch { .. })),
+                "too large" => assert!(kind.is_too_large()),
+                _ => assert!(matches!(kind, BatchError::TooShort { .. })),
+            }
+            assert!(err.is_recoverable());
+        }
+        assert_eq!((log.offsets(), read_all(&log, Offset(0)).await), before);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn out_of_range_and_tail_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, Default::default()).await;
+        for i in 0..10 {
+            append(&log, 1, 50, i, AckPolicy::Durable).await;
+        }
+        assert!(matches!(
+            log.read(Offset(11), 1000).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        assert!(log.read(Offset(10), 1000).await.unwrap().chunks.is_empty());
+        // Recent batches come from the tail cache.
+        let tail = log.read(Offset(9), 1000).await.unwrap();
+        assert!(matches!(tail.chunks[0], ReadChunk::Cached(_)));
+        // KIP-74: a tiny max_bytes still returns one whole batch.
+        let one = log.read(Offset(3), 1).await.unwrap();
+        assert_eq!(one.chunks.len(), 1);
+        assert!(one.bytes() >= batch(1, 50, 0).len() as u64);
+        log.close().await.unwrap();
+    });
+    // After a restart the cache is cold and reads come from the file.
+    run(async move {
+        let log = reopen(dir.path()).await.unwrap();
+        let r = log.read(Offset(0), 1 << 20).await.unwrap();
+        assert!(matches!(r.chunks[0], ReadChunk::File { .. }));
+        assert_eq!(read_all(&log, Offset(0)).await.len(), 10);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn offsets_by_timestamp_find_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, small_segments(16 * 1024)).await;
+        // Batch i holds 5 records with timestamps 1000*i .. 1000*i+4.
+        for i in 0..100 {
+            append(&log, 5, 200, 1000 * i, AckPolicy::Durable).await;
+        }
+        assert!(log.segment_count() > 3);
+        let hit = log.offset_for_timestamp(Timestamp(42_002)).await.unwrap();
+        assert_eq!(hit.map(|h| h.0), Some(Offset(42 * 5 + 2)));
+        let hit = log.offset_for_timestamp(Timestamp(42_005)).await.unwrap();
+        assert_eq!(hit.map(|h| h.0), Some(Offset(43 * 5)));
+        assert_eq!(
+            log.offset_for_timestamp(Timestamp(0))
+                .await
+                .unwrap()
+                .map(|h| h.0),
+            Some(Offset(0))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(Timestamp(10_000_000))
+                .await
+                .unwrap(),
+            None
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_and_moves_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let mut config = small_segments(8 * 1024);
+        config.set("retention.bytes", "40000").unwrap();
+        let log = create(&root, config).await;
+        for i in 0..200 {
+            append(&log, 1, 1000, 1_000_000 + i, AckPolicy::Durable).await;
+        }
+        let segments_before = log.segment_count();
+        let outcome = log.apply_retention(Timestamp(1_000_200)).await.unwrap();
+        assert!(outcome.segments_deleted > 0 && outcome.segments_deleted < segments_before);
+        let offsets = log.offsets();
+        assert_eq!(offsets.log_start, log.segment_bases()[0]);
+        assert!(offsets.log_start > Offset(0));
+        assert!(matches!(
+            log.read(Offset(0), 100).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        let kept = read_all(&log, offsets.log_start).await;
+        assert_eq!(kept.len() as i64, 200 - offsets.log_start.0);
+        // Time retention: everything closed is older than a week at "now" far ahead.
+        let week_later = Timestamp(1_000_200 + 8 * 24 * 3600 * 1000);
+        log.apply_retention(week_later).await.unwrap();
+        assert_eq!(log.segment_count(), 1, "only the active segment is left");
+        let start = log.offsets().log_start;
+        log.close().await.unwrap();
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(
+            log.offsets().log_start,
+            start,
+            "the log start survives a restart"
+        );
+        log.close().await.unwrap();
+    });
+}
