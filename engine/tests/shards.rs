@@ -1,0 +1,141 @@
+//! Shards: partitions placed and reached across the channel mesh, placement kept over
+//! restarts (and re-homed when the shard count shrinks), one process per data directory.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use spate_engine::batch;
+use spate_engine::{
+    AckPolicy, EngineConfig, EngineError, LeaderEpoch, Offset, PartitionConfig, ShardSet,
+    TopicPartition,
+};
+
+fn config(root: &std::path::Path, shards: usize) -> EngineConfig {
+    let mut c = EngineConfig::new(root, shards);
+    c.pin_cores = false;
+    c
+}
+
+fn partitions() -> Vec<TopicPartition> {
+    (0..8).map(|p| TopicPartition::new("orders", p)).collect()
+}
+
+/// Runs `body` on shard 0 only; other shards just serve the mesh.
+fn on_shard0<F, Fut>(config: EngineConfig, body: F) -> spate_engine::Result<()>
+where
+    F: Fn(spate_engine::Shard) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    ShardSet::start(config, move |shard| {
+        let body = body.clone();
+        async move {
+            if shard.id().0 == 0 {
+                body(shard).await;
+            }
+        }
+    })?
+    .join()
+}
+
+#[test]
+fn partitions_on_any_shard_are_reached_through_the_mesh_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let owners = Arc::new(Mutex::new(Vec::new()));
+    let seen = owners.clone();
+    on_shard0(config(dir.path(), 2), move |shard| {
+        let seen = seen.clone();
+        async move {
+            for tp in partitions() {
+                shard
+                    .create_partition(tp.clone(), PartitionConfig::default())
+                    .await
+                    .unwrap();
+                seen.lock().unwrap().push(shard.owner(&tp));
+                for i in 0..10 {
+                    let b = BytesMut::from(&batch::encode_test_batch(3, 100, i)[..]);
+                    let info = shard
+                        .append(tp.clone(), b, LeaderEpoch(0), AckPolicy::Durable)
+                        .await
+                        .unwrap();
+                    assert_eq!(info.base_offset, Offset(i * 3));
+                }
+                let read = shard.read(tp.clone(), Offset(0), 1 << 20).await.unwrap();
+                assert_eq!(read.high_watermark, Offset(30));
+                assert!(read.bytes() > 0);
+            }
+            let again = shard
+                .create_partition(partitions()[0].clone(), PartitionConfig::default())
+                .await;
+            assert!(matches!(again, Err(EngineError::PartitionExists(_))));
+            let unknown = shard.offsets(TopicPartition::new("nope", 0)).await;
+            assert!(matches!(unknown, Err(EngineError::UnknownPartition(_))));
+        }
+    })
+    .unwrap();
+    let owners = owners.lock().unwrap().clone();
+    assert!(
+        owners.iter().any(|s| s.0 == 0) && owners.iter().any(|s| s.0 == 1),
+        "spread over both shards: {owners:?}"
+    );
+
+    // Restart with the same shard count: same owners, same data.
+    let expected = owners.clone();
+    on_shard0(config(dir.path(), 2), move |shard| {
+        let expected = expected.clone();
+        async move {
+            for (tp, owner) in partitions().into_iter().zip(expected) {
+                assert_eq!(shard.owner(&tp), owner);
+                assert_eq!(shard.offsets(tp).await.unwrap().log_end, Offset(30));
+            }
+        }
+    })
+    .unwrap();
+
+    // Restart on one shard: everything is re-homed to shard 0 and still readable.
+    on_shard0(config(dir.path(), 1), |shard| async move {
+        for tp in partitions() {
+            assert_eq!(shard.owner(&tp).0, 0);
+            assert_eq!(shard.local(&tp).unwrap().offsets().log_end, Offset(30));
+        }
+        shard
+            .delete_partition(partitions()[7].clone())
+            .await
+            .unwrap();
+    })
+    .unwrap();
+    assert!(!dir.path().join("orders-7").exists());
+    on_shard0(config(dir.path(), 2), |shard| async move {
+        assert!(shard.offsets(partitions()[7].clone()).await.is_err());
+        assert_eq!(
+            shard
+                .offsets(partitions()[6].clone())
+                .await
+                .unwrap()
+                .log_end,
+            Offset(30)
+        );
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_data_directory_serves_one_process_and_bad_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = Arc::new(Mutex::new(rx));
+    let holder = ShardSet::start(config(dir.path(), 1), move |_| {
+        let rx = rx.clone();
+        async move {
+            let _ = rx.lock().unwrap().recv();
+        }
+    })
+    .unwrap();
+    let second = ShardSet::start(config(dir.path(), 1), |_| async {});
+    let message = second.unwrap_err().to_string();
+    assert!(message.contains("another broker"), "{message}");
+    tx.send(()).unwrap();
+    holder.join().unwrap();
+
+    assert!(ShardSet::start(config(dir.path(), 0), |_| async {}).is_err());
+    assert!(ShardSet::start(config(&dir.path().join("missing"), 1), |_| async {}).is_err());
+}
