@@ -40,8 +40,17 @@ pub fn open_reader(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| EngineError::io("open for reading", path, e))
 }
 
+/// `path` made absolute. glommio 0.9's `Directory::open` passes dirfd -1 to `openat`
+/// without resolving a relative path (its file opens do resolve them), so a relative data
+/// directory fails with EBADF; we resolve every path we hand to glommio's directory and
+/// unlink calls here.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// `fsync`s a directory, making creations, renames and deletions in it durable.
 pub async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = &absolute(dir);
     let d = glommio::io::Directory::open(dir)
         .await
         .map_err(|e| EngineError::glommio("open directory", dir, e))?;
@@ -158,7 +167,7 @@ pub async fn read_at(file: &DmaFile, path: &Path, position: u64, len: usize) -> 
 
 /// Deletes a file; a file already gone is not an error.
 pub async fn remove(path: &Path) -> Result<()> {
-    match glommio::io::remove(path).await {
+    match glommio::io::remove(absolute(path)).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let io: std::io::Error = e.into();

@@ -57,6 +57,14 @@ pub const SHARDS_MAX: usize = 256;
 /// batch length field is an i32 and we keep a whole batch in one staging pass.
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Segment files grow by `fallocate` in steps of this size, ahead of the writes. On ext4
+/// and xfs an O_DIRECT write that extends a file must allocate blocks and change the
+/// file size, which every `fdatasync` then has to commit to the journal; writing into
+/// preallocated space avoids the size change. Measured here: fsync'd sequential 1 MiB
+/// writes went from 875 MB/s appending to 1464 MB/s into preallocated space
+/// (docs/PERFORMANCE.md). Redpanda uses the same default step.
+pub const SEGMENT_PREALLOCATION_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Largest segment a topic may configure. Positions inside a segment are u32 in the
 /// `.index` format, so a segment must stay below 4 GiB.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
@@ -86,6 +94,7 @@ const _: () = assert!(PARTITION_STAGED_BYTES_MAX >= STAGING_CHUNK_BYTES);
 const _: () = assert!(HEADER_SCAN_WINDOW_BYTES as u64 % DIRECT_IO_ALIGNMENT == 0);
 const _: () = assert!(HEADER_SCAN_WINDOW_BYTES >= 2 * INDEX_INTERVAL_BYTES as usize);
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_PREALLOCATION_BYTES % DIRECT_IO_ALIGNMENT == 0);
 const _: () = assert!(SHARD_PEER_REQUESTS_INFLIGHT_MAX <= SHARD_CHANNEL_CAPACITY);
 
 /// Bytes of one `.index` entry (relative offset u32 + position u32).

@@ -20,6 +20,7 @@ use crate::batch::BatchHeader;
 use crate::error::{EngineError, Result};
 use crate::file;
 use crate::index::SegmentIndex;
+use crate::limits::SEGMENT_PREALLOCATION_BYTES;
 use crate::staging::{PendingWrite, Staging};
 use crate::types::{Offset, Timestamp};
 
@@ -37,6 +38,9 @@ pub struct Segment {
     pub reader: Arc<std::fs::File>,
     pub size: u64,
     pub durable: u64,
+    /// Bytes the file is allocated to (by `fallocate` or by earlier writes). The region
+    /// past `size` reads as zeros, which recovery treats like O_DIRECT padding.
+    pub allocated: u64,
     pub index: SegmentIndex,
     pub max_timestamp: Timestamp,
     /// Offset of the batch holding `max_timestamp`.
@@ -69,6 +73,7 @@ impl Segment {
             reader,
             size: 0,
             durable: 0,
+            allocated: 0,
             index: SegmentIndex::new(base_offset, index_interval),
             max_timestamp: Timestamp::NONE,
             max_timestamp_offset: base_offset,
@@ -98,6 +103,7 @@ impl Segment {
             reader,
             size,
             durable: size,
+            allocated: size,
             index: SegmentIndex::new(base_offset, index_interval),
             max_timestamp: Timestamp::NONE,
             max_timestamp_offset: base_offset,
@@ -139,15 +145,30 @@ impl Segment {
         self.next_offset = header.last_offset().next();
     }
 
-    /// Takes the staged bytes for a flush cycle: the writes to issue, and the logical size
-    /// they bring the file to.
-    pub fn take_writes(&mut self) -> Option<(Vec<PendingWrite>, u64)> {
+    /// Takes the staged bytes for a flush cycle: the writes to issue, the logical size
+    /// they bring the file to, and the size to preallocate the file to first, if the
+    /// writes reach past what is allocated. Preallocation goes in steps of
+    /// `SEGMENT_PREALLOCATION_BYTES`, never much past `segment_bytes`.
+    pub fn take_writes(
+        &mut self,
+        segment_bytes: u64,
+    ) -> Option<(Vec<PendingWrite>, u64, Option<u64>)> {
         let staging = self.staging.as_mut()?;
         if !staging.has_new_bytes() {
             return None;
         }
         let end = staging.end();
-        Some((staging.take(&self.file), end))
+        let writes = staging.take(&self.file);
+        let needed = file::align_up(end);
+        let preallocate = (needed > self.allocated).then(|| {
+            let step = SEGMENT_PREALLOCATION_BYTES;
+            let stepped = needed.div_ceil(step) * step;
+            stepped.min(file::align_up(segment_bytes)).max(needed)
+        });
+        if let Some(size) = preallocate {
+            self.allocated = size;
+        }
+        Some((writes, end, preallocate))
     }
 
     /// Paths of all three files.

@@ -1,15 +1,22 @@
 //! Group commit: the partition's flusher task.
 //!
-//! One flusher per partition runs on the shard's background queue. A cycle takes every
-//! staged byte (of the active segment and of a just-rolled one), issues all writes at
-//! once, syncs the directory if a segment file was created or deleted, then issues one
-//! `fdatasync` per dirty segment. When they all return, `durable_end` (and, on a single
-//! node, the high watermark) moves to the end of what the cycle took, and every append
-//! whose batch ended at or below it resolves. A new cycle starts as soon as one ends if
-//! anything was appended meanwhile, so under load each fsync covers many appends, and at
-//! low load an append waits for exactly one write and one fsync.
+//! One flusher per partition runs on the shard's background queue. A cycle *takes* every
+//! staged byte (of the active segment and of a just-rolled one) and issues all its writes
+//! at once. Once they complete, the cycle's *sync* stage syncs the directory if a segment
+//! file was created or deleted and issues one `fdatasync` per dirty segment. When those
+//! return, `durable_end` (and, on a single node, the high watermark) moves to the end of
+//! what the cycle took, and every append whose batch ended at or below it resolves.
 //!
-//! A failed write or fsync takes the partition offline (`Inner::fail`); nothing is retried.
+//! The two stages are pipelined: cycle N+1's writes run while cycle N's `fdatasync` is in
+//! flight, so the disk is never idle waiting for a flush to finish before the next writes
+//! start. This is safe because cycle N+1 may only rewrite cycle N's partial last page,
+//! with identical bytes where cycle N's data is: whichever version the fsync catches, the
+//! durable bytes are the same. Cycles complete strictly in order, and an append still
+//! resolves only after a fsync that started after its write completed.
+//!
+//! Under load each fsync covers many appends; at low load an append waits for exactly
+//! one write and one fsync. A failed write or fsync takes the partition offline
+//! (`Inner::fail`); nothing is retried.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -17,6 +24,7 @@ use std::rc::Rc;
 use futures::future::try_join_all;
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::io::DmaFile;
+use glommio::sync::StaticPermit;
 
 use super::Inner;
 use crate::error::{EngineError, Result};
@@ -32,18 +40,55 @@ struct SegmentJob {
     path: PathBuf,
     writes: Vec<PendingWrite>,
     end: u64,
+    /// Grow the file to this size with `fallocate` before writing.
+    preallocate: Option<u64>,
+}
+
+/// What one cycle took: its writes, the log end they reach, and the staging permits to
+/// return once they are durable.
+struct Cycle {
+    jobs: Vec<SegmentJob>,
+    target: Offset,
+    /// Held, not read: dropping the cycle returns its bytes to the shard-wide budget.
+    _permits: Vec<StaticPermit>,
+    dir_dirty: bool,
+    bytes: u64,
+}
+
+impl Cycle {
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && !self.dir_dirty
+    }
 }
 
 /// Runs until the partition closes (after a final cycle) or fails.
 pub(crate) async fn run(inner: Rc<Inner>, bell: LocalReceiver<()>) {
-    while bell.recv().await.is_some() {
-        if let Err(error) = cycle(&inner).await {
+    let mut syncing: Option<Cycle> = None;
+    loop {
+        // With a cycle waiting for its fsync there is work to do anyway; otherwise sleep
+        // until an append rings.
+        if syncing.is_none() && bell.recv().await.is_none() {
+            return;
+        }
+        let mut next = take(&inner);
+        let (written, synced) = futures::join!(write(&mut next), sync(&inner, syncing.as_ref()));
+        let outcome = synced.and(written);
+        if let Some(done) = syncing.take() {
+            if outcome.is_ok() {
+                complete(&inner, &done);
+            }
+        }
+        if let Err(error) = outcome {
             inner.fail(&error);
             return;
         }
         if let Err(error) = seal_finished_segments(&inner).await {
             inner.fail(&error);
             return;
+        }
+        if !next.is_empty() {
+            syncing = Some(next);
+            continue;
         }
         let st = inner.state.borrow();
         if st.closing && st.staged_bytes == 0 {
@@ -52,44 +97,56 @@ pub(crate) async fn run(inner: Rc<Inner>, bell: LocalReceiver<()>) {
     }
 }
 
-/// One group-commit cycle.
-async fn cycle(inner: &Inner) -> Result<()> {
-    let (jobs, target, permits, dir_dirty) = {
-        let mut st = inner.state.borrow_mut();
-        let mut jobs = Vec::new();
-        for segment in st.segments.values_mut() {
-            if let Some((writes, end)) = segment.take_writes() {
-                jobs.push(SegmentJob {
-                    base_offset: segment.base_offset,
-                    file: segment.file.clone(),
-                    path: segment.log_path.clone(),
-                    writes,
-                    end,
-                });
-            }
+/// Takes everything staged into a new cycle.
+fn take(inner: &Inner) -> Cycle {
+    let mut st = inner.state.borrow_mut();
+    let mut jobs = Vec::new();
+    let segment_bytes = st.config().segment_bytes;
+    for segment in st.segments.values_mut() {
+        if let Some((writes, end, preallocate)) = segment.take_writes(segment_bytes) {
+            jobs.push(SegmentJob {
+                base_offset: segment.base_offset,
+                file: segment.file.clone(),
+                path: segment.log_path.clone(),
+                writes,
+                end,
+                preallocate,
+            });
         }
-        st.staged_bytes = 0;
-        let permits = std::mem::take(&mut st.staged_permits);
-        let dir_dirty = std::mem::take(&mut st.dir_dirty);
-        (jobs, st.log_end, permits, dir_dirty)
-    };
-    if jobs.is_empty() && !dir_dirty {
-        return Ok(());
     }
-    let mut jobs = jobs;
-    let bytes: u64 = jobs
+    st.staged_bytes = 0;
+    let bytes = jobs
         .iter()
         .flat_map(|j| j.writes.iter())
         .map(|w| w.buffer.len() as u64)
         .sum();
+    Cycle {
+        jobs,
+        target: st.log_end,
+        _permits: std::mem::take(&mut st.staged_permits),
+        dir_dirty: std::mem::take(&mut st.dir_dirty),
+        bytes,
+    }
+}
+
+/// Issues all of a cycle's writes at once and waits for them.
+async fn write(cycle: &mut Cycle) -> Result<()> {
+    for job in &cycle.jobs {
+        if let Some(size) = job.preallocate {
+            job.file
+                .pre_allocate(size, false)
+                .await
+                .map_err(|e| EngineError::glommio("fallocate", &job.path, e))?;
+        }
+    }
     let mut writes = Vec::new();
-    for job in &mut jobs {
-        for write in std::mem::take(&mut job.writes) {
+    for job in &mut cycle.jobs {
+        for pending in std::mem::take(&mut job.writes) {
             let (file, path) = (job.file.clone(), job.path.clone());
             writes.push(async move {
-                let len = write.buffer.len();
+                let len = pending.buffer.len();
                 let written = file
-                    .write_at(write.buffer, write.position)
+                    .write_at(pending.buffer, pending.position)
                     .await
                     .map_err(|e| EngineError::glommio("write", &path, e))?;
                 if written != len {
@@ -103,31 +160,33 @@ async fn cycle(inner: &Inner) -> Result<()> {
             });
         }
     }
-    try_join_all(writes).await?;
-    if dir_dirty {
+    try_join_all(writes).await.map(|_| ())
+}
+
+/// Makes a written cycle durable: the directory if it changed, then each segment.
+async fn sync(inner: &Inner, cycle: Option<&Cycle>) -> Result<()> {
+    let Some(cycle) = cycle else { return Ok(()) };
+    if cycle.dir_dirty {
         file::sync_dir(&inner.dir).await?;
     }
-    try_join_all(jobs.iter().map(|job| async move {
+    try_join_all(cycle.jobs.iter().map(|job| async move {
         job.file
             .fdatasync()
             .await
             .map_err(|e| EngineError::glommio("fdatasync", &job.path, e))
     }))
-    .await?;
-    complete(inner, &jobs, target);
-    {
-        let mut st = inner.state.borrow_mut();
-        st.stats.flush_cycles += 1;
-        st.stats.bytes_written += bytes;
-    }
-    drop(permits);
-    Ok(())
+    .await
+    .map(|_| ())
 }
 
-/// Publishes a finished cycle: durable positions and offsets, then wakes waiters.
-fn complete(inner: &Inner, jobs: &[SegmentJob], target: Offset) {
+/// Publishes a durable cycle: positions and offsets, then wakes waiters. The cycle's
+/// staging permits are returned when it is dropped by the caller.
+fn complete(inner: &Inner, cycle: &Cycle) {
+    let target = cycle.target;
     let mut st = inner.state.borrow_mut();
-    for job in jobs {
+    st.stats.flush_cycles += 1;
+    st.stats.bytes_written += cycle.bytes;
+    for job in &cycle.jobs {
         let segment = st
             .segments
             .get_mut(&job.base_offset)
