@@ -271,3 +271,63 @@ fn retention_deletes_whole_old_segments_and_moves_log_start() {
         log.close().await.unwrap();
     });
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// For any batch sizes and segment size: offsets stay dense across segments, every
+    /// segment holds at most `segment.bytes` (unless one batch alone is larger), segments
+    /// are named by their first offset, and everything reads back, also after a restart.
+    #[test]
+    fn segment_roll_keeps_offsets_dense_and_segments_bounded(
+        segment_bytes in 200u64..20_000,
+        batches in proptest::collection::vec((1i32..6, 0usize..3000), 1..60),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let stored = run({
+            let root = root.clone();
+            let batches = batches.clone();
+            async move {
+                let log = create(&root, small_segments(segment_bytes)).await;
+                let mut stored = Vec::new();
+                for (i, (count, value)) in batches.into_iter().enumerate() {
+                    stored.push(append(&log, count, value, i as i64, AckPolicy::Durable).await);
+                }
+                assert_eq!(read_all(&log, Offset(0)).await, stored);
+                log.close().await.unwrap();
+                stored
+            }
+        });
+        let partition = root.join(tp().dir_name());
+        let mut next_base = 0i64;
+        let mut position_in_segment = 0u64;
+        let mut segments = Vec::new();
+        for b in &stored {
+            let header = batch::BatchHeader::parse(b).unwrap();
+            proptest::prop_assert_eq!(header.base_offset, Offset(next_base));
+            if segments.is_empty() || position_in_segment + b.len() as u64 > segment_bytes && position_in_segment > 0 {
+                segments.push(header.base_offset.0);
+                position_in_segment = 0;
+            }
+            position_in_segment += b.len() as u64;
+            next_base = header.last_offset().next().0;
+        }
+        for base in &segments {
+            let path = partition.join(format!("{base:020}.log"));
+            let len = std::fs::metadata(&path).unwrap().len();
+            proptest::prop_assert!(len > 0, "{} exists and holds data", path.display());
+        }
+        let mut on_disk: Vec<i64> = std::fs::read_dir(&partition)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().unwrap().strip_suffix(".log").map(|s| s.parse().unwrap()))
+            .collect();
+        on_disk.sort();
+        proptest::prop_assert_eq!(&on_disk, &segments);
+        run(async move {
+            let log = reopen(&root).await.unwrap();
+            assert_eq!(read_all(&log, Offset(0)).await, stored);
+            log.close().await.unwrap();
+        });
+    }
+}
