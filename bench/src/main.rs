@@ -67,7 +67,7 @@ fn main() {
             }
             if batch_bytes
                 .iter()
-                .any(|&b| b < 1024 || b > 16 * 1024 * 1024)
+                .any(|b| !(1024..=16 * 1024 * 1024).contains(b))
             {
                 eprintln!("error: --batch-bytes must be between 1024 and 16777216");
                 std::process::exit(2);
