@@ -331,3 +331,67 @@ proptest::proptest! {
         });
     }
 }
+
+#[test]
+fn delete_records_moves_the_log_start_and_retention_drops_the_segments_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, small_segments(4096)).await;
+        for i in 0..100 {
+            append(&log, 1, 500, i, AckPolicy::Durable).await;
+        }
+        let before = log.segment_count();
+        assert!(matches!(
+            log.delete_records(Offset(101)).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(log.delete_records(Offset(42)).await.unwrap(), Offset(42));
+        assert_eq!(
+            log.delete_records(Offset(10)).await.unwrap(),
+            Offset(42),
+            "never moves back"
+        );
+        assert!(matches!(
+            log.read(Offset(41), 100).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(read_all(&log, Offset(42)).await.len(), 58);
+        let outcome = log.apply_retention(Timestamp(0)).await.unwrap();
+        assert!(outcome.segments_deleted > 0);
+        assert!(log.segment_count() < before);
+        assert!(
+            log.segment_bases()[0] <= Offset(42),
+            "the segment holding the log start stays"
+        );
+        log.close().await.unwrap();
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(log.offsets().log_start, Offset(42));
+        assert_eq!(read_all(&log, Offset(42)).await.len(), 58);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn config_changes_are_persisted_and_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, Default::default()).await;
+        append(&log, 1, 3000, 0, AckPolicy::Durable).await;
+        assert_eq!(log.segment_count(), 1);
+        let mut config = log.config();
+        config.set("segment.bytes", "4096").unwrap();
+        log.update_config(config.clone()).await.unwrap();
+        append(&log, 1, 3000, 0, AckPolicy::Durable).await;
+        assert_eq!(
+            log.segment_count(),
+            2,
+            "the new segment.bytes applies to the next append"
+        );
+        log.close().await.unwrap();
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(log.config(), config);
+        log.close().await.unwrap();
+    });
+}

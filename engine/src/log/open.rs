@@ -232,6 +232,33 @@ impl PartitionLog {
         write_checkpoint(&inner.dir, &checkpoint).await
     }
 
+    /// Replaces the partition's config, persisting it first. New values apply to the next
+    /// append, roll and retention pass; existing segments are not rewritten.
+    pub async fn update_config(&self, config: PartitionConfig) -> Result<()> {
+        let inner = &self.0;
+        let _serial = inner
+            .metadata_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let meta = {
+            let st = inner.state.borrow();
+            st.usable(&inner.tp)?;
+            PartitionMeta {
+                config,
+                ..st.meta.clone()
+            }
+        };
+        file::write_atomic(
+            &inner.dir,
+            META_FILE,
+            &meta::encode(FileKind::PartitionMeta, &meta),
+        )
+        .await?;
+        inner.state.borrow_mut().meta = meta;
+        Ok(())
+    }
+
     /// Stops the flusher after a last cycle, then returns once nothing more will run.
     async fn stop(&self) {
         let inner = &self.0;

@@ -1,5 +1,6 @@
-//! Retention: deleting whole sealed segments by age (`retention.ms`) and by total size
-//! (`retention.bytes`), oldest first, on the shard's background queue.
+//! Retention: deleting whole sealed segments by age (`retention.ms`), by total size
+//! (`retention.bytes`), and wholly below a log start moved by `delete_records`, oldest
+//! first, on the shard's background queue.
 //!
 //! The active segment and any segment not yet sealed are never deleted, and neither is a
 //! segment holding offsets at or past the high watermark. Deleting moves `log_start` to
@@ -7,7 +8,7 @@
 //! reads keep working because they hold the segment's open descriptor.
 
 use super::PartitionLog;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::file;
 use crate::segment::Segment;
 use crate::types::{Offset, Timestamp};
@@ -21,6 +22,34 @@ pub struct RetentionOutcome {
 }
 
 impl PartitionLog {
+    /// Moves the log start to `offset` (Kafka's DeleteRecords): offsets below it are no
+    /// longer readable at once, and the segments wholly below it are deleted by the next
+    /// retention pass. `offset` may not pass the high watermark; a lower one than the
+    /// current log start changes nothing. Returns the new log start.
+    pub async fn delete_records(&self, offset: Offset) -> Result<Offset> {
+        let inner = &self.0;
+        let log_start = {
+            let mut st = inner.state.borrow_mut();
+            st.usable(&inner.tp)?;
+            if offset > st.high_watermark || offset.0 < 0 {
+                return Err(EngineError::OffsetOutOfRange {
+                    tp: inner.tp.clone(),
+                    offset,
+                    log_start: st.log_start,
+                    log_end: st.high_watermark,
+                });
+            }
+            if offset > st.log_start {
+                st.log_start = offset;
+                st.cache.evict_below(offset);
+                st.check_invariants();
+            }
+            st.log_start
+        };
+        self.write_checkpoint(false).await?;
+        Ok(log_start)
+    }
+
     /// Deletes the segments retention no longer keeps, as of `now`.
     pub async fn apply_retention(&self, now: Timestamp) -> Result<RetentionOutcome> {
         let inner = &self.0;
@@ -44,7 +73,8 @@ impl PartitionLog {
                     && now.0.saturating_sub(segment.max_timestamp.0) > config.retention_ms;
                 let oversize = config.retention_bytes >= 0
                     && total - segment.size >= config.retention_bytes as u64;
-                if !(expired || oversize) {
+                let below_start = next_base <= st.log_start;
+                if !(expired || oversize || below_start) {
                     break;
                 }
                 total -= segment.size;

@@ -67,6 +67,16 @@ pub enum Request {
         now: Timestamp,
         reply: oneshot::Sender<Result<RetentionOutcome>>,
     },
+    DeleteRecords {
+        tp: TopicPartition,
+        offset: Offset,
+        reply: oneshot::Sender<Result<Offset>>,
+    },
+    UpdateConfig {
+        tp: TopicPartition,
+        config: PartitionConfig,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Serves one peer's channel until it closes.
@@ -147,6 +157,20 @@ async fn execute(shard: &Shard, request: Request) {
         Request::Retention { tp, now, reply } => {
             let result = match shard.local(&tp) {
                 Ok(log) => log.apply_retention(now).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        Request::DeleteRecords { tp, offset, reply } => {
+            let result = match shard.local(&tp) {
+                Ok(log) => log.delete_records(offset).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        Request::UpdateConfig { tp, config, reply } => {
+            let result = match shard.local(&tp) {
+                Ok(log) => log.update_config(config).await,
                 Err(e) => Err(e),
             };
             let _ = reply.send(result);

@@ -452,6 +452,26 @@ impl Shard {
         )
     }
 
+    /// Moves a partition's log start forward (Kafka's DeleteRecords).
+    pub async fn delete_records(&self, tp: TopicPartition, offset: Offset) -> Result<Offset> {
+        route!(
+            self,
+            tp,
+            async { self.local(&tp)?.delete_records(offset).await },
+            |reply| { Request::DeleteRecords { tp, offset, reply } }
+        )
+    }
+
+    /// Replaces a partition's storage config (persisted before it applies).
+    pub async fn update_config(&self, tp: TopicPartition, config: PartitionConfig) -> Result<()> {
+        route!(
+            self,
+            tp,
+            async { self.local(&tp)?.update_config(config.clone()).await },
+            |reply| { Request::UpdateConfig { tp, config, reply } }
+        )
+    }
+
     async fn local_create(&self, tp: TopicPartition, config: PartitionConfig) -> Result<()> {
         assert_eq!(self.owner(&tp), self.0.id, "created on its owner");
         crate::types::validate_topic_name(&tp.topic).map_err(|reason| {
