@@ -458,7 +458,7 @@ impl Shard {
             self,
             tp,
             async { self.local(&tp)?.delete_records(offset).await },
-            |reply| { Request::DeleteRecords { tp, offset, reply } }
+            |reply| Request::DeleteRecords { tp, offset, reply }
         )
     }
 
@@ -468,7 +468,7 @@ impl Shard {
             self,
             tp,
             async { self.local(&tp)?.update_config(config.clone()).await },
-            |reply| { Request::UpdateConfig { tp, config, reply } }
+            |reply| Request::UpdateConfig { tp, config, reply }
         )
     }
 
