@@ -24,6 +24,7 @@
 //! ```
 
 use crate::error::BatchError;
+use crate::limits::COMPRESSED_RECORDS_PER_BYTE_MAX;
 use crate::types::{LeaderEpoch, Offset, Timestamp};
 
 /// Bytes of the fixed batch header.
@@ -182,12 +183,26 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<BatchHeader, BatchErro
             computed,
         });
     }
-    header.compression()?;
+    let compression = header.compression()?;
     if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
         return Err(BatchError::CountMismatch {
             count: header.record_count,
             last_offset_delta: header.last_offset_delta,
         });
+    }
+    if compression == Compression::None {
+        walk_records(bytes, header.record_count)?;
+    } else {
+        let claim_max = (bytes.len() - HEADER_BYTES) as i64 * COMPRESSED_RECORDS_PER_BYTE_MAX;
+        if i64::from(header.record_count) > claim_max {
+            return Err(BatchError::MalformedRecords {
+                reason: format!(
+                    "{} records claimed in {} compressed bytes",
+                    header.record_count,
+                    bytes.len() - HEADER_BYTES
+                ),
+            });
+        }
     }
     Ok(header)
 }
@@ -233,6 +248,37 @@ pub fn patch(bytes: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
     );
     bytes[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
     bytes[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&leader_epoch.0.to_be_bytes());
+}
+
+/// Walks the records of an uncompressed batch: exactly `count` records, each record's
+/// length within the batch, offset deltas 0, 1, 2, …, and no bytes left over.
+fn walk_records(bytes: &[u8], count: i32) -> Result<(), BatchError> {
+    let malformed = |reason: &str| BatchError::MalformedRecords {
+        reason: reason.into(),
+    };
+    let mut at = HEADER_BYTES;
+    for expected_delta in 0..i64::from(count) {
+        let length =
+            read_varint(bytes, &mut at).ok_or_else(|| malformed("truncated record length"))?;
+        let length = usize::try_from(length).map_err(|_| malformed("negative record length"))?;
+        let end = at
+            .checked_add(length)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| malformed("record runs past the batch"))?;
+        let mut field = at + 1; // record attributes
+        read_varint(&bytes[..end], &mut field)
+            .ok_or_else(|| malformed("truncated timestamp delta"))?;
+        let offset_delta = read_varint(&bytes[..end], &mut field)
+            .ok_or_else(|| malformed("truncated offset delta"))?;
+        if offset_delta != expected_delta {
+            return Err(malformed("offset deltas are not 0, 1, 2, ..."));
+        }
+        at = end;
+    }
+    if at != bytes.len() {
+        return Err(malformed("bytes left over after the last record"));
+    }
+    Ok(())
 }
 
 /// Reads a zig-zag varint (Kafka's record field encoding) at `*at`, advancing it.
@@ -409,6 +455,44 @@ mod tests {
         assert!(matches!(
             validate(&b, 1 << 20),
             Err(BatchError::LengthMismatch { .. })
+        ));
+    }
+
+    fn recrc(b: &mut [u8]) {
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn record_counts_are_checked_against_the_records() {
+        // Claims 3 records (lastOffsetDelta 2) but holds 2, with a valid CRC.
+        let mut b = build_batch(2, 5, 0);
+        b[23..27].copy_from_slice(&2i32.to_be_bytes());
+        b[57..61].copy_from_slice(&3i32.to_be_bytes());
+        recrc(&mut b);
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::MalformedRecords { .. })
+        ));
+        // A compressed batch claiming two billion records in a few bytes.
+        let mut b = build_batch(1, 5, 0);
+        b[21..23].copy_from_slice(&4i16.to_be_bytes()); // zstd
+        b[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        b[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        recrc(&mut b);
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::MalformedRecords { .. })
+        ));
+        // Trailing garbage after the last record.
+        let mut b = build_batch(1, 5, 0);
+        b.push(0);
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        recrc(&mut b);
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::MalformedRecords { .. })
         ));
     }
 

@@ -25,6 +25,8 @@ pub enum BatchError {
     TooLarge { size: usize, max: usize },
     #[error("unknown compression codec {codec}")]
     UnknownCompression { codec: u8 },
+    #[error("malformed records: {reason}")]
+    MalformedRecords { reason: String },
 }
 
 impl BatchError {

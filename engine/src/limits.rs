@@ -65,6 +65,14 @@ pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// (docs/PERFORMANCE.md). Redpanda uses the same default step.
 pub const SEGMENT_PREALLOCATION_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Most records a compressed batch may claim per byte of its compressed records. The
+/// record count of an uncompressed batch is checked exactly by walking its records; a
+/// compressed one cannot be walked without its codec, so its claim is bounded instead,
+/// which keeps a client from burning offsets (and forcing segment rolls) with a tiny
+/// batch claiming two billion records. A record is at least 7 bytes uncompressed, so
+/// this allows compression ratios beyond 7000:1.
+pub const COMPRESSED_RECORDS_PER_BYTE_MAX: i64 = 1024;
+
 /// Largest segment a topic may configure. Positions inside a segment are u32 in the
 /// `.index` format, so a segment must stay below 4 GiB.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;

@@ -200,3 +200,61 @@ fn a_damaged_index_or_lost_checkpoint_is_rebuilt_from_the_log() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_crash_after_rolls_keeps_every_acknowledged_segment() {
+    // Rolled segments that a crash left unsealed (O_DIRECT padding or preallocated zeros
+    // after their last batch, no index written) must not take later segments with them.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let stored = run({
+        let root = root.clone();
+        async move {
+            let log = create(&root, small_segments(10_000)).await;
+            let mut stored = Vec::new();
+            for i in 0..60 {
+                stored.push(append(&log, 2, 700, i, AckPolicy::Durable).await);
+            }
+            assert!(log.segment_count() > 4);
+            stored
+        }
+    });
+    let partition = root.join(tp().dir_name());
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&partition)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    for path in &logs[..logs.len() - 1] {
+        let len = std::fs::metadata(path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len + 40_000).unwrap();
+        std::fs::remove_file(path.with_extension("index")).unwrap();
+    }
+    run(async move {
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(read_all(&log, Offset(0)).await, stored);
+        log.close().await.unwrap();
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(read_all(&log, Offset(0)).await, stored, "and again after a clean close");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn zeros_below_the_recovery_point_are_damage_not_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stored, _) = write_then_crash(dir.path(), 10, 0, 3);
+    let path = log_file(dir.path());
+    let fifth: u64 = stored[..5].iter().map(|b| b.len() as u64).sum();
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&vec![0u8; (len - fifth) as usize], fifth)
+        .unwrap();
+    let root = dir.path().to_path_buf();
+    let error = run(async move { reopen(&root).await.unwrap_err() });
+    assert!(matches!(error, EngineError::CorruptSegment { position, .. } if position == fifth), "{error}");
+}

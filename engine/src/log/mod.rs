@@ -142,6 +142,8 @@ pub(crate) struct LogState {
     closing: bool,
     cache: TailCache,
     stats: LogStats,
+    /// Set once the partition's files are removed; nothing may write them again.
+    deleted: bool,
 }
 
 impl LogState {
@@ -201,7 +203,8 @@ impl LogState {
             .first_append_at
             .is_some_and(|first| now.0.saturating_sub(first.0) >= config.segment_ms);
         // Relative offsets in `.index` are u32.
-        let offsets_full = self.log_end.0 + records - active.base_offset.0 > i64::from(u32::MAX);
+        let offsets_full =
+            self.log_end.0.saturating_add(records) - active.base_offset.0 > i64::from(u32::MAX);
         too_big || too_old || offsets_full
     }
 
@@ -280,6 +283,9 @@ impl PartitionLog {
             .acquire_permit(1)
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
+        // The partition may have started closing (or failed) while this append waited;
+        // it must not roll a segment the stopped flusher would never seal.
+        inner.state.borrow().usable(&inner.tp)?;
         inner.wait_for_staging_room(size).await?;
         let now = Timestamp::now();
         let records = i64::from(header.record_count);
@@ -346,6 +352,9 @@ impl Inner {
             if st.failed.is_some() || st.closing {
                 return;
             }
+            // Waiters that gave up (a long poll that timed out) are dropped here, so an
+            // idle partition polled forever does not accumulate them.
+            st.progress_waiters.retain(|tx| !tx.is_canceled());
             let (tx, rx) = oneshot::channel();
             st.progress_waiters.push(tx);
             rx

@@ -144,7 +144,10 @@ impl PartitionLog {
             .await?;
         }
         let log = PartitionLog::assemble(tp, dir, meta, recovered, shard);
-        log.write_checkpoint(false).await?;
+        if let Err(e) = log.write_checkpoint(false).await {
+            log.stop().await;
+            return Err(e);
+        }
         Ok(log)
     }
 
@@ -182,6 +185,7 @@ impl PartitionLog {
             closing: false,
             cache: TailCache::new(shard.cache_bytes.clone()),
             stats: Default::default(),
+            deleted: false,
         };
         state.check_invariants();
         let inner = Rc::new(Inner {
@@ -216,6 +220,10 @@ impl PartitionLog {
             .map_err(|_| EngineError::ShuttingDown)?;
         let checkpoint = {
             let st = inner.state.borrow();
+            if st.deleted {
+                // A periodic pass may still hold a handle; the directory may be reused.
+                return Ok(());
+            }
             let active = st.active().base_offset;
             let first_unsealed = st
                 .segments
@@ -295,6 +303,12 @@ impl PartitionLog {
         let (file, path, size, index) = {
             let st = inner.state.borrow();
             let active = st.active();
+            assert!(
+                st.segments
+                    .values()
+                    .all(|s| s.sealed || s.base_offset == active.base_offset),
+                "the flusher seals every rolled segment before it stops"
+            );
             assert_eq!(active.durable, active.size, "closing with unflushed bytes");
             (
                 active.file.clone(),
@@ -312,6 +326,7 @@ impl PartitionLog {
     /// Stops the log and removes its directory and files.
     pub async fn delete(&self, root: &Path) -> Result<()> {
         self.stop().await;
+        self.0.state.borrow_mut().deleted = true;
         let dir = &self.0.dir;
         std::fs::remove_dir_all(dir).map_err(|e| EngineError::io("remove directory", dir, e))?;
         file::sync_dir(root).await
@@ -338,8 +353,15 @@ async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
             file::remove(&entry.path()).await?;
         } else if let Some(stem) = name.strip_suffix(".log") {
             if stem.len() == 20 {
-                if let Ok(base) = stem.parse::<i64>() {
-                    logs.push((Offset(base), entry.path()));
+                // Base offsets near i64::MAX would overflow offset arithmetic; no real log
+                // reaches them, so such a name is not a segment of ours.
+                match stem.parse::<i64>() {
+                    Ok(base) if (0..i64::MAX / 2).contains(&base) => {
+                        logs.push((Offset(base), entry.path()))
+                    }
+                    _ => {
+                        tracing::warn!(file = %entry.path().display(), "ignoring a .log file whose name is not a valid base offset")
+                    }
                 }
             }
         }
@@ -382,7 +404,12 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
             .find(|(base, _)| *base <= checkpoint.recovery_point)
             .map_or(listed[0].0, |(b, _)| *b)
     };
-    let mut cut = false;
+    // A segment is kept only if it starts exactly where the recovered log before it ends.
+    // A gap means the previous segment lost a torn tail, so nothing from here on was
+    // acknowledged (a flush cycle acknowledges nothing until every segment it wrote is
+    // fsynced); everything from the gap on is deleted.
+    let mut discarding = false;
+    let mut changed_dir = false;
     let next_bases: Vec<Offset> = listed.iter().skip(1).map(|(b, _)| *b).collect();
     for (i, (base, path)) in listed.into_iter().enumerate() {
         // A segment wholly below the log start is left over from a retention pass that a
@@ -390,16 +417,37 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         let below_start = next_bases
             .get(i)
             .is_some_and(|next| *next <= checkpoint.log_start);
-        if cut || below_start {
-            tracing::warn!(file = %path.display(), "deleting a segment below the log start or after a truncated tail");
+        let previous_end = segments
+            .values()
+            .next_back()
+            .map(|s: &Segment| s.next_offset);
+        if let Some(end) = previous_end {
+            if end > base {
+                return Err(EngineError::CorruptSegment {
+                    path,
+                    position: 0,
+                    reason: format!(
+                        "segment overlaps the previous one, which ends at offset {}",
+                        end.0
+                    ),
+                });
+            }
+            if end < base && base >= verify_from {
+                tracing::warn!(file = %path.display(), expected = end.0, "a segment starts past the end of the recovered log before it");
+                discarding = true;
+            }
+        }
+        if discarding || below_start {
+            tracing::warn!(file = %path.display(), "deleting a segment below the log start or after a lost tail");
             for ext in ["log", "index", "timeindex"] {
                 file::remove(&file::segment_path(dir, base.0, ext)).await?;
             }
+            changed_dir = true;
             continue;
         }
         let mut segment = Segment::open(path, base, interval).await?;
         if base >= verify_from {
-            cut = verify_segment(&mut segment, &checkpoint).await?;
+            changed_dir |= verify_segment(&mut segment, &checkpoint).await?;
             segment
                 .file
                 .fdatasync()
@@ -408,23 +456,29 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         } else {
             load_sealed(dir, &mut segment).await?;
         }
-        if let Some((_, previous)) = segments.iter().next_back() {
-            let previous: &Segment = previous;
-            if previous.next_offset > segment.base_offset {
-                return Err(EngineError::CorruptSegment {
-                    path: segment.log_path.clone(),
-                    position: 0,
-                    reason: format!(
-                        "segment overlaps the previous one, which ends at offset {}",
-                        previous.next_offset.0
-                    ),
-                });
-            }
-        }
         segments.insert(base, segment);
     }
-    if cut {
+    if changed_dir {
         file::sync_dir(dir).await?;
+    }
+    // Verified segments other than the last were rolled but maybe not sealed before the
+    // stop: seal them now, so the checkpoint may count them below the recovery point.
+    let last = *segments.keys().next_back().expect("at least one segment");
+    for segment in segments
+        .values_mut()
+        .filter(|s| s.base_offset != last && s.base_offset >= verify_from)
+    {
+        segment
+            .index
+            .seal_time(segment.max_timestamp, segment.max_timestamp_offset);
+        finalize_files(
+            dir,
+            &segment.file,
+            &segment.log_path,
+            segment.size,
+            &segment.index,
+        )
+        .await?;
     }
     let active = segments
         .values_mut()
@@ -444,7 +498,9 @@ async fn verify_segment(segment: &mut Segment, checkpoint: &RecoveryCheckpoint) 
         return Ok(false);
     };
     let dropped = file_size - invalid.position;
-    if !invalid.zero_tail && invalid.expected_offset < checkpoint.recovery_point {
+    // Every offset below the recovery point was fsynced: invalid bytes there, even zeros,
+    // are damage to acknowledged data, reported and never cut.
+    if invalid.expected_offset < checkpoint.recovery_point {
         return Err(EngineError::CorruptSegment {
             path: segment.log_path.clone(),
             position: invalid.position,
@@ -470,6 +526,7 @@ async fn verify_segment(segment: &mut Segment, checkpoint: &RecoveryCheckpoint) 
         .truncate(invalid.position)
         .await
         .map_err(|e| EngineError::glommio("truncate", &segment.log_path, e))?;
+    segment.allocated = invalid.position;
     Ok(true)
 }
 

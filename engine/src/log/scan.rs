@@ -43,6 +43,16 @@ pub(crate) async fn headers(
         let at = (position - window_start) as usize;
         let header = BatchHeader::parse(&window[at..])
             .map_err(|e| corrupt(path, position, &e.to_string()))?;
+        if header.size > BATCH_BYTES_MAX || position + header.size as u64 > bound {
+            return Err(corrupt(
+                path,
+                position,
+                &format!(
+                    "a batch of {} bytes runs past the durable end at byte {bound}",
+                    header.size
+                ),
+            ));
+        }
         if visit(position, &header).is_break() {
             return Ok(());
         }
@@ -119,6 +129,18 @@ pub(crate) async fn verify(segment: &mut Segment) -> Result<Option<Invalid>> {
             window_start = position;
         }
         let at = (position - window_start) as usize;
+        if position > u64::from(u32::MAX) - HEADER_BYTES as u64 {
+            let reason =
+                "segment is larger than the 4 GiB its index positions can address".to_string();
+            segment.size = position;
+            segment.durable = position;
+            return Ok(Some(Invalid {
+                position,
+                expected_offset: segment.next_offset,
+                reason,
+                zero_tail: false,
+            }));
+        }
         let outcome = check_batch(segment, &path, &window, at, position, available).await?;
         match outcome {
             Ok(header) => {

@@ -500,13 +500,27 @@ impl Shard {
             self.0.resources.clone(),
         )
         .await?;
-        // Another create of the same partition may have finished while this one awaited.
-        match self.0.partitions.borrow_mut().entry(tp.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                return Err(EngineError::PartitionExists(tp))
+        // Other creates may have finished while this one awaited: check again, and undo
+        // this one if it lost a race.
+        let lost = {
+            let mut partitions = self.0.partitions.borrow_mut();
+            if partitions.contains_key(&tp) {
+                Some(EngineError::PartitionExists(tp.clone()))
+            } else if partitions.len() >= SHARD_PARTITIONS_MAX {
+                Some(EngineError::LimitReached(
+                    "partitions per shard (SHARD_PARTITIONS_MAX)",
+                ))
+            } else {
+                partitions.insert(tp.clone(), log.clone());
+                None
             }
-            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(log),
         };
+        if let Some(error) = lost {
+            if !matches!(error, EngineError::PartitionExists(_)) {
+                log.delete(&self.0.config.data_dir).await?;
+            }
+            return Err(error);
+        }
         tracing::info!(partition = %tp, shard = self.0.id.0, "created partition");
         Ok(())
     }
