@@ -228,7 +228,12 @@ fn a_crash_after_rolls_keeps_every_acknowledged_segment() {
     logs.sort();
     for path in &logs[..logs.len() - 1] {
         let len = std::fs::metadata(path).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len + 40_000).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len + 40_000)
+            .unwrap();
         std::fs::remove_file(path.with_extension("index")).unwrap();
     }
     run(async move {
@@ -236,7 +241,11 @@ fn a_crash_after_rolls_keeps_every_acknowledged_segment() {
         assert_eq!(read_all(&log, Offset(0)).await, stored);
         log.close().await.unwrap();
         let log = reopen(&root).await.unwrap();
-        assert_eq!(read_all(&log, Offset(0)).await, stored, "and again after a clean close");
+        assert_eq!(
+            read_all(&log, Offset(0)).await,
+            stored,
+            "and again after a clean close"
+        );
         log.close().await.unwrap();
     });
 }
@@ -256,5 +265,8 @@ fn zeros_below_the_recovery_point_are_damage_not_padding() {
         .unwrap();
     let root = dir.path().to_path_buf();
     let error = run(async move { reopen(&root).await.unwrap_err() });
-    assert!(matches!(error, EngineError::CorruptSegment { position, .. } if position == fifth), "{error}");
+    assert!(
+        matches!(error, EngineError::CorruptSegment { position, .. } if position == fifth),
+        "{error}"
+    );
 }
