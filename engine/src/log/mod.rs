@@ -341,6 +341,14 @@ impl PartitionLog {
 }
 
 impl Inner {
+    /// Serialises writers of the partition's metadata files.
+    async fn metadata_permit(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.metadata_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)
+    }
+
     fn ring_flusher(&self) {
         // Full means a ring is already pending: rings coalesce, which is the point.
         let _ = self.flush_bell.try_send(());

@@ -213,11 +213,7 @@ impl PartitionLog {
     /// past the first segment that is not sealed yet (its index is not on disk).
     pub async fn write_checkpoint(&self, clean_shutdown: bool) -> Result<()> {
         let inner = &self.0;
-        let _serial = inner
-            .metadata_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
+        let _serial = inner.metadata_permit().await?;
         let checkpoint = {
             let st = inner.state.borrow();
             if st.deleted {
@@ -244,11 +240,7 @@ impl PartitionLog {
     /// append, roll and retention pass; existing segments are not rewritten.
     pub async fn update_config(&self, config: PartitionConfig) -> Result<()> {
         let inner = &self.0;
-        let _serial = inner
-            .metadata_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
+        let _serial = inner.metadata_permit().await?;
         let meta = {
             let st = inner.state.borrow();
             st.usable(&inner.tp)?;

@@ -129,18 +129,6 @@ pub(crate) async fn verify(segment: &mut Segment) -> Result<Option<Invalid>> {
             window_start = position;
         }
         let at = (position - window_start) as usize;
-        if position > u64::from(u32::MAX) - HEADER_BYTES as u64 {
-            let reason =
-                "segment is larger than the 4 GiB its index positions can address".to_string();
-            segment.size = position;
-            segment.durable = position;
-            return Ok(Some(Invalid {
-                position,
-                expected_offset: segment.next_offset,
-                reason,
-                zero_tail: false,
-            }));
-        }
         let outcome = check_batch(segment, &path, &window, at, position, available).await?;
         match outcome {
             Ok(header) => {
@@ -179,6 +167,11 @@ async fn check_batch(
         Ok(h) => h,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    if position + header.size as u64 > u64::from(u32::MAX) {
+        return Ok(Err(
+            "segment is larger than the 4 GiB its index positions can address".into(),
+        ));
+    }
     if header.size > available {
         return Ok(Err(format!(
             "batch of {} bytes runs past the end of the file",
