@@ -1,0 +1,28 @@
+//! The network layer's one error type. Every variant closes only the connection it
+//! arose on (with a log line naming the peer); the broker and other connections go on.
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("frame of {size} bytes exceeds socket.request.max.bytes ({max})")]
+    FrameTooLarge { size: i64, max: usize },
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported version {version} of API {api}")]
+    UnsupportedVersion { api: i16, version: i16 },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("could not encode the response: {0}")]
+    Encode(String),
+}
+
+impl From<glommio::GlommioError<()>> for NetError {
+    fn from(e: glommio::GlommioError<()>) -> Self {
+        NetError::Io(e.into())
+    }
+}
+
+/// The network layer's result type.
+pub type Result<T> = std::result::Result<T, NetError>;

@@ -1,0 +1,22 @@
+//! Every bound the network layer places on memory and concurrency, in one place.
+
+/// Largest request frame accepted (Kafka's `socket.request.max.bytes` default). A larger
+/// length prefix closes the connection before anything is allocated for the frame.
+pub const REQUEST_FRAME_BYTES_MAX: usize = 100 * 1024 * 1024;
+
+/// Most request bytes one connection may have read but not yet answered. Reading stops
+/// while it is reached: backpressure to the client through TCP, never buffering.
+pub const CONNECTION_INFLIGHT_BYTES_MAX: usize = 128 * 1024 * 1024;
+
+/// Most requests one connection may have in flight (pipelined) at once.
+pub const CONNECTION_INFLIGHT_REQUESTS_MAX: usize = 1024;
+
+/// Most connections one shard serves at once; further accepts are closed at once.
+pub const SHARD_CONNECTIONS_MAX: usize = 16 * 1024;
+
+/// Allocations at least this large are served by `ReservingAllocator` with reserved,
+/// not committed, address space (see `alloc`).
+pub const RESERVED_ALLOCATION_BYTES_MIN: usize = 1 << 30;
+
+const _: () = assert!(CONNECTION_INFLIGHT_BYTES_MAX >= REQUEST_FRAME_BYTES_MAX);
+const _: () = assert!(RESERVED_ALLOCATION_BYTES_MIN > REQUEST_FRAME_BYTES_MAX);

@@ -1,0 +1,180 @@
+//! The listener and connections of one shard.
+//!
+//! Every shard binds the same address with SO_REUSEPORT, so the kernel spreads
+//! connections over the shards; a connection lives on the shard that accepted it.
+//! A connection has a reader and a writer task. The reader reads frames, decodes them,
+//! and spawns each request's handler at once, so requests are pipelined; the writer
+//! awaits the handlers in request order and writes their responses, so responses go out
+//! in order. Between them is a bounded queue (`CONNECTION_INFLIGHT_REQUESTS_MAX`), and
+//! every frame holds permits for its bytes (`CONNECTION_INFLIGHT_BYTES_MAX`) until its
+//! response is written: a client that sends faster than it reads is slowed by TCP.
+//!
+//! Any error on a connection (oversized or malformed frame, unknown API, I/O) is logged
+//! with the peer's address and closes that connection only.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::FutureExt;
+use glommio::channels::local_channel;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::{Semaphore, StaticPermit};
+use kafka_protocol::messages::ResponseKind;
+use spate_engine::Shard;
+
+use crate::codec::{self, Decoded};
+use crate::error::{NetError, Result};
+use crate::handlers;
+use crate::limits::{
+    CONNECTION_INFLIGHT_BYTES_MAX, CONNECTION_INFLIGHT_REQUESTS_MAX, REQUEST_FRAME_BYTES_MAX,
+    SHARD_CONNECTIONS_MAX,
+};
+
+/// How often a waiting accept or read checks the stop flag. Only shutdown latency
+/// depends on it.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// What every shard's server needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub node_id: i32,
+}
+
+/// Resolves once `stop` is set.
+async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+}
+
+/// Serves connections on this shard until `stop` is set, then lets every connection
+/// finish the requests it has read and returns.
+pub async fn serve(shard: Shard, config: ServerConfig, stop: Arc<AtomicBool>) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)?;
+    // One permit per live connection; shutdown takes them all back to wait for every
+    // connection to finish.
+    let live = Rc::new(Semaphore::new(SHARD_CONNECTIONS_MAX as u64));
+    loop {
+        let accepted = futures::select! {
+            accepted = listener.accept().fuse() => accepted,
+            () = stopped(&stop).fuse() => break,
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let Ok(slot) = live.try_acquire_static_permit(1) else {
+            tracing::warn!(
+                "connection limit reached (SHARD_CONNECTIONS_MAX); closing a new connection"
+            );
+            continue;
+        };
+        let queue = shard.latency_queue();
+        let (shard, stop) = (shard.clone(), stop.clone());
+        glommio::spawn_local_into(
+            async move {
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "?".to_string(), |a| a.to_string());
+                if let Err(e) = connection(stream, &shard, &stop).await {
+                    tracing::info!(%peer, error = %e, "closing connection");
+                }
+                drop(slot);
+            },
+            queue,
+        )
+        .expect("latency queue exists")
+        .detach();
+    }
+    drop(listener);
+    let _all = live.acquire_permit(SHARD_CONNECTIONS_MAX as u64).await;
+    Ok(())
+}
+
+/// One request in flight: its response, once computed, and its frame's byte permits.
+type InFlight = (glommio::Task<Result<Option<Bytes>>>, StaticPermit);
+
+async fn connection(stream: TcpStream, shard: &Shard, stop: &AtomicBool) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.split();
+    let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX as u64));
+    let (queue, responses) =
+        local_channel::new_bounded::<InFlight>(CONNECTION_INFLIGHT_REQUESTS_MAX);
+    let write = async move {
+        while let Some((task, permit)) = responses.recv().await {
+            if let Some(bytes) = task.await? {
+                writer.write_all(&bytes).await?;
+            }
+            drop(permit);
+        }
+        writer.close().await?;
+        Ok::<(), NetError>(())
+    };
+    let read = async {
+        // However reading ends (end of stream, stop, or a bad frame), the queue is
+        // closed so the writer answers what was read and then closes the socket.
+        let outcome = async {
+            loop {
+                let frame = futures::select! {
+                    frame = codec::read_frame(&mut reader, REQUEST_FRAME_BYTES_MAX).fuse() => frame?,
+                    () = stopped(stop).fuse() => None,
+                };
+                let Some(frame) = frame else { return Ok(()) };
+                let permit = budget
+                    .acquire_static_permit(frame.len() as u64)
+                    .await
+                    .map_err(|_| NetError::Malformed("connection closing".into()))?;
+                let task = glommio::spawn_local_into(respond(frame), shard.latency_queue())
+                    .expect("latency queue exists");
+                if queue.send((task, permit)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        drop(queue);
+        outcome
+    };
+    // A writer error (a request that failed to decode or be handled) ends the connection
+    // at once, dropping the reader; the reader ending lets the writer finish first.
+    let read = async { Ok::<_, NetError>(read.await) };
+    let (read_outcome, ()) = futures::future::try_join(read, write).await?;
+    read_outcome
+}
+
+/// Decodes, handles and encodes one request.
+async fn respond(frame: Bytes) -> Result<Option<Bytes>> {
+    match codec::decode(frame)? {
+        Decoded::ApiVersionsTooNew { correlation_id } => {
+            let body = ResponseKind::ApiVersions(handlers::api_versions::too_new());
+            codec::encode(
+                kafka_protocol::messages::ApiKey::ApiVersions,
+                0,
+                correlation_id,
+                &body,
+            )
+            .map(Some)
+        }
+        Decoded::Request(request) => {
+            let Some(body) = handlers::handle(&request).await? else {
+                return Ok(None);
+            };
+            codec::encode(
+                request.api_key,
+                request.version,
+                request.header.correlation_id,
+                &body,
+            )
+            .map(Some)
+        }
+    }
+}
