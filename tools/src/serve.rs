@@ -1,0 +1,235 @@
+//! `spate serve`: configuration, start-up checks, signals and shutdown.
+//!
+//! Settings come from flags, then `SPATE_*` environment variables, then the TOML file of
+//! `--config`, then defaults. Everything is validated, and the listen address probed,
+//! before anything is created, so a bad start leaves nothing behind. SIGINT and SIGTERM
+//! stop accepting, let connections finish what they have read, close every partition
+//! cleanly (writing the clean-shutdown checkpoint) and exit 0.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Deserialize;
+use spate_engine::{EngineConfig, ShardSet};
+use spate_net::ServerConfig;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML file with any of: listen, advertise, data_dir, shards, node_id.
+    #[arg(long, env = "SPATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9092].
+    #[arg(long, env = "SPATE_LISTEN")]
+    listen: Option<String>,
+    /// Address clients are told to connect to [default: the listen address].
+    #[arg(long, env = "SPATE_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory, created if missing [default: ./spate-data].
+    #[arg(long, env = "SPATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Number of shards (one per core) [default: the number of cores].
+    #[arg(long, env = "SPATE_SHARDS")]
+    shards: Option<usize>,
+    /// This broker's node id [default: 1].
+    #[arg(long, env = "SPATE_NODE_ID")]
+    node_id: Option<i32>,
+}
+
+/// The `--config` file. Unknown keys are errors, not silently ignored.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    node_id: Option<i32>,
+}
+
+/// Validated settings.
+#[derive(Debug)]
+struct Settings {
+    listen: SocketAddr,
+    advertise: SocketAddr,
+    data_dir: PathBuf,
+    shards: usize,
+    node_id: i32,
+}
+
+fn address(name: &str, value: &str) -> Result<SocketAddr, String> {
+    value
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid {name} '{value}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("invalid {name} '{value}': it resolves to no address"))
+}
+
+fn settings(args: ServeArgs) -> Result<Settings, String> {
+    let file = match &args.config {
+        None => FileConfig::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e: toml::de::Error| {
+                // toml's Display spans several lines with a source excerpt; keep one line.
+                let line = e
+                    .span()
+                    .map_or(0, |span| text[..span.start].lines().count().max(1));
+                format!(
+                    "invalid config file {} (line {line}): {}",
+                    path.display(),
+                    e.message().replace('\n', " ")
+                )
+            })?
+        }
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:9092".into());
+    let listen = address("listen address", &listen)?;
+    let advertise = match args.advertise.or(file.advertise) {
+        Some(a) => address("advertise address", &a)?,
+        None => listen,
+    };
+    if advertise.ip().is_unspecified() {
+        return Err(format!(
+            "advertise address {advertise} is not one clients can connect to; set --advertise"
+        ));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = args.shards.or(file.shards).unwrap_or(cores);
+    if shards == 0 || shards > spate_engine::limits::SHARDS_MAX {
+        return Err(format!(
+            "invalid shards {shards}: must be between 1 and {}",
+            spate_engine::limits::SHARDS_MAX
+        ));
+    }
+    let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+    if node_id < 0 {
+        return Err(format!("invalid node id {node_id}: must be 0 or more"));
+    }
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("spate-data"));
+    Ok(Settings {
+        listen,
+        advertise,
+        data_dir,
+        shards,
+        node_id,
+    })
+}
+
+/// Fails if another process holds the address. The shards bind with SO_REUSEPORT, which
+/// would otherwise silently share a port with another broker.
+fn probe_port(listen: SocketAddr) -> Result<(), String> {
+    std::net::TcpListener::bind(listen)
+        .map(drop)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))
+}
+
+/// Creates the data directory if missing and checks that it is writable.
+fn prepare_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"")
+        .map_err(|e| format!("data directory {} is not writable: {e}", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| format!("data directory {} is not writable: {e}", dir.display()))
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) and waits for
+/// them on a dedicated thread, which sets `stop`.
+fn handle_signals(stop: Arc<AtomicBool>) -> Result<(), String> {
+    // SAFETY: plain libc signal-set manipulation on a local, zero-initialised set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err("cannot block SIGINT/SIGTERM".into());
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("spate-signals".into())
+        .spawn(move || loop {
+            let mut signal = 0;
+            // SAFETY: waits on the set blocked above; writes only `signal`.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                tracing::info!(
+                    signal,
+                    "shutting down: no new connections; finishing requests in flight"
+                );
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+fn warn_if_strict_overcommit() {
+    if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|v| v.trim() == "2") {
+        tracing::warn!("vm.overcommit_memory=2: a request claiming a huge array may abort the broker (see net/src/alloc.rs)");
+    }
+}
+
+/// Runs the broker until a signal; `Err` is the one line to print.
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let settings = settings(args)?;
+    probe_port(settings.listen)?;
+    prepare_data_dir(&settings.data_dir)?;
+    warn_if_strict_overcommit();
+    let stop = Arc::new(AtomicBool::new(false));
+    handle_signals(stop.clone())?;
+    let engine = EngineConfig::new(&settings.data_dir, settings.shards);
+    let server = ServerConfig {
+        listen: settings.listen,
+        node_id: settings.node_id,
+    };
+    let failed = Arc::new(AtomicBool::new(false));
+    let (flag, failure) = (stop.clone(), failed.clone());
+    let shards = ShardSet::start(engine, move |shard| {
+        let (server, flag, failure) = (server.clone(), flag.clone(), failure.clone());
+        async move {
+            let id = shard.id();
+            if let Err(e) = spate_net::serve(shard, server, flag.clone()).await {
+                tracing::error!(shard = id.0, error = %e, "shard server failed; stopping the broker");
+                failure.store(true, Ordering::Relaxed);
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        listen = %settings.listen,
+        advertise = %settings.advertise,
+        data_dir = %settings.data_dir.display(),
+        shards = settings.shards,
+        node_id = settings.node_id,
+        "spate is serving"
+    );
+    shards.join().map_err(|e| e.to_string())?;
+    if failed.load(Ordering::Relaxed) {
+        return Err(
+            "a shard's server failed (see the log above); partitions were closed cleanly".into(),
+        );
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

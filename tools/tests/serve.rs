@@ -1,0 +1,197 @@
+//! `spate serve` as a user runs it: start, answer, stop on SIGTERM with exit 0, and refuse
+//! bad settings with one clear line and nothing created.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn spate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spate"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// ApiVersions v0 by hand: header v1 (key 18, version 0, correlation id, null client id).
+fn api_versions(port: u16, correlation_id: i32) -> (i32, i16) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut frame = 10i32.to_be_bytes().to_vec();
+    frame.extend([0, 18, 0, 0]);
+    frame.extend(correlation_id.to_be_bytes());
+    frame.extend((-1i16).to_be_bytes());
+    s.write_all(&frame).unwrap();
+    let mut head = [0u8; 10];
+    s.read_exact(&mut head).unwrap();
+    (
+        i32::from_be_bytes(head[4..8].try_into().unwrap()),
+        i16::from_be_bytes(head[8..10].try_into().unwrap()),
+    )
+}
+
+fn wait_until_serving(child: &mut Child, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "spate serve exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "spate serve did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn terminate(mut child: Child) -> Output {
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "spate serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn start(data: &Path, port: u16, extra: &[&str]) -> Child {
+    let mut child = spate()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "2",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_serving(&mut child, port);
+    child
+}
+
+#[test]
+fn serves_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let child = start(&data, port, &[]);
+    assert_eq!(api_versions(port, 42), (42, 0));
+    let output = terminate(child);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit status {:?}\n{log}",
+        output.status
+    );
+    assert!(
+        log.contains("spate is serving") && log.contains("stopped cleanly"),
+        "{log}"
+    );
+    // The data directory is free again: a second broker can take it.
+    let child = start(&data, port, &[]);
+    assert_eq!(api_versions(port, 43), (43, 0));
+    assert!(terminate(child).status.success());
+}
+
+#[test]
+fn settings_come_from_a_toml_file_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("spate.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\nshards = 1\nnode_id = 7\n"),
+    )
+    .unwrap();
+    let mut child = spate()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SPATE_DATA_DIR", dir.path().join("from-env"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_serving(&mut child, port);
+    assert!(dir.path().join("from-env").is_dir());
+    let output = terminate(child);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("node_id=7"));
+}
+
+#[test]
+fn bad_settings_get_one_clear_line_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("never");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "listen = \"127.0.0.1:1\"\nretention = 5\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--listen".into(), format!("127.0.0.1:{busy_port}")],
+            "cannot listen on",
+        ),
+        (
+            vec!["--listen".into(), "not-an-address".into()],
+            "invalid listen address",
+        ),
+        (vec!["--shards".into(), "0".into()], "invalid shards 0"),
+        (vec!["--node-id=-3".into()], "invalid node id"),
+        (
+            vec!["--listen".into(), "0.0.0.0:0".into()],
+            "is not one clients can connect to",
+        ),
+        (
+            vec!["--config".into(), bad_toml.display().to_string()],
+            "unknown field",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = spate()
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: one error line\n{stderr}");
+        assert!(errors[0].contains(expected), "{args:?}: {}", errors[0]);
+        assert!(!data.exists(), "{args:?}: nothing created");
+    }
+    // A data directory that cannot be created.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let output = spate()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(blocker.join("sub"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot create data directory"));
+    drop(busy);
+}
