@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod file;

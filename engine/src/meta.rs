@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic "SPTM"
-//!      4     1  kind (1 partition meta, 2 recovery checkpoint)
+//!      4     1  kind (1 partition meta, 2 recovery checkpoint, 3 topic catalog)
 //!      5     1  format version (1)
 //!      6     2  reserved, zero
 //!      8     4  payload length, little-endian
@@ -36,6 +36,7 @@ const ENVELOPE_BYTES: usize = 16;
 pub enum FileKind {
     PartitionMeta = 1,
     RecoveryCheckpoint = 2,
+    Catalog = 3,
 }
 
 /// Identity and configuration of a partition, in `partition.meta`. Written when the

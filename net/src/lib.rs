@@ -3,7 +3,9 @@
 //! Speaks the Kafka wire protocol to stock clients. Each shard of the storage engine runs
 //! its own listener on the shared port (SO_REUSEPORT) and serves the connections it
 //! accepts ([`server`]); requests are framed and decoded in [`codec`] with the
-//! `kafka-protocol` crate and answered by one handler per API in [`handlers`].
+//! `kafka-protocol` crate and answered by one handler per API in [`handlers`]. Shard 0
+//! is the controller of the topic catalog ([`node`], [`controller`]); [`broker`] starts
+//! it all.
 //!
 //! Invariants: a frame's length is checked before any allocation for it; every queue and
 //! byte budget per connection and per shard is bounded ([`limits`]); bad input closes
@@ -12,11 +14,15 @@
 //! abort the process.
 
 pub mod alloc;
+pub mod broker;
 pub mod codec;
+pub mod controller;
 pub mod error;
 pub mod handlers;
 pub mod limits;
+pub mod node;
 pub mod server;
 
+pub use broker::Broker;
 pub use error::{NetError, Result};
-pub use server::{serve, ServerConfig};
+pub use node::ServerConfig;

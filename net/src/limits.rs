@@ -14,6 +14,13 @@ pub const CONNECTION_INFLIGHT_REQUESTS_MAX: usize = 1024;
 /// Most connections one shard serves at once; further accepts are closed at once.
 pub const SHARD_CONNECTIONS_MAX: usize = 16 * 1024;
 
+/// Most partitions a topic may have (CreateTopics, auto-creation).
+pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
+
+/// Capacity of each shard-to-shard control channel (topic administration, catalog
+/// snapshots). Administration is rare; senders wait when it is full.
+pub const CONTROL_CHANNEL_CAPACITY: usize = 64;
+
 /// Allocations at least this large are served by `ReservingAllocator` with reserved,
 /// not committed, address space (see `alloc`).
 pub const RESERVED_ALLOCATION_BYTES_MIN: usize = 1 << 30;

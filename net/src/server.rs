@@ -12,7 +12,6 @@
 //! Any error on a connection (oversized or malformed frame, unknown API, I/O) is logged
 //! with the peer's address and closes that connection only.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,7 +24,6 @@ use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
 use kafka_protocol::messages::ResponseKind;
-use spate_engine::Shard;
 
 use crate::codec::{self, Decoded};
 use crate::error::{NetError, Result};
@@ -34,17 +32,11 @@ use crate::limits::{
     CONNECTION_INFLIGHT_BYTES_MAX, CONNECTION_INFLIGHT_REQUESTS_MAX, REQUEST_FRAME_BYTES_MAX,
     SHARD_CONNECTIONS_MAX,
 };
+use crate::node::Node;
 
 /// How often a waiting accept or read checks the stop flag. Only shutdown latency
 /// depends on it.
 const STOP_POLL: Duration = Duration::from_millis(100);
-
-/// What every shard's server needs to know.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub node_id: i32,
-}
 
 /// Resolves once `stop` is set.
 async fn stopped(stop: &AtomicBool) {
@@ -55,8 +47,8 @@ async fn stopped(stop: &AtomicBool) {
 
 /// Serves connections on this shard until `stop` is set, then lets every connection
 /// finish the requests it has read and returns.
-pub async fn serve(shard: Shard, config: ServerConfig, stop: Arc<AtomicBool>) -> Result<()> {
-    let listener = TcpListener::bind(config.listen)?;
+pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
+    let listener = TcpListener::bind(node.config.listen)?;
     // One permit per live connection; shutdown takes them all back to wait for every
     // connection to finish.
     let live = Rc::new(Semaphore::new(SHARD_CONNECTIONS_MAX as u64));
@@ -78,14 +70,14 @@ pub async fn serve(shard: Shard, config: ServerConfig, stop: Arc<AtomicBool>) ->
             );
             continue;
         };
-        let queue = shard.latency_queue();
-        let (shard, stop) = (shard.clone(), stop.clone());
+        let queue = node.shard.latency_queue();
+        let (node, stop) = (node.clone(), stop.clone());
         glommio::spawn_local_into(
             async move {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "?".to_string(), |a| a.to_string());
-                if let Err(e) = connection(stream, &shard, &stop).await {
+                if let Err(e) = connection(stream, &node, &stop).await {
                     tracing::info!(%peer, error = %e, "closing connection");
                 }
                 drop(slot);
@@ -103,7 +95,7 @@ pub async fn serve(shard: Shard, config: ServerConfig, stop: Arc<AtomicBool>) ->
 /// One request in flight: its response, once computed, and its frame's byte permits.
 type InFlight = (glommio::Task<Result<Option<Bytes>>>, StaticPermit);
 
-async fn connection(stream: TcpStream, shard: &Shard, stop: &AtomicBool) -> Result<()> {
+async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Result<()> {
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.split();
     let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX as u64));
@@ -133,7 +125,7 @@ async fn connection(stream: TcpStream, shard: &Shard, stop: &AtomicBool) -> Resu
                     .acquire_static_permit(frame.len() as u64)
                     .await
                     .map_err(|_| NetError::Malformed("connection closing".into()))?;
-                let task = glommio::spawn_local_into(respond(frame), shard.latency_queue())
+                let task = glommio::spawn_local_into(respond(node.clone(), frame), node.shard.latency_queue())
                     .expect("latency queue exists");
                 if queue.send((task, permit)).await.is_err() {
                     return Ok(());
@@ -152,7 +144,7 @@ async fn connection(stream: TcpStream, shard: &Shard, stop: &AtomicBool) -> Resu
 }
 
 /// Decodes, handles and encodes one request.
-async fn respond(frame: Bytes) -> Result<Option<Bytes>> {
+async fn respond(node: Rc<Node>, frame: Bytes) -> Result<Option<Bytes>> {
     match codec::decode(frame)? {
         Decoded::ApiVersionsTooNew { correlation_id } => {
             let body = ResponseKind::ApiVersions(handlers::api_versions::too_new());
@@ -165,7 +157,7 @@ async fn respond(frame: Bytes) -> Result<Option<Bytes>> {
             .map(Some)
         }
         Decoded::Request(request) => {
-            let Some(body) = handlers::handle(&request).await? else {
+            let Some(body) = handlers::handle(&node, &request).await? else {
                 return Ok(None);
             };
             codec::encode(

@@ -3,9 +3,7 @@
 //! connection.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -13,68 +11,30 @@ use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use spate_engine::{EngineConfig, ShardSet};
-use spate_net::{serve, ServerConfig};
 
 #[global_allocator]
 static ALLOCATOR: spate_net::alloc::ReservingAllocator = spate_net::alloc::ReservingAllocator;
 
+mod common;
+
 struct Broker {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    shards: Option<ShardSet>,
+    inner: common::TestBroker,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut config = EngineConfig::new(dir.path(), 2);
-        config.pin_cores = false;
-        let server = ServerConfig {
-            listen: addr,
-            node_id: 1,
-        };
-        let flag = stop.clone();
-        let shards = ShardSet::start(config, move |shard| {
-            let (server, flag) = (server.clone(), flag.clone());
-            async move {
-                serve(shard, server, flag).await.expect("serve");
-            }
-        })
-        .unwrap();
-        for _ in 0..100 {
-            if TcpStream::connect(addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Broker {
-            addr,
-            stop,
-            shards: Some(shards),
+            inner: common::TestBroker::start(dir.path(), 2),
             _dir: dir,
         }
     }
 
     fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).unwrap();
+        let s = TcpStream::connect(self.inner.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(shards) = self.shards.take() {
-            shards.join().expect("clean shutdown");
-        }
     }
 }
 

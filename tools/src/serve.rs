@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use clap::Args;
 use serde::Deserialize;
-use spate_engine::{EngineConfig, ShardSet};
-use spate_net::ServerConfig;
+use spate_engine::EngineConfig;
+use spate_net::{Broker, ServerConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -200,22 +200,13 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let engine = EngineConfig::new(&settings.data_dir, settings.shards);
     let server = ServerConfig {
         listen: settings.listen,
+        advertise: settings.advertise,
         node_id: settings.node_id,
+        data_dir: settings.data_dir.clone(),
+        default_partitions: 1,
+        auto_create_topics: true,
     };
-    let failed = Arc::new(AtomicBool::new(false));
-    let (flag, failure) = (stop.clone(), failed.clone());
-    let shards = ShardSet::start(engine, move |shard| {
-        let (server, flag, failure) = (server.clone(), flag.clone(), failure.clone());
-        async move {
-            let id = shard.id();
-            if let Err(e) = spate_net::serve(shard, server, flag.clone()).await {
-                tracing::error!(shard = id.0, error = %e, "shard server failed; stopping the broker");
-                failure.store(true, Ordering::Relaxed);
-                flag.store(true, Ordering::Relaxed);
-            }
-        }
-    })
-    .map_err(|e| e.to_string())?;
+    let broker = Broker::start(engine, server, stop)?;
     tracing::info!(
         listen = %settings.listen,
         advertise = %settings.advertise,
@@ -224,12 +215,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         node_id = settings.node_id,
         "spate is serving"
     );
-    shards.join().map_err(|e| e.to_string())?;
-    if failed.load(Ordering::Relaxed) {
-        return Err(
-            "a shard's server failed (see the log above); partitions were closed cleanly".into(),
-        );
-    }
+    broker.join()?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

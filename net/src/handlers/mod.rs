@@ -3,14 +3,23 @@
 //! the connection.
 
 pub mod api_versions;
+pub mod create_topics;
+pub mod metadata;
+
+use std::rc::Rc;
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 
 use crate::codec::Request;
 use crate::error::{NetError, Result};
+use crate::node::Node;
 
 /// APIs this broker implements, with the versions it accepts (inclusive).
-pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[(ApiKey::ApiVersions, 0, 4)];
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+];
 
 /// The accepted version range of `api_key`, if it is implemented.
 pub fn supported(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -21,13 +30,18 @@ pub fn supported(api_key: ApiKey) -> Option<(i16, i16)> {
 }
 
 /// Handles a decoded request; `Ok(None)` means no response is sent (acks=0 produce).
-pub async fn handle(request: &Request) -> Result<Option<ResponseKind>> {
-    match &request.body {
-        RequestKind::ApiVersions(_) => {
-            Ok(Some(ResponseKind::ApiVersions(api_versions::response())))
+pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Option<ResponseKind>> {
+    let response = match &request.body {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::response()),
+        RequestKind::Metadata(body) => {
+            ResponseKind::Metadata(metadata::handle(node, body, request.version).await)
+        }
+        RequestKind::CreateTopics(body) => {
+            ResponseKind::CreateTopics(create_topics::handle(node, body, request.version).await)
         }
         // `decode` lets through only APIs in SUPPORTED; one listed there without a
         // handler here closes the connection rather than the shard.
-        _ => Err(NetError::UnknownApi(request.api_key as i16)),
-    }
+        _ => return Err(NetError::UnknownApi(request.api_key as i16)),
+    };
+    Ok(Some(response))
 }

@@ -1,0 +1,105 @@
+//! Starting a broker: the topic catalog, the control mesh and every shard's server.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use spate_engine::catalog::Catalog;
+use spate_engine::{EngineConfig, ShardSet, TopicPartition};
+
+use crate::controller;
+use crate::limits::CONTROL_CHANNEL_CAPACITY;
+use crate::node::{ControlMessage, Node, ServerConfig};
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    shards: ShardSet,
+    failed: Arc<AtomicBool>,
+}
+
+/// Partitions present on disk, from their directory names.
+fn partitions_on_disk(root: &Path) -> Result<Vec<TopicPartition>, String> {
+    let entries =
+        std::fs::read_dir(root).map_err(|e| format!("cannot list {}: {e}", root.display()))?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        if entry.path().is_dir() {
+            if let Some(tp) = entry
+                .file_name()
+                .to_str()
+                .and_then(TopicPartition::from_dir_name)
+            {
+                found.push(tp);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Loads the catalog, completing it from the partitions on disk.
+fn load_catalog(root: &Path) -> Result<Catalog, String> {
+    let mut catalog = Catalog::load(root)?.unwrap_or_default();
+    let mut changed = catalog.reconcile(&partitions_on_disk(root)?, controller::new_topic_id);
+    if catalog.cluster_id.is_empty() {
+        catalog.cluster_id = controller::new_cluster_id();
+        changed = true;
+    }
+    if changed {
+        catalog
+            .save_blocking(root)
+            .map_err(|e| format!("cannot write the topic catalog in {}: {e}", root.display()))?;
+    }
+    Ok(catalog)
+}
+
+impl Broker {
+    /// Starts every shard's server. Runs until `stop` is set.
+    pub fn start(
+        engine: EngineConfig,
+        server: ServerConfig,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Broker, String> {
+        let catalog = Arc::new(load_catalog(&engine.data_dir)?);
+        let mesh =
+            MeshBuilder::<ControlMessage, Full>::full(engine.shard_count, CONTROL_CHANNEL_CAPACITY);
+        let failed = Arc::new(AtomicBool::new(false));
+        let failure = failed.clone();
+        let shards = ShardSet::start(engine, move |shard| {
+            let (server, stop, catalog, mesh, failure) =
+                (server.clone(), stop.clone(), catalog.clone(), mesh.clone(), failure.clone());
+            async move {
+                let id = shard.id();
+                let Ok((senders, mut receivers)) = mesh.join().await else {
+                    tracing::error!(shard = id.0, "could not join the control mesh");
+                    failure.store(true, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                };
+                let node = Node::new(shard, server, catalog, senders);
+                for (_, receiver) in receivers.streams() {
+                    glommio::spawn_local(node.clone().serve_control(receiver)).detach();
+                }
+                if let Err(e) = crate::server::serve(node, stop.clone()).await {
+                    tracing::error!(shard = id.0, error = %e, "shard server failed; stopping the broker");
+                    failure.store(true, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Broker { shards, failed })
+    }
+
+    /// Waits for the broker to stop; `Err` if any shard failed.
+    pub fn join(self) -> Result<(), String> {
+        self.shards.join().map_err(|e| e.to_string())?;
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(
+                "a shard's server failed (see the log); partitions were closed cleanly".into(),
+            );
+        }
+        Ok(())
+    }
+}

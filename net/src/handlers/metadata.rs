@@ -1,0 +1,140 @@
+//! Metadata (key 3), versions 0–12: brokers, cluster id, controller, and per topic its
+//! id and partitions with leader, leader epoch, replicas and ISR (all this node on a
+//! single broker). Unknown topics are created with `num.partitions` when the request
+//! and the broker allow it, and answered LEADER_NOT_AVAILABLE meanwhile, as Kafka does.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_request::MetadataRequest;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use spate_engine::catalog::TopicRecord;
+use uuid::Uuid;
+
+use crate::controller::TopicSpec;
+use crate::node::Node;
+
+/// The leader epoch of every partition on a single node: leadership never changes.
+const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
+
+/// Fields are set only where `version` has them: the codec refuses to encode a field
+/// a version lacks.
+fn topic_entry(node: &Node, record: &TopicRecord, version: i16) -> MetadataResponseTopic {
+    let me = BrokerId(node.config.node_id);
+    let partitions = (0..record.partitions)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(me)
+                .with_leader_epoch(SINGLE_NODE_LEADER_EPOCH)
+                .with_replica_nodes(vec![me])
+                .with_isr_nodes(vec![me])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(record.name.clone()))))
+        .with_topic_id(if version >= 10 {
+            Uuid::from_bytes(record.id)
+        } else {
+            Uuid::nil()
+        })
+        .with_is_internal(record.name.starts_with("__"))
+        .with_partitions(partitions)
+}
+
+fn error_entry(name: Option<String>, id: Uuid, error: ResponseError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(error.code())
+        .with_name(name.map(|n| TopicName(StrBytes::from_string(n))))
+        .with_topic_id(id)
+}
+
+pub async fn handle(node: &Rc<Node>, request: &MetadataRequest, version: i16) -> MetadataResponse {
+    let catalog = node.catalog();
+    // v0: an empty list means every topic; v1+: null means every topic, empty means none.
+    let everything = match &request.topics {
+        None => true,
+        Some(list) => list.is_empty() && version == 0,
+    };
+    let mut topics = Vec::new();
+    if everything {
+        topics.extend(
+            catalog
+                .topics
+                .values()
+                .map(|r| topic_entry(node, r, version)),
+        );
+    } else {
+        let auto_create =
+            node.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+        let mut to_create = Vec::new();
+        for wanted in request.topics.iter().flatten() {
+            let record = match &wanted.name {
+                Some(name) => catalog.topics.get(name.0.as_str()),
+                None => catalog
+                    .topics
+                    .values()
+                    .find(|r| Uuid::from_bytes(r.id) == wanted.topic_id),
+            };
+            match (record, &wanted.name) {
+                (Some(record), _) => topics.push(topic_entry(node, record, version)),
+                (None, None) => topics.push(error_entry(
+                    None,
+                    wanted.topic_id,
+                    ResponseError::UnknownTopicId,
+                )),
+                (None, Some(name)) => {
+                    let name = name.0.as_str().to_string();
+                    if spate_engine::types::validate_topic_name(&name).is_err() {
+                        topics.push(error_entry(
+                            Some(name),
+                            Uuid::nil(),
+                            ResponseError::InvalidTopicException,
+                        ));
+                    } else if auto_create && !name.starts_with("__") {
+                        to_create.push(TopicSpec {
+                            name: name.clone(),
+                            partitions: node.config.default_partitions,
+                            config: Default::default(),
+                            overrides: Vec::new(),
+                        });
+                        topics.push(error_entry(
+                            Some(name),
+                            Uuid::nil(),
+                            ResponseError::LeaderNotAvailable,
+                        ));
+                    } else {
+                        topics.push(error_entry(
+                            Some(name),
+                            Uuid::nil(),
+                            ResponseError::UnknownTopicOrPartition,
+                        ));
+                    }
+                }
+            }
+        }
+        if !to_create.is_empty() {
+            for outcome in node.create_topics(to_create, false).await {
+                if let Some((error, message)) = outcome
+                    .error
+                    .filter(|(e, _)| *e != ResponseError::TopicAlreadyExists)
+                {
+                    tracing::warn!(topic = %outcome.name, ?error, %message, "auto-creating a topic failed");
+                }
+            }
+        }
+    }
+    let advertise = node.config.advertise;
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(node.config.node_id))
+            .with_host(StrBytes::from_string(advertise.ip().to_string()))
+            .with_port(i32::from(advertise.port()))])
+        .with_cluster_id((version >= 2).then(|| StrBytes::from_string(catalog.cluster_id.clone())))
+        .with_controller_id(BrokerId(node.config.node_id))
+        .with_topics(topics)
+}

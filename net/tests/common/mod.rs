@@ -1,0 +1,121 @@
+//! A broker in the test process and a minimal blocking Kafka client for driving it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use spate_engine::EngineConfig;
+use spate_net::{Broker, ServerConfig};
+
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    broker: Option<Broker>,
+}
+
+impl TestBroker {
+    pub fn start(data: &Path, shards: usize) -> TestBroker {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut engine = EngineConfig::new(data, shards);
+        engine.pin_cores = false;
+        let server = ServerConfig {
+            listen: addr,
+            advertise: addr,
+            node_id: 1,
+            data_dir: data.to_path_buf(),
+            default_partitions: 2,
+            auto_create_topics: true,
+        };
+        let broker = Broker::start(engine, server, stop.clone()).unwrap();
+        for _ in 0..200 {
+            if TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TestBroker {
+            addr,
+            stop,
+            broker: Some(broker),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        let stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(broker) = self.broker.take() {
+            broker.join().expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Client {
+    /// Sends a request at `version` and returns the decoded response.
+    pub fn send<R: Request>(&mut self, version: i16, request: &R) -> R::Response {
+        self.correlation_id += 1;
+        let key = ApiKey::try_from(R::KEY).unwrap();
+        let mut body = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("spate-test")))
+            .encode(&mut body, key.request_header_version(version))
+            .unwrap();
+        request.encode(&mut body, version).unwrap();
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        self.stream.write_all(&frame).unwrap();
+        let mut length = [0u8; 4];
+        self.stream.read_exact(&mut length).unwrap();
+        let mut response = vec![0u8; i32::from_be_bytes(length) as usize];
+        self.stream.read_exact(&mut response).unwrap();
+        let mut buf = bytes::Bytes::from(response);
+        let header_version = if key == ApiKey::ApiVersions {
+            0
+        } else {
+            key.response_header_version(version)
+        };
+        let header = ResponseHeader::decode(&mut buf, header_version).unwrap();
+        assert_eq!(header.correlation_id, self.correlation_id);
+        let decoded = R::Response::decode(&mut buf, version).unwrap();
+        assert!(!buf.has_remaining(), "response fully decoded");
+        decoded
+    }
+}
