@@ -9,6 +9,13 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
+# Real Kafka clients the end-to-end tests drive (Debian packages; CI runs as root).
+if ! command -v kcat >/dev/null 2>&1; then
+  echo "== installing kcat"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
+fi
+
 # glommio registers io_uring buffers; a low locked-memory limit only makes it fall back
 # to unregistered buffers, but raise it where we may so the tests run the fast path.
 ulimit -l unlimited 2>/dev/null || true

@@ -50,6 +50,11 @@ pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
 /// wait: backpressure, never unbounded task growth.
 pub const SHARD_PEER_REQUESTS_INFLIGHT_MAX: usize = 256;
 
+/// Most long-poll waits (`Shard::wait_for_data`) a shard holds at once for one peer.
+/// Waits have their own budget so that parked consumers never take the request slots
+/// appends and reads need.
+pub const SHARD_PEER_WAITS_INFLIGHT_MAX: usize = 4096;
+
 /// Most shards (cores) one process runs.
 pub const SHARDS_MAX: usize = 256;
 

@@ -9,7 +9,7 @@
 //! topic sees it on any connection afterwards. Requests on every shard read their own
 //! snapshot with no locks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -63,6 +63,9 @@ pub struct Node {
     control: Senders<ControlMessage>,
     /// Serialises catalog changes on the controller.
     admin: Semaphore,
+    /// Fetch record bytes sent with sendfile, and from memory (the tail cache).
+    zero_copy_bytes: Cell<u64>,
+    copied_bytes: Cell<u64>,
 }
 
 /// The controller's shard.
@@ -81,7 +84,29 @@ impl Node {
             catalog: RefCell::new(catalog),
             control,
             admin: Semaphore::new(1),
+            zero_copy_bytes: Cell::new(0),
+            copied_bytes: Cell::new(0),
         })
+    }
+
+    /// Counts a fetch frame's record bytes: file ranges go zero-copy, the rest (the
+    /// frame's fixed fields aside) from memory.
+    pub fn note_fetch_parts(&self, parts: &[crate::handlers::fetch::Part]) {
+        for part in parts {
+            match part {
+                crate::handlers::fetch::Part::File { len, .. } => {
+                    self.zero_copy_bytes.set(self.zero_copy_bytes.get() + len)
+                }
+                crate::handlers::fetch::Part::Bytes(b) => self
+                    .copied_bytes
+                    .set(self.copied_bytes.get() + b.len() as u64),
+            }
+        }
+    }
+
+    /// Fetch bytes sent so far: (zero-copy, from memory, framing included).
+    pub fn fetch_bytes(&self) -> (u64, u64) {
+        (self.zero_copy_bytes.get(), self.copied_bytes.get())
     }
 
     /// The current catalog snapshot.

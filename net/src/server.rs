@@ -12,6 +12,7 @@
 //! Any error on a connection (oversized or malformed frame, unknown API, I/O) is logged
 //! with the peer's address and closes that connection only.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,11 +24,12 @@ use futures::FutureExt;
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
-use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
 
 use crate::codec::{self, Decoded};
 use crate::error::{NetError, Result};
-use crate::handlers;
+use crate::handlers::fetch::Part;
+use crate::handlers::{self, Reply};
 use crate::limits::{
     CONNECTION_INFLIGHT_BYTES_MAX, CONNECTION_INFLIGHT_REQUESTS_MAX, REQUEST_FRAME_BYTES_MAX,
     SHARD_CONNECTIONS_MAX,
@@ -89,23 +91,84 @@ pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
     }
     drop(listener);
     let _all = live.acquire_permit(SHARD_CONNECTIONS_MAX as u64).await;
+    let (zero_copy, copied) = node.fetch_bytes();
+    tracing::info!(
+        shard = node.shard.id().0,
+        zero_copy_bytes = zero_copy,
+        copied_bytes = copied,
+        "fetch records sent"
+    );
     Ok(())
 }
 
-/// One request in flight: its response, once computed, and its frame's byte permits.
-type InFlight = (glommio::Task<Result<Option<Bytes>>>, StaticPermit);
+/// One request in flight: its response frame, once computed, and its frame's permits.
+type InFlight = (glommio::Task<Result<Vec<Part>>>, StaticPermit);
+
+/// How long a `sendfile` that found the socket full waits before trying again. Only a
+/// consumer slower than the broker ever waits; it is backpressure, not polling for data.
+const SOCKET_FULL_RETRY: Duration = Duration::from_micros(500);
+
+/// Sends `len` bytes of `file` from `position` to the socket with `sendfile`: no copy
+/// through user space. glommio keeps its sockets blocking and sets O_NONBLOCK only around
+/// its own synchronous attempts; this does the same, so no io_uring operation sees it.
+async fn send_file(socket: RawFd, file: &std::fs::File, mut position: u64, len: u64) -> Result<()> {
+    let mut left = len;
+    while left > 0 {
+        let mut offset = position as libc::off_t;
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: fcntl and sendfile on descriptors we own, with a local offset.
+        let (sent, error) = unsafe {
+            let flags = libc::fcntl(socket, libc::F_GETFL);
+            libc::fcntl(socket, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            let sent = libc::sendfile(socket, file.as_raw_fd(), &mut offset, chunk);
+            let error = std::io::Error::last_os_error();
+            libc::fcntl(socket, libc::F_SETFL, flags);
+            (sent, error)
+        };
+        match sent {
+            n if n > 0 => {
+                position += n as u64;
+                left -= n as u64;
+            }
+            0 => {
+                return Err(NetError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment file ended early",
+                )))
+            }
+            _ => match error.kind() {
+                std::io::ErrorKind::WouldBlock => glommio::timer::sleep(SOCKET_FULL_RETRY).await,
+                std::io::ErrorKind::Interrupted => {}
+                _ => return Err(NetError::Io(error)),
+            },
+        }
+    }
+    Ok(())
+}
 
 async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Result<()> {
     stream.set_nodelay(true)?;
+    let socket = stream.as_raw_fd();
     let (mut reader, mut writer) = stream.split();
     let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX as u64));
     let (queue, responses) =
         local_channel::new_bounded::<InFlight>(CONNECTION_INFLIGHT_REQUESTS_MAX);
     let write = async move {
         while let Some((task, permit)) = responses.recv().await {
-            if let Some(bytes) = task.await? {
-                writer.write_all(&bytes).await?;
+            for part in task.await? {
+                match part {
+                    Part::Bytes(bytes) => writer.write_all(&bytes).await?,
+                    Part::File {
+                        file,
+                        position,
+                        len,
+                    } => {
+                        writer.flush().await?;
+                        send_file(socket, &file, position, len).await?;
+                    }
+                }
             }
+            writer.flush().await?;
             drop(permit);
         }
         writer.close().await?;
@@ -143,30 +206,26 @@ async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Re
     read_outcome
 }
 
-/// Decodes, handles and encodes one request.
-async fn respond(node: Rc<Node>, frame: Bytes) -> Result<Option<Bytes>> {
-    match codec::decode(frame)? {
+/// Decodes and handles one request, returning its response frame (empty for none).
+async fn respond(node: Rc<Node>, frame: Bytes) -> Result<Vec<Part>> {
+    let encoded = match codec::decode(frame)? {
         Decoded::ApiVersionsTooNew { correlation_id } => {
             let body = ResponseKind::ApiVersions(handlers::api_versions::too_new());
-            codec::encode(
-                kafka_protocol::messages::ApiKey::ApiVersions,
-                0,
-                correlation_id,
-                &body,
-            )
-            .map(Some)
+            codec::encode(ApiKey::ApiVersions, 0, correlation_id, &body)?
         }
-        Decoded::Request(request) => {
-            let Some(body) = handlers::handle(&node, &request).await? else {
-                return Ok(None);
-            };
-            codec::encode(
+        Decoded::Request(request) => match handlers::handle(&node, &request).await? {
+            Reply::Message(body) => codec::encode(
                 request.api_key,
                 request.version,
                 request.header.correlation_id,
                 &body,
-            )
-            .map(Some)
-        }
-    }
+            )?,
+            Reply::Frame(parts) => {
+                node.note_fetch_parts(&parts);
+                return Ok(parts);
+            }
+            Reply::Nothing => return Ok(Vec::new()),
+        },
+    };
+    Ok(vec![Part::Bytes(encoded)])
 }

@@ -338,6 +338,32 @@ impl PartitionLog {
     pub async fn wait_for_progress(&self) {
         self.0.wait_for_progress().await
     }
+
+    /// Resolves once the high watermark passes `offset` (data to read there), the
+    /// partition fails or closes, or `timeout` elapses; returns whether data is there.
+    pub async fn wait_for_data(&self, offset: Offset, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.offsets().high_watermark > offset {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || self.failure().is_some() {
+                return false;
+            }
+            let progressed = futures::future::select(
+                Box::pin(self.0.wait_for_progress()),
+                Box::pin(glommio::timer::sleep(deadline - now)),
+            )
+            .await;
+            if matches!(progressed, futures::future::Either::Right(_)) {
+                return self.offsets().high_watermark > offset;
+            }
+            if self.0.state.borrow().closing {
+                return false;
+            }
+        }
+    }
 }
 
 impl Inner {

@@ -199,4 +199,43 @@ impl PartitionLog {
         let exact = batch::first_record_at_or_after(&bytes, target).unwrap_or(header.base_offset);
         Ok(Some((exact.max(log_start), header.max_timestamp)))
     }
+
+    /// The offset and timestamp of the record with the largest timestamp below the high
+    /// watermark (ListOffsets -3); the earliest such record on ties. `None` for an empty
+    /// log. For compressed batches the offset is the batch's base offset.
+    pub async fn offset_of_max_timestamp(&self) -> Result<Option<(Offset, Timestamp)>> {
+        let inner = &self.0;
+        let plan = {
+            let st = inner.state.borrow();
+            st.usable(&inner.tp)?;
+            let best = st
+                .segments
+                .values()
+                .filter(|s| s.base_offset < st.high_watermark && s.max_timestamp != Timestamp::NONE)
+                .fold(None::<&crate::segment::Segment>, |best, s| match best {
+                    Some(b) if b.max_timestamp >= s.max_timestamp => Some(b),
+                    _ => Some(s),
+                });
+            let Some(segment) = best else { return Ok(None) };
+            let target = segment.max_timestamp_offset;
+            let from = u64::from(segment.index.lookup(target).position);
+            (
+                segment.file.clone(),
+                segment.log_path.clone(),
+                from,
+                segment.durable,
+                target,
+                segment.max_timestamp,
+            )
+        };
+        let (dma, path, from, bound, target, max_timestamp) = plan;
+        let Some((position, header)) = scan::find_batch(&dma, &path, from, bound, target).await?
+        else {
+            return Ok(None);
+        };
+        let bytes = file::read_at(&dma, &path, position, header.size).await?;
+        let exact =
+            batch::first_record_at_or_after(&bytes, max_timestamp).unwrap_or(header.base_offset);
+        Ok(Some((exact, max_timestamp)))
+    }
 }

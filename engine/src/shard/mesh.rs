@@ -16,7 +16,7 @@ use glommio::sync::Semaphore;
 use super::Shard;
 use crate::config::{AckPolicy, PartitionConfig};
 use crate::error::Result;
-use crate::limits::SHARD_PEER_REQUESTS_INFLIGHT_MAX;
+use crate::limits::{SHARD_PEER_REQUESTS_INFLIGHT_MAX, SHARD_PEER_WAITS_INFLIGHT_MAX};
 use crate::log::{AppendInfo, LogOffsets, ReadResult, RetentionOutcome};
 use crate::types::{LeaderEpoch, Offset, Timestamp, TopicPartition};
 
@@ -67,6 +67,17 @@ pub enum Request {
         now: Timestamp,
         reply: oneshot::Sender<Result<RetentionOutcome>>,
     },
+    /// A long poll: answered when data arrives past `offset` or after `timeout`.
+    WaitForData {
+        tp: TopicPartition,
+        offset: Offset,
+        timeout: std::time::Duration,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    MaxTimestamp {
+        tp: TopicPartition,
+        reply: oneshot::Sender<Result<Option<(Offset, Timestamp)>>>,
+    },
     DeleteRecords {
         tp: TopicPartition,
         offset: Offset,
@@ -82,6 +93,7 @@ pub enum Request {
 /// Serves one peer's channel until it closes.
 pub(super) async fn serve_peer(shard: Shard, receiver: ConnectedReceiver<Message>) {
     let permits = Rc::new(Semaphore::new(SHARD_PEER_REQUESTS_INFLIGHT_MAX as u64));
+    let waits = Rc::new(Semaphore::new(SHARD_PEER_WAITS_INFLIGHT_MAX as u64));
     while let Some(message) = receiver.recv().await {
         let request = match message {
             Message::Done => {
@@ -90,7 +102,12 @@ pub(super) async fn serve_peer(shard: Shard, receiver: ConnectedReceiver<Message
             }
             Message::Request(request) => request,
         };
-        let Ok(permit) = permits.acquire_static_permit(1).await else {
+        let budget = if matches!(request, Request::WaitForData { .. }) {
+            &waits
+        } else {
+            &permits
+        };
+        let Ok(permit) = budget.acquire_static_permit(1).await else {
             return;
         };
         let queue = shard.latency_queue();
@@ -157,6 +174,35 @@ async fn execute(shard: &Shard, request: Request) {
         Request::Retention { tp, now, reply } => {
             let result = match shard.local(&tp) {
                 Ok(log) => log.apply_retention(now).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        Request::WaitForData {
+            tp,
+            offset,
+            timeout,
+            mut reply,
+        } => {
+            let log = match shard.local(&tp) {
+                Ok(log) => log,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            // Stop waiting as soon as the requester gives up (its fetch was answered).
+            let wait = Box::pin(log.wait_for_data(offset, timeout));
+            let gave_up = Box::pin(reply.cancellation());
+            let outcome = futures::future::select(wait, gave_up).await;
+            if let futures::future::Either::Left((data, gave_up)) = outcome {
+                drop(gave_up);
+                let _ = reply.send(Ok(data));
+            }
+        }
+        Request::MaxTimestamp { tp, reply } => {
+            let result = match shard.local(&tp) {
+                Ok(log) => log.offset_of_max_timestamp().await,
                 Err(e) => Err(e),
             };
             let _ = reply.send(result);

@@ -452,6 +452,41 @@ impl Shard {
         )
     }
 
+    /// Waits until data is readable at `offset` of `tp` or `timeout` passes (long polls).
+    pub async fn wait_for_data(
+        &self,
+        tp: TopicPartition,
+        offset: Offset,
+        timeout: std::time::Duration,
+    ) -> Result<bool> {
+        route!(
+            self,
+            tp,
+            async { Ok(self.local(&tp)?.wait_for_data(offset, timeout).await) },
+            |reply| {
+                Request::WaitForData {
+                    tp,
+                    offset,
+                    timeout,
+                    reply,
+                }
+            }
+        )
+    }
+
+    /// The record with the largest timestamp (ListOffsets -3).
+    pub async fn offset_of_max_timestamp(
+        &self,
+        tp: TopicPartition,
+    ) -> Result<Option<(Offset, Timestamp)>> {
+        route!(
+            self,
+            tp,
+            async { self.local(&tp)?.offset_of_max_timestamp().await },
+            |reply| Request::MaxTimestamp { tp, reply }
+        )
+    }
+
     /// Moves a partition's log start forward (Kafka's DeleteRecords).
     pub async fn delete_records(&self, tp: TopicPartition, offset: Offset) -> Result<Offset> {
         route!(

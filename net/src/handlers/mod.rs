@@ -4,7 +4,11 @@
 
 pub mod api_versions;
 pub mod create_topics;
+pub mod errors;
+pub mod fetch;
+pub mod list_offsets;
 pub mod metadata;
+pub mod produce;
 
 use std::rc::Rc;
 
@@ -16,6 +20,9 @@ use crate::node::Node;
 
 /// APIs this broker implements, with the versions it accepts (inclusive).
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
@@ -29,19 +36,43 @@ pub fn supported(api_key: ApiKey) -> Option<(i16, i16)> {
         .map(|(_, min, max)| (*min, *max))
 }
 
-/// Handles a decoded request; `Ok(None)` means no response is sent (acks=0 produce).
-pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Option<ResponseKind>> {
+/// What a handler answers with.
+#[derive(Debug)]
+pub enum Reply {
+    /// A response the codec encodes (boxed: response structs are large).
+    Message(Box<ResponseKind>),
+    /// A response framed by hand (Fetch, for zero-copy records).
+    Frame(Vec<fetch::Part>),
+    /// No response at all (acks=0 produce).
+    Nothing,
+}
+
+/// Handles a decoded request.
+pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Reply> {
+    let version = request.version;
     let response = match &request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::response()),
         RequestKind::Metadata(body) => {
-            ResponseKind::Metadata(metadata::handle(node, body, request.version).await)
+            ResponseKind::Metadata(metadata::handle(node, body, version).await)
         }
         RequestKind::CreateTopics(body) => {
-            ResponseKind::CreateTopics(create_topics::handle(node, body, request.version).await)
+            ResponseKind::CreateTopics(create_topics::handle(node, body, version).await)
+        }
+        RequestKind::ListOffsets(body) => {
+            ResponseKind::ListOffsets(list_offsets::handle(node, body, version).await)
+        }
+        RequestKind::Produce(body) => match produce::handle(node, body, version).await {
+            Some(response) => ResponseKind::Produce(response),
+            None => return Ok(Reply::Nothing),
+        },
+        RequestKind::Fetch(body) => {
+            return Ok(Reply::Frame(
+                fetch::handle(node, body, version, request.header.correlation_id).await,
+            ));
         }
         // `decode` lets through only APIs in SUPPORTED; one listed there without a
         // handler here closes the connection rather than the shard.
         _ => return Err(NetError::UnknownApi(request.api_key as i16)),
     };
-    Ok(Some(response))
+    Ok(Reply::Message(Box::new(response)))
 }

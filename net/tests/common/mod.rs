@@ -86,6 +86,13 @@ pub struct Client {
 }
 
 impl Client {
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
     /// Sends a request at `version` and returns the decoded response.
     pub fn send<R: Request>(&mut self, version: i16, request: &R) -> R::Response {
         self.correlation_id += 1;

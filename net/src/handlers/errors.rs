@@ -1,0 +1,25 @@
+//! Engine errors as the Kafka error codes clients act on.
+
+use kafka_protocol::ResponseError;
+use spate_engine::{BatchError, EngineError};
+
+/// The Kafka error for an engine error on a partition request.
+pub fn kafka_error(error: &EngineError) -> ResponseError {
+    match error {
+        EngineError::InvalidBatch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
+        EngineError::InvalidBatch(BatchError::UnsupportedMagic { .. }) => {
+            ResponseError::UnsupportedForMessageFormat
+        }
+        EngineError::InvalidBatch(_) => ResponseError::CorruptMessage,
+        EngineError::UnknownPartition(_) => ResponseError::UnknownTopicOrPartition,
+        EngineError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        EngineError::InvalidConfig { .. } => ResponseError::InvalidConfig,
+        // The client retries after refreshing metadata; the broker is going away.
+        EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        EngineError::PartitionExists(_) => ResponseError::TopicAlreadyExists,
+        EngineError::LimitReached(_) => ResponseError::PolicyViolation,
+        EngineError::CorruptSegment { .. }
+        | EngineError::Io { .. }
+        | EngineError::PartitionOffline { .. } => ResponseError::KafkaStorageError,
+    }
+}

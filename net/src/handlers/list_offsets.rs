@@ -1,0 +1,93 @@
+//! ListOffsets (key 2), versions 1–7: earliest (-2), latest (-1, the high watermark),
+//! max timestamp (-3, v7), or the first offset at or after a timestamp.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::ResponseError;
+use spate_engine::{Timestamp, TopicPartition};
+
+use super::errors::kafka_error;
+use crate::node::Node;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+async fn lookup(
+    node: &Node,
+    tp: TopicPartition,
+    timestamp: i64,
+    version: i16,
+) -> ListOffsetsPartitionResponse {
+    let response = ListOffsetsPartitionResponse::default().with_partition_index(tp.partition.0);
+    let found = match timestamp {
+        LATEST | EARLIEST => node.shard.offsets(tp).await.map(|o| {
+            let offset = if timestamp == LATEST {
+                o.high_watermark
+            } else {
+                o.log_start
+            };
+            Some((offset.0, -1))
+        }),
+        MAX_TIMESTAMP if version >= 7 => node
+            .shard
+            .offset_of_max_timestamp(tp)
+            .await
+            .map(|hit| hit.map(|(o, t)| (o.0, t.0))),
+        t if t < 0 => return response.with_error_code(ResponseError::InvalidRequest.code()),
+        t => node
+            .shard
+            .offset_for_timestamp(tp, Timestamp(t))
+            .await
+            .map(|hit| hit.map(|(o, t)| (o.0, t.0))),
+    };
+    match found {
+        Ok(Some((offset, timestamp))) => {
+            let r = response.with_offset(offset).with_timestamp(timestamp);
+            if version >= 4 {
+                r.with_leader_epoch(0)
+            } else {
+                r
+            }
+        }
+        // No record at or after the timestamp: Kafka's "unknown offset".
+        Ok(None) => response.with_offset(-1).with_timestamp(-1),
+        Err(e) => response
+            .with_error_code(kafka_error(&e).code())
+            .with_offset(-1)
+            .with_timestamp(-1),
+    }
+}
+
+pub async fn handle(
+    node: &Rc<Node>,
+    request: &ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.0.as_str();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            partitions.push(
+                lookup(
+                    node,
+                    TopicPartition::new(name, p.partition_index),
+                    p.timestamp,
+                    version,
+                )
+                .await,
+            );
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

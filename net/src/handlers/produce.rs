@@ -1,0 +1,151 @@
+//! Produce (key 0), versions 3–11 (0–2 are advertised, because librdkafka up to 2.10
+//! enables compression only when it sees Produce v0 listed, and answered with
+//! UNSUPPORTED_VERSION: they carry the old message formats).
+//!
+//! acks=0 sends no response; acks=1 answers once the batch is in the log; acks=-1 once
+//! it is durable (fsync on a single node). Each partition's records must be exactly one
+//! v2 RecordBatch; the partitions of a request are appended concurrently on their owning
+//! shards. A rejected batch leaves nothing visible.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures::future::join_all;
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use spate_engine::batch::BatchHeader;
+use spate_engine::{AckPolicy, LeaderEpoch, TopicPartition};
+
+use super::errors::kafka_error;
+use crate::node::Node;
+
+/// The leader epoch stamped into batches on a single node.
+const SINGLE_NODE_LEADER_EPOCH: LeaderEpoch = LeaderEpoch(0);
+
+fn failure(index: i32, error: ResponseError, message: Option<String>) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(error.code())
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(message.map(StrBytes::from_string))
+}
+
+async fn append(
+    node: &Node,
+    tp: TopicPartition,
+    records: Option<&bytes::Bytes>,
+    policy: AckPolicy,
+    version: i16,
+) -> PartitionProduceResponse {
+    let index = tp.partition.0;
+    let message = |m: String| (version >= 8).then_some(m);
+    if version < 3 {
+        return failure(
+            index,
+            ResponseError::UnsupportedVersion,
+            message("Produce v0-v2 are not supported; use v3 or later".into()),
+        );
+    }
+    let Some(records) = records.filter(|r| !r.is_empty()) else {
+        return failure(
+            index,
+            ResponseError::CorruptMessage,
+            message("no records".into()),
+        );
+    };
+    // Exactly one batch: the length field of the first must cover all the bytes.
+    match BatchHeader::parse(records) {
+        Ok(h) if h.size == records.len() => {
+            if h.producer_id >= 0 {
+                let text = "idempotent and transactional batches need InitProducerId, which this broker does not support yet";
+                return failure(index, ResponseError::InvalidRecord, message(text.into()));
+            }
+        }
+        Ok(h) if h.size < records.len() => {
+            return failure(
+                index,
+                ResponseError::InvalidRecord,
+                message("more than one record batch for a partition".into()),
+            );
+        }
+        _ => {
+            return failure(
+                index,
+                ResponseError::CorruptMessage,
+                message("records are not one whole v2 record batch".into()),
+            )
+        }
+    }
+    match node
+        .shard
+        .append(
+            tp,
+            BytesMut::from(&records[..]),
+            SINGLE_NODE_LEADER_EPOCH,
+            policy,
+        )
+        .await
+    {
+        Ok(info) => PartitionProduceResponse::default()
+            .with_index(index)
+            .with_base_offset(info.base_offset.0)
+            .with_log_append_time_ms(-1)
+            .with_log_start_offset(if version >= 5 { info.log_start.0 } else { -1 }),
+        Err(e) => failure(index, kafka_error(&e), message(e.to_string())),
+    }
+}
+
+/// `None` for acks=0: no response is sent.
+pub async fn handle(
+    node: &Rc<Node>,
+    request: &ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
+    let policy = match request.acks {
+        0 | 1 => AckPolicy::Appended,
+        -1 => AckPolicy::Durable,
+        _ => {
+            let responses = request
+                .topic_data
+                .iter()
+                .map(|t| {
+                    TopicProduceResponse::default()
+                        .with_name(t.name.clone())
+                        .with_partition_responses(
+                            t.partition_data
+                                .iter()
+                                .map(|p| failure(p.index, ResponseError::InvalidRequiredAcks, None))
+                                .collect(),
+                        )
+                })
+                .collect();
+            return Some(ProduceResponse::default().with_responses(responses));
+        }
+    };
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for topic in &request.topic_data {
+        let name = topic.name.0.as_str();
+        let partitions = join_all(topic.partition_data.iter().map(|p| {
+            append(
+                node,
+                TopicPartition::new(name, p.index),
+                p.records.as_ref(),
+                policy,
+                version,
+            )
+        }))
+        .await;
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(partitions),
+        );
+    }
+    (request.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+}
