@@ -246,3 +246,50 @@ async fn create_partitions(node: &Node, spec: &TopicSpec) -> Result<(), (Respons
     }
     Ok(())
 }
+
+/// Deletes topics: every partition, then the catalog entry. Returns per topic its id (if
+/// it existed) and an error, and the new catalog if anything was deleted.
+pub async fn delete_topics(
+    node: &Node,
+    names: Vec<String>,
+) -> (Vec<TopicOutcome>, Option<Arc<Catalog>>) {
+    let mut catalog = (*node.catalog()).clone();
+    let mut outcomes = Vec::with_capacity(names.len());
+    let mut changed = false;
+    for name in names {
+        let Some(record) = catalog.topics.get(&name).cloned() else {
+            outcomes.push(TopicOutcome::failed(
+                name,
+                ResponseError::UnknownTopicOrPartition,
+                "no such topic",
+            ));
+            continue;
+        };
+        let mut failure = None;
+        for p in 0..record.partitions {
+            let tp = TopicPartition::new(&name, p);
+            match node.shard.delete_partition(tp).await {
+                Ok(()) | Err(EngineError::UnknownPartition(_)) => {}
+                Err(e) => failure = Some((ResponseError::KafkaStorageError, e.to_string())),
+            }
+        }
+        // Even a partial failure removes the topic from the catalog: its remaining
+        // partitions are offline, and the catalog must not offer what cannot be served.
+        catalog.topics.remove(&name);
+        changed = true;
+        tracing::info!(topic = %name, "deleted topic");
+        outcomes.push(TopicOutcome {
+            name,
+            id: record.id,
+            partitions: record.partitions,
+            error: failure,
+        });
+    }
+    if !changed {
+        return (outcomes, None);
+    }
+    if let Err(e) = catalog.save(&node.config.data_dir).await {
+        tracing::error!(error = %e, "could not save the topic catalog");
+    }
+    (outcomes, Some(Arc::new(catalog)))
+}

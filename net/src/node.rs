@@ -47,6 +47,11 @@ pub enum ControlMessage {
         validate_only: bool,
         reply: oneshot::Sender<Vec<TopicOutcome>>,
     },
+    /// To the controller: delete these topics.
+    DeleteTopics {
+        names: Vec<String>,
+        reply: oneshot::Sender<Vec<TopicOutcome>>,
+    },
     /// From the controller: the new catalog; acknowledge once installed.
     Catalog {
         catalog: Arc<Catalog>,
@@ -147,6 +152,34 @@ impl Node {
         }
     }
 
+    /// Deletes topics through the controller.
+    pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicOutcome> {
+        if self.is_controller() {
+            return self.controller_delete(names).await;
+        }
+        let (reply, rx) = oneshot::channel();
+        let message = ControlMessage::DeleteTopics {
+            names: names.clone(),
+            reply,
+        };
+        let sent = self.control.send_to(CONTROLLER, message).await.is_ok();
+        match (sent, rx.await) {
+            (true, Ok(outcomes)) => outcomes,
+            _ => names.into_iter().map(TopicOutcome::shutting_down).collect(),
+        }
+    }
+
+    async fn controller_delete(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicOutcome> {
+        let Ok(_serial) = self.admin.acquire_permit(1).await else {
+            return names.into_iter().map(TopicOutcome::shutting_down).collect();
+        };
+        let (outcomes, changed) = controller::delete_topics(self, names).await;
+        if let Some(catalog) = changed {
+            self.publish(catalog).await;
+        }
+        outcomes
+    }
+
     async fn controller_create(
         self: &Rc<Self>,
         topics: Vec<TopicSpec>,
@@ -194,6 +227,9 @@ impl Node {
                 ControlMessage::Catalog { catalog, installed } => {
                     *self.catalog.borrow_mut() = catalog;
                     let _ = installed.send(());
+                }
+                ControlMessage::DeleteTopics { names, reply } => {
+                    let _ = reply.send(self.controller_delete(names).await);
                 }
                 ControlMessage::CreateTopics {
                     topics,

@@ -264,3 +264,66 @@ fn topics_ids_and_cluster_id_survive_a_restart() {
     assert_eq!(rebuilt.topics.len(), 1);
     assert_eq!(rebuilt.topics[0].partitions.len(), 4);
 }
+
+#[test]
+fn topics_are_deleted_by_name_or_id_and_can_be_created_again() {
+    use kafka_protocol::messages::delete_topics_request::{DeleteTopicState, DeleteTopicsRequest};
+    use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), 2);
+    let mut c = broker.client();
+    let names: Vec<String> = (1..=6).map(|v| format!("gone-v{v}")).collect();
+    let topics = names
+        .iter()
+        .map(|n| topic(n, 3, 1, &[]))
+        .chain([topic("by-id", 2, 1, &[])])
+        .collect();
+    c.send(7, &CreateTopicsRequest::default().with_topics(topics));
+    for (version, name) in (1..=5).zip(&names) {
+        let r = c.send(
+            version,
+            &DeleteTopicsRequest::default()
+                .with_topic_names(vec![TopicName(StrBytes::from_string(name.clone()))])
+                .with_timeout_ms(5000),
+        );
+        assert_eq!(r.responses[0].error_code, 0, "v{version}");
+    }
+    let id = metadata(&mut c, 12, Some(&["by-id"]), false).topics[0].topic_id;
+    let r = c.send(
+        6,
+        &DeleteTopicsRequest::default().with_topics(vec![
+            DeleteTopicState::default().with_topic_id(id),
+            DeleteTopicState::default()
+                .with_name(Some(TopicName(StrBytes::from_string("gone-v6".into())))),
+            DeleteTopicState::default()
+                .with_name(Some(TopicName(StrBytes::from_string("never".into())))),
+        ]),
+    );
+    let codes: Vec<i16> = r.responses.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, [0, 0, ResponseError::UnknownTopicOrPartition.code()]);
+    assert_eq!(r.responses[0].name.as_ref().unwrap().0.as_str(), "by-id");
+    assert!(metadata(&mut c, 12, None, false).topics.is_empty());
+    for p in 0..3 {
+        assert!(
+            !dir.path().join(format!("gone-v1-{p}")).exists(),
+            "partition directories removed"
+        );
+    }
+    let again = c.send(
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![topic("gone-v1", 1, 1, &[])]),
+    );
+    assert_eq!(again.topics[0].error_code, 0);
+    assert_eq!(
+        metadata(&mut c, 12, Some(&["gone-v1"]), false).topics[0]
+            .partitions
+            .len(),
+        1
+    );
+    for version in 0..=1 {
+        let d = c.send(version, &DescribeClusterRequest::default());
+        assert_eq!(d.brokers.len(), 1);
+        assert_eq!(d.controller_id, BrokerId(1));
+        assert!(!d.cluster_id.is_empty());
+    }
+}

@@ -334,3 +334,85 @@ fn a_long_poll_is_woken_by_an_append_not_by_its_timeout() {
         .as_ref()
         .is_none_or(|r| r.is_empty()));
 }
+
+#[test]
+fn delete_records_and_offset_for_leader_epoch() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), 2);
+    let mut c = broker.client();
+    create(&mut c, "trim", 1);
+    for i in 0..10 {
+        produce(
+            &mut c,
+            9,
+            -1,
+            "trim",
+            0,
+            Bytes::from(batch::encode_test_batch(2, 30, i)),
+        );
+    }
+    let delete = |c: &mut Client, version: i16, offset: i64| {
+        let r = c.send(
+            version,
+            &DeleteRecordsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![DeleteRecordsTopic::default()
+                    .with_name(name("trim"))
+                    .with_partitions(vec![DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(offset)])]),
+        );
+        (
+            r.topics[0].partitions[0].error_code,
+            r.topics[0].partitions[0].low_watermark,
+        )
+    };
+    assert_eq!(delete(&mut c, 0, 6), (0, 6));
+    assert_eq!(list_offset(&mut c, 7, "trim", -2), (0, 6));
+    let f = fetch(&mut c, 12, "trim", 0, 4, 0, 0);
+    assert_eq!(
+        f.responses[0].partitions[0].error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
+    assert_eq!(
+        delete(&mut c, 2, 99),
+        (ResponseError::OffsetOutOfRange.code(), -1)
+    );
+    assert_eq!(delete(&mut c, 1, -1), (0, 20), "-1 is the high watermark");
+    for version in 2..=4 {
+        let r = c.send(
+            version,
+            &OffsetForLeaderEpochRequest::default().with_topics(vec![
+                OffsetForLeaderTopic::default()
+                    .with_topic(name("trim"))
+                    .with_partitions(vec![
+                        OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(0)
+                            .with_leader_epoch(0),
+                        OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(-1)
+                            .with_leader_epoch(3),
+                    ]),
+            ]),
+        );
+        let ps = &r.topics[0].partitions;
+        assert_eq!(
+            (ps[0].error_code, ps[0].leader_epoch, ps[0].end_offset),
+            (0, 0, 20),
+            "v{version}"
+        );
+        assert_eq!(
+            (ps[1].leader_epoch, ps[1].end_offset),
+            (-1, -1),
+            "v{version}: unknown epoch"
+        );
+    }
+}

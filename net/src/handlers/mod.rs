@@ -4,10 +4,14 @@
 
 pub mod api_versions;
 pub mod create_topics;
+pub mod delete_records;
+pub mod delete_topics;
+pub mod describe_cluster;
 pub mod errors;
 pub mod fetch;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use std::rc::Rc;
@@ -26,6 +30,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 /// The accepted version range of `api_key`, if it is implemented.
@@ -65,6 +73,18 @@ pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Reply> {
             Some(response) => ResponseKind::Produce(response),
             None => return Ok(Reply::Nothing),
         },
+        RequestKind::DeleteTopics(body) => {
+            ResponseKind::DeleteTopics(delete_topics::handle(node, body, version).await)
+        }
+        RequestKind::DeleteRecords(body) => {
+            ResponseKind::DeleteRecords(delete_records::handle(node, body).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(body) => {
+            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(node, body).await)
+        }
+        RequestKind::DescribeCluster(_) => {
+            ResponseKind::DescribeCluster(describe_cluster::handle(node))
+        }
         RequestKind::Fetch(body) => {
             return Ok(Reply::Frame(
                 fetch::handle(node, body, version, request.header.correlation_id).await,
