@@ -16,6 +16,14 @@ if ! command -v kcat >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
 fi
 
+# Python Kafka clients for the end-to-end tests, in a virtualenv of the repository.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, zstandard, lz4, cramjam" 2>/dev/null; then
+  echo "== creating .venv with confluent-kafka and kafka-python"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q confluent-kafka kafka-python zstandard lz4 cramjam
+fi
+
 # glommio registers io_uring buffers; a low locked-memory limit only makes it fall back
 # to unregistered buffers, but raise it where we may so the tests run the fast path.
 ulimit -l unlimited 2>/dev/null || true

@@ -148,6 +148,11 @@ impl BatchHeader {
         }
     }
 
+    /// Whether the batch belongs to a transaction.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
     /// Whether the batch is a transaction control batch (commit/abort marker).
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0

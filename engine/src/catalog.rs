@@ -36,6 +36,9 @@ pub struct TopicRecord {
 pub struct Catalog {
     pub cluster_id: String,
     pub topics: BTreeMap<String, TopicRecord>,
+    /// The next idempotent producer id to hand out; saved before an id is answered, so
+    /// no id is ever given twice.
+    pub next_producer_id: i64,
 }
 
 impl Catalog {

@@ -95,6 +95,26 @@ pub enum EngineError {
     #[error("partition {tp} is offline after a storage failure: {reason}")]
     PartitionOffline { tp: TopicPartition, reason: String },
 
+    /// Recoverable: an idempotent producer's batch is not the next in its sequence.
+    #[error("out-of-order sequence from producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+
+    /// Recoverable: a batch from an older epoch of a producer (a fenced "zombie").
+    #[error("producer {producer_id} epoch {got} is older than its current epoch {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        current: i16,
+        got: i16,
+    },
+
+    /// Recoverable: a producer this partition has no state for sent a mid-sequence batch.
+    #[error("unknown producer {producer_id} (sequence {sequence}, expected 0)")]
+    UnknownProducerId { producer_id: i64, sequence: i32 },
+
     /// Recoverable: the engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -22,8 +22,44 @@ pub fn align_down(v: u64) -> u64 {
     v - v % DIRECT_IO_ALIGNMENT
 }
 
+thread_local! {
+    /// Set once this thread's executor has let glommio probe the data device. glommio
+    /// caches its probe per thread, so this flag is per thread too.
+    static DEVICE_PROBED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes glommio decide correctly whether the data device supports polled I/O.
+///
+/// glommio probes a device the first time a thread opens a DMA file on it, by reading
+/// one block at offset 0 through the poll ring, and caches the answer for the thread. On an
+/// empty file that read ends at EOF without reaching the device and "succeeds", so the
+/// first empty file (a new segment, a temporary) makes glommio believe in polled I/O
+/// that the device may not have; every later read then fails with EOPNOTSUPP (seen on
+/// virtio disks). So before any other DMA file, we open one that holds a block of data.
+pub async fn probe_device(dir: &Path) -> Result<()> {
+    if DEVICE_PROBED.get() {
+        return Ok(());
+    }
+    let thread = format!("{:?}", std::thread::current().id())
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let path = dir.join(format!(".device-probe-{}-{thread}", std::process::id()));
+    std::fs::write(&path, vec![0u8; DIRECT_IO_ALIGNMENT as usize])
+        .map_err(|e| EngineError::io("write", &path, e))?;
+    let opened = DmaFile::open(&path).await;
+    let _ = std::fs::remove_file(&path);
+    let file = opened.map_err(|e| EngineError::glommio("open", &path, e))?;
+    file.close()
+        .await
+        .map_err(|e| EngineError::glommio("close", &path, e))?;
+    DEVICE_PROBED.set(true);
+    Ok(())
+}
+
 /// Opens (optionally creating) a file for O_DIRECT reads and writes.
 pub async fn open_dma(path: &Path, create: bool) -> Result<DmaFile> {
+    if let Some(dir) = path.parent() {
+        probe_device(dir).await?;
+    }
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -94,9 +130,13 @@ pub async fn write_padded(file: &DmaFile, path: &Path, position: u64, bytes: &[u
 
 /// Replaces `dir/name` atomically with `bytes` (see the module doc).
 pub async fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    probe_device(dir).await?;
     let tmp = dir.join(format!("{name}.tmp"));
     let dest = dir.join(name);
+    // Read as well as write: glommio probes each new DMA file with a read to decide on
+    // iopoll, and logs an ERROR (EBADF) for a write-only descriptor.
     let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
@@ -120,6 +160,9 @@ pub async fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 /// Reads a whole small file; `None` if it does not exist. Files over
 /// `METADATA_FILE_BYTES_MAX` are refused as corrupt rather than read into memory.
 pub async fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
+    if let Some(dir) = path.parent().filter(|d| d.is_dir()) {
+        probe_device(dir).await?;
+    }
     let file = match DmaFile::open(path).await {
         Ok(f) => f,
         Err(e) => {

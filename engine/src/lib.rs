@@ -28,6 +28,7 @@ pub mod limits;
 pub mod log;
 pub mod meta;
 pub mod placement;
+pub mod producers;
 pub mod segment;
 pub mod shard;
 pub mod staging;

@@ -78,6 +78,14 @@ pub const SEGMENT_PREALLOCATION_BYTES: u64 = 32 * 1024 * 1024;
 /// this allows compression ratios beyond 7000:1.
 pub const COMPRESSED_RECORDS_PER_BYTE_MAX: i64 = 1024;
 
+/// Batches remembered per idempotent producer and partition for duplicate detection
+/// (Kafka's max.in.flight.requests.per.connection bound for idempotence).
+pub const PRODUCER_BATCHES_CACHED: usize = 5;
+
+/// Idempotent producers whose state a partition keeps; the least recently used is
+/// forgotten beyond this (its next batch then needs sequence 0 or is refused as unknown).
+pub const PARTITION_PRODUCERS_MAX: usize = 10_000;
+
 /// Largest segment a topic may configure. Positions inside a segment are u32 in the
 /// `.index` format, so a segment must stay below 4 GiB.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;

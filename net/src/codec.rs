@@ -102,10 +102,9 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded> {
         }
     };
     if frame.has_remaining() {
-        return Err(NetError::Malformed(format!(
-            "{} bytes left over after the request",
-            frame.remaining()
-        )));
+        // Kafka's own broker ignores bytes after a request's last field, and some clients
+        // send them (librdkafka's admin client does), so tolerate them too.
+        tracing::debug!(api = ?api_key, version, bytes = frame.remaining(), "ignoring bytes after a request");
     }
     Ok(Decoded::Request(Box::new(Request {
         api_key,

@@ -52,6 +52,8 @@ pub enum ControlMessage {
         names: Vec<String>,
         reply: oneshot::Sender<Vec<TopicOutcome>>,
     },
+    /// To the controller: allocate an idempotent producer id.
+    AllocateProducerId { reply: oneshot::Sender<Option<i64>> },
     /// From the controller: the new catalog; acknowledge once installed.
     Catalog {
         catalog: Arc<Catalog>,
@@ -180,6 +182,35 @@ impl Node {
         outcomes
     }
 
+    /// A new idempotent producer id, never handed out before; `None` if it could not be
+    /// made durable (or the broker is stopping).
+    pub async fn allocate_producer_id(self: &Rc<Self>) -> Option<i64> {
+        if self.is_controller() {
+            return self.controller_allocate().await;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send_to(CONTROLLER, ControlMessage::AllocateProducerId { reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    async fn controller_allocate(self: &Rc<Self>) -> Option<i64> {
+        let _serial = self.admin.acquire_permit(1).await.ok()?;
+        let mut catalog = (*self.catalog()).clone();
+        let id = catalog.next_producer_id;
+        catalog.next_producer_id += 1;
+        if let Err(e) = catalog.save(&self.config.data_dir).await {
+            tracing::error!(error = %e, "could not persist the producer id counter");
+            return None;
+        }
+        // Only the controller reads the counter; other shards get it with the next
+        // topic change.
+        *self.catalog.borrow_mut() = Arc::new(catalog);
+        Some(id)
+    }
+
     async fn controller_create(
         self: &Rc<Self>,
         topics: Vec<TopicSpec>,
@@ -230,6 +261,9 @@ impl Node {
                 }
                 ControlMessage::DeleteTopics { names, reply } => {
                     let _ = reply.send(self.controller_delete(names).await);
+                }
+                ControlMessage::AllocateProducerId { reply } => {
+                    let _ = reply.send(self.controller_allocate().await);
                 }
                 ControlMessage::CreateTopics {
                     topics,

@@ -40,6 +40,14 @@ use crate::node::Node;
 /// depends on it.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
+fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected | UnexpectedEof
+    )
+}
+
 /// Resolves once `stop` is set.
 async fn stopped(stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
@@ -79,8 +87,13 @@ pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "?".to_string(), |a| a.to_string());
-                if let Err(e) = connection(stream, &node, &stop).await {
-                    tracing::info!(%peer, error = %e, "closing connection");
+                match connection(stream, &node, &stop).await {
+                    Ok(()) => {}
+                    // A client going away mid-response is ordinary.
+                    Err(NetError::Io(e)) if is_disconnect(&e) => {
+                        tracing::debug!(%peer, error = %e, "client went away")
+                    }
+                    Err(e) => tracing::info!(%peer, error = %e, "closing connection"),
                 }
                 drop(slot);
             },

@@ -6,8 +6,11 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+use support::Guard;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -17,7 +20,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(data: &Path, port: u16) -> Child {
+fn start(data: &Path, port: u16) -> Guard {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
         .args([
             "serve",
@@ -40,13 +43,11 @@ fn start(data: &Path, port: u16) -> Child {
         assert!(Instant::now() < deadline, "spate serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    Guard(Some(child))
 }
 
-fn stop(child: Child) -> String {
-    // SAFETY: SIGTERM to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let output = child.wait_with_output().unwrap();
+fn stop(child: Guard) -> String {
+    let output = child.signal_and_wait(libc::SIGTERM);
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{log}");
     log

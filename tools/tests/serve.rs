@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::Guard;
+
 fn spate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_spate"))
 }
@@ -37,6 +40,10 @@ fn api_versions(port: u16, correlation_id: i32) -> (i32, i16) {
 }
 
 fn wait_until_serving(child: &mut Child, port: u16) {
+    wait_for(child, port)
+}
+
+fn wait_for(child: &mut Child, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -51,21 +58,11 @@ fn wait_until_serving(child: &mut Child, port: u16) {
     }
 }
 
-fn terminate(mut child: Child) -> Output {
-    // SAFETY: sending SIGTERM to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "spate serve did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+fn terminate(child: Guard) -> Output {
+    child.signal_and_wait(libc::SIGTERM)
 }
 
-fn start(data: &Path, port: u16, extra: &[&str]) -> Child {
+fn start(data: &Path, port: u16, extra: &[&str]) -> Guard {
     let mut child = spate()
         .args([
             "serve",
@@ -82,7 +79,7 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> Child {
         .spawn()
         .unwrap();
     wait_until_serving(&mut child, port);
-    child
+    Guard(Some(child))
 }
 
 #[test]
@@ -119,14 +116,16 @@ fn settings_come_from_a_toml_file_and_the_environment() {
         format!("listen = \"127.0.0.1:{port}\"\nshards = 1\nnode_id = 7\n"),
     )
     .unwrap();
-    let mut child = spate()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("SPATE_DATA_DIR", dir.path().join("from-env"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until_serving(&mut child, port);
+    let mut child = Guard(Some(
+        spate()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SPATE_DATA_DIR", dir.path().join("from-env"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_until_serving(child.child(), port);
     assert!(dir.path().join("from-env").is_dir());
     let output = terminate(child);
     assert!(String::from_utf8_lossy(&output.stderr).contains("node_id=7"));

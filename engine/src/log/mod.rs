@@ -38,6 +38,7 @@ use crate::config::{AckPolicy, PartitionConfig};
 use crate::error::{EngineError, Result};
 use crate::limits::{PARTITION_STAGED_BYTES_MAX, SHARD_STAGED_BYTES_MAX};
 use crate::meta::PartitionMeta;
+use crate::producers::{ProducerStates, Verdict};
 use crate::segment::Segment;
 use crate::types::{LeaderEpoch, Offset, ShardId, Timestamp, TopicPartition};
 
@@ -141,6 +142,7 @@ pub(crate) struct LogState {
     failed: Option<String>,
     closing: bool,
     cache: TailCache,
+    producers: ProducerStates,
     stats: LogStats,
     /// Set once the partition's files are removed; nothing may write them again.
     deleted: bool,
@@ -292,9 +294,30 @@ impl PartitionLog {
         if inner.state.borrow().needs_roll(size, records, now) {
             inner.roll().await?;
         }
-        let (info, waiter) = {
+        let (info, waiter, appended) = 'staged: {
             let mut st = inner.state.borrow_mut();
             st.usable(&inner.tp)?;
+            if let Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } = st.producers.check(&header)?
+            {
+                // A producer's retry: answer with the first append's offsets, once that
+                // append is as durable as this one asks.
+                let waiter =
+                    (policy == AckPolicy::Durable && st.durable_end <= last_offset).then(|| {
+                        let (tx, rx) = oneshot::channel();
+                        st.durable_waiters.push_back((last_offset.next(), tx));
+                        rx
+                    });
+                let info = AppendInfo {
+                    base_offset,
+                    last_offset,
+                    log_start: st.log_start,
+                    append_time: now,
+                };
+                break 'staged (info, waiter, false);
+            }
             let base_offset = st.log_end;
             batch::patch(&mut batch, base_offset, leader_epoch);
             let header = BatchHeader {
@@ -304,6 +327,7 @@ impl PartitionLog {
             };
             let bytes = batch.freeze();
             st.active_mut().append(&bytes, &header, now);
+            st.producers.record(&header, base_offset);
             st.log_end = header.last_offset().next();
             st.leader_epoch = st.leader_epoch.max(leader_epoch);
             st.cache.push(base_offset, header.last_offset(), bytes);
@@ -323,10 +347,12 @@ impl PartitionLog {
                 log_start: st.log_start,
                 append_time: now,
             };
-            (info, waiter)
+            (info, waiter, true)
         };
         drop(_gate);
-        inner.ring_flusher();
+        if appended {
+            inner.ring_flusher();
+        }
         if let Some(waiter) = waiter {
             waiter.await.map_err(|_| EngineError::ShuttingDown)??;
         }

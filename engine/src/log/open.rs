@@ -30,6 +30,7 @@ use crate::error::{EngineError, Result};
 use crate::file::{self, align_down};
 use crate::index::SegmentIndex;
 use crate::meta::{self, FileKind, PartitionMeta, RecoveryCheckpoint};
+use crate::producers::ProducerStates;
 use crate::segment::{finalize_files, Segment};
 use crate::staging::Staging;
 use crate::types::{LeaderEpoch, Offset, TopicPartition};
@@ -42,6 +43,7 @@ pub const CHECKPOINT_FILE: &str = "recovery.checkpoint";
 struct Recovered {
     segments: BTreeMap<Offset, Segment>,
     checkpoint: RecoveryCheckpoint,
+    producers: ProducerStates,
 }
 
 impl PartitionLog {
@@ -104,6 +106,7 @@ impl PartitionLog {
                     Recovered {
                         segments,
                         checkpoint,
+                        producers: ProducerStates::default(),
                     },
                     shard,
                 ))
@@ -184,6 +187,7 @@ impl PartitionLog {
             failed: None,
             closing: false,
             cache: TailCache::new(shard.cache_bytes.clone()),
+            producers: recovered.producers,
             stats: Default::default(),
             deleted: false,
         };
@@ -385,6 +389,7 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         return Ok(Recovered {
             segments,
             checkpoint,
+            producers: ProducerStates::default(),
         });
     }
     let verify_from = if checkpoint.clean_shutdown {
@@ -477,10 +482,31 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         .next_back()
         .expect("at least one segment");
     activate(active).await?;
+    let producers = rebuild_producers(active).await?;
     Ok(Recovered {
         segments,
         checkpoint,
+        producers,
     })
+}
+
+/// Rebuilds idempotent producers' state from the active segment's batch headers.
+/// Producers idle for longer than a segment are forgotten; their next batch must then
+/// start a new sequence (clients do so on UNKNOWN_PRODUCER_ID).
+async fn rebuild_producers(active: &Segment) -> Result<ProducerStates> {
+    let mut producers = ProducerStates::default();
+    scan::headers(
+        &active.file,
+        &active.log_path,
+        0,
+        active.size,
+        |_, header| {
+            producers.record(header, header.base_offset);
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .await?;
+    Ok(producers)
 }
 
 /// Verifies a segment past the recovery point; returns whether its tail was cut.

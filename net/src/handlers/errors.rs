@@ -5,6 +5,10 @@ use spate_engine::{BatchError, EngineError};
 
 /// The Kafka error for an engine error on a partition request.
 pub fn kafka_error(error: &EngineError) -> ResponseError {
+    if !error.is_recoverable() {
+        // A storage failure must be visible to the operator, not only to the client.
+        tracing::warn!(%error, "storage error answered to a client");
+    }
     match error {
         EngineError::InvalidBatch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
         EngineError::InvalidBatch(BatchError::UnsupportedMagic { .. }) => {
@@ -18,6 +22,9 @@ pub fn kafka_error(error: &EngineError) -> ResponseError {
         EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         EngineError::PartitionExists(_) => ResponseError::TopicAlreadyExists,
         EngineError::LimitReached(_) => ResponseError::PolicyViolation,
+        EngineError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        EngineError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        EngineError::UnknownProducerId { .. } => ResponseError::UnknownProducerId,
         EngineError::CorruptSegment { .. }
         | EngineError::Io { .. }
         | EngineError::PartitionOffline { .. } => ResponseError::KafkaStorageError,

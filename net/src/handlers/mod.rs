@@ -9,6 +9,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod errors;
 pub mod fetch;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
@@ -34,6 +35,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The accepted version range of `api_key`, if it is implemented.
@@ -81,6 +83,9 @@ pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Reply> {
         }
         RequestKind::OffsetForLeaderEpoch(body) => {
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(node, body).await)
+        }
+        RequestKind::InitProducerId(body) => {
+            ResponseKind::InitProducerId(init_producer_id::handle(node, body).await)
         }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(describe_cluster::handle(node))

@@ -62,8 +62,8 @@ async fn append(
     // Exactly one batch: the length field of the first must cover all the bytes.
     match BatchHeader::parse(records) {
         Ok(h) if h.size == records.len() => {
-            if h.producer_id >= 0 {
-                let text = "idempotent and transactional batches need InitProducerId, which this broker does not support yet";
+            if h.is_transactional() {
+                let text = "transactional batches are not supported yet";
                 return failure(index, ResponseError::InvalidRecord, message(text.into()));
             }
         }

@@ -1,0 +1,115 @@
+//! Stock Python clients (confluent-kafka, kafka-python) against `spate serve`, and the
+//! durability promise of acks=all under `kill -9`. The clients come from the virtualenv
+//! the test command creates (`.venv`, or `SPATE_TEST_PYTHON`); without it this fails.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod support;
+use support::Guard;
+
+fn python() -> PathBuf {
+    let path = std::env::var_os("SPATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the test command (scripts/test.sh), which creates it",
+        path.display()
+    );
+    path
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &Path, port: u16) -> Guard {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(data)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "spate serve exited early"
+        );
+        assert!(Instant::now() < deadline, "spate serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Guard(Some(child))
+}
+
+fn run_script(args: &[&str]) {
+    let output = Command::new(python())
+        .arg(script())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "clients.py {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn confluent_kafka_and_kafka_python_round_trip_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = start(dir.path(), port);
+    run_script(&["roundtrip", &port.to_string()]);
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}
+
+#[test]
+fn every_acks_all_acknowledgement_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = dir.path().join("acked.txt");
+    let data = dir.path().join("data");
+    let port = free_port();
+    let broker = start(&data, port);
+    let mut producer = Command::new(python())
+        .arg(script())
+        .args([
+            "produce-acked",
+            &port.to_string(),
+            "crash",
+            acked.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    broker.signal_and_wait(libc::SIGKILL);
+    assert!(producer.wait().unwrap().success());
+    let broker = start(&data, port);
+    run_script(&[
+        "verify",
+        &port.to_string(),
+        "crash",
+        acked.to_str().unwrap(),
+    ]);
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}
