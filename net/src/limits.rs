@@ -8,6 +8,11 @@ pub const REQUEST_FRAME_BYTES_MAX: usize = 100 * 1024 * 1024;
 /// while it is reached: backpressure to the client through TCP, never buffering.
 pub const CONNECTION_INFLIGHT_BYTES_MAX: usize = 128 * 1024 * 1024;
 
+/// Most request bytes all connections of one shard may have read but not yet answered.
+/// Readers wait for room: the shard's memory for requests is bounded whatever the number
+/// of connections.
+pub const SHARD_INFLIGHT_BYTES_MAX: usize = 512 * 1024 * 1024;
+
 /// Most requests one connection may have in flight (pipelined) at once.
 pub const CONNECTION_INFLIGHT_REQUESTS_MAX: usize = 1024;
 
@@ -26,4 +31,5 @@ pub const CONTROL_CHANNEL_CAPACITY: usize = 64;
 pub const RESERVED_ALLOCATION_BYTES_MIN: usize = 1 << 30;
 
 const _: () = assert!(CONNECTION_INFLIGHT_BYTES_MAX >= REQUEST_FRAME_BYTES_MAX);
+const _: () = assert!(SHARD_INFLIGHT_BYTES_MAX >= CONNECTION_INFLIGHT_BYTES_MAX);
 const _: () = assert!(RESERVED_ALLOCATION_BYTES_MIN > REQUEST_FRAME_BYTES_MAX);

@@ -70,6 +70,8 @@ pub struct Node {
     control: Senders<ControlMessage>,
     /// Serialises catalog changes on the controller.
     admin: Semaphore,
+    /// Request bytes read but not yet answered on this shard (`SHARD_INFLIGHT_BYTES_MAX`).
+    pub inflight_bytes: Rc<Semaphore>,
     /// Fetch record bytes sent with sendfile, and from memory (the tail cache).
     zero_copy_bytes: Cell<u64>,
     copied_bytes: Cell<u64>,
@@ -91,6 +93,9 @@ impl Node {
             catalog: RefCell::new(catalog),
             control,
             admin: Semaphore::new(1),
+            inflight_bytes: Rc::new(Semaphore::new(
+                crate::limits::SHARD_INFLIGHT_BYTES_MAX as u64,
+            )),
             zero_copy_bytes: Cell::new(0),
             copied_bytes: Cell::new(0),
         })

@@ -70,7 +70,9 @@ pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
         let stream = match accepted {
             Ok(stream) => stream,
             Err(e) => {
+                // E.g. out of descriptors: back off instead of spinning on the error.
                 tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
         };
@@ -114,8 +116,12 @@ pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// One request in flight: its response frame, once computed, and its frame's permits.
-type InFlight = (glommio::Task<Result<Vec<Part>>>, StaticPermit);
+/// One request in flight: its response frame, once computed, and its frame's permits
+/// in the connection's and the shard's byte budgets.
+type InFlight = (glommio::Task<Result<Vec<Part>>>, [StaticPermit; 2]);
+
+/// Pause after a failed accept.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
 /// How long a `sendfile` that found the socket full waits before trying again. Only a
 /// consumer slower than the broker ever waits; it is backpressure, not polling for data.
@@ -197,10 +203,11 @@ async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Re
                     () = stopped(stop).fuse() => None,
                 };
                 let Some(frame) = frame else { return Ok(()) };
-                let permit = budget
-                    .acquire_static_permit(frame.len() as u64)
-                    .await
-                    .map_err(|_| NetError::Malformed("connection closing".into()))?;
+                let closing = |_| NetError::Malformed("connection closing".into());
+                let permit = [
+                    budget.acquire_static_permit(frame.len() as u64).await.map_err(closing)?,
+                    node.inflight_bytes.acquire_static_permit(frame.len() as u64).await.map_err(closing)?,
+                ];
                 let task = glommio::spawn_local_into(respond(node.clone(), frame), node.shard.latency_queue())
                     .expect("latency queue exists");
                 if queue.send((task, permit)).await.is_err() {

@@ -4,46 +4,14 @@
 //! kcat must be installed (the test command installs it); without it this test fails.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod support;
-use support::Guard;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{free_port, serve_command, spawn_serving, Guard};
 
 fn start(data: &Path, port: u16) -> Guard {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "spate serve exited early"
-        );
-        assert!(Instant::now() < deadline, "spate serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Guard(Some(child))
+    spawn_serving(serve_command(data, port).stderr(Stdio::piped()), port)
 }
 
 fn stop(child: Guard) -> String {

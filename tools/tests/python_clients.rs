@@ -2,13 +2,12 @@
 //! durability promise of acks=all under `kill -9`. The clients come from the virtualenv
 //! the test command creates (`.venv`, or `SPATE_TEST_PYTHON`); without it this fails.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
-use support::Guard;
+use support::{free_port, serve_command, spawn_serving, Guard};
 
 fn python() -> PathBuf {
     let path = std::env::var_os("SPATE_TEST_PYTHON")
@@ -26,39 +25,13 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(data: &Path, port: u16) -> Guard {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "spate serve exited early"
-        );
-        assert!(Instant::now() < deadline, "spate serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Guard(Some(child))
+    spawn_serving(
+        serve_command(data, port)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null()),
+        port,
+    )
 }
 
 fn run_script(args: &[&str]) {

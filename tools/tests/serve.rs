@@ -4,22 +4,14 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 mod support;
-use support::Guard;
+use support::{free_port, serve_command, spawn_serving, Guard};
 
 fn spate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_spate"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// ApiVersions v0 by hand: header v1 (key 18, version 0, correlation id, null client id).
@@ -39,47 +31,17 @@ fn api_versions(port: u16, correlation_id: i32) -> (i32, i16) {
     )
 }
 
-fn wait_until_serving(child: &mut Child, port: u16) {
-    wait_for(child, port)
-}
-
-fn wait_for(child: &mut Child, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "spate serve exited early"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "spate serve did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn terminate(child: Guard) -> Output {
     child.signal_and_wait(libc::SIGTERM)
 }
 
 fn start(data: &Path, port: u16, extra: &[&str]) -> Guard {
-    let mut child = spate()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(data)
+    let mut command = serve_command(data, port);
+    command
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until_serving(&mut child, port);
-    Guard(Some(child))
+        .stderr(Stdio::piped());
+    spawn_serving(&mut command, port)
 }
 
 #[test]
@@ -116,16 +78,13 @@ fn settings_come_from_a_toml_file_and_the_environment() {
         format!("listen = \"127.0.0.1:{port}\"\nshards = 1\nnode_id = 7\n"),
     )
     .unwrap();
-    let mut child = Guard(Some(
-        spate()
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("SPATE_DATA_DIR", dir.path().join("from-env"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    wait_until_serving(child.child(), port);
+    let mut command = spate();
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SPATE_DATA_DIR", dir.path().join("from-env"))
+        .stderr(Stdio::piped());
+    let child = spawn_serving(&mut command, port);
     assert!(dir.path().join("from-env").is_dir());
     let output = terminate(child);
     assert!(String::from_utf8_lossy(&output.stderr).contains("node_id=7"));

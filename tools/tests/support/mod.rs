@@ -33,3 +33,47 @@ impl Drop for Guard {
         }
     }
 }
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Spawns `command` (a `spate serve`) and waits until it accepts connections on `port`.
+pub fn spawn_serving(command: &mut std::process::Command, port: u16) -> Guard {
+    use std::time::{Duration, Instant};
+    let mut guard = Guard(Some(command.spawn().expect("spawn spate serve")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            guard.child().try_wait().unwrap().is_none(),
+            "spate serve exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "spate serve did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+/// `spate serve` on `port` with two shards and `data` as its data directory.
+pub fn serve_command(data: &std::path::Path, port: u16) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_spate"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(data);
+    command
+}
