@@ -255,6 +255,24 @@ pub fn patch(bytes: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
     bytes[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&leader_epoch.0.to_be_bytes());
 }
 
+/// Turns a producer's batch into a LogAppendTime batch stamped `time` (for topics with
+/// `message.timestamp.type=LogAppendTime`): sets the timestamp-type attribute and
+/// maxTimestamp, which consumers then read as every record's time, and reseals the CRC.
+/// The batch is validated first, so a corrupt batch is refused, never resealed.
+pub fn stamp_log_append_time(bytes: &mut [u8], time: Timestamp) -> Result<(), BatchError> {
+    validate(bytes, usize::MAX)?;
+    // Attributes are a big-endian i16; the timestamp-type bit (0x08) is in its low byte.
+    bytes[ATTRIBUTES_AT + 1] |= 0x08;
+    bytes[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&time.0.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[CRC_START..]);
+    bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    debug_assert!(
+        validate(bytes, usize::MAX).is_ok(),
+        "a stamped batch stays valid"
+    );
+    Ok(())
+}
+
 /// Walks the records of an uncompressed batch: exactly `count` records, each record's
 /// length within the batch, offset deltas 0, 1, 2, …, and no bytes left over.
 fn walk_records(bytes: &[u8], count: i32) -> Result<(), BatchError> {
@@ -424,6 +442,25 @@ mod tests {
         assert_eq!(h.record_count, 3);
         assert_eq!(h.size, b.len());
         assert_eq!(h.max_timestamp, Timestamp(1002));
+    }
+
+    #[test]
+    fn log_append_time_stamping_reseals_and_refuses_corrupt_batches() {
+        let mut b = build_batch(3, 10, 1000);
+        stamp_log_append_time(&mut b, Timestamp(77_000)).unwrap();
+        let h = validate(&b, 1 << 20).unwrap();
+        assert_eq!(h.max_timestamp, Timestamp(77_000));
+        assert_ne!(h.attributes & 0x08, 0, "timestamp type is LogAppendTime");
+        assert_eq!(first_record_at_or_after(&b, Timestamp(0)), None);
+        let mut corrupt = build_batch(3, 10, 1000);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        let before = corrupt.clone();
+        assert!(matches!(
+            stamp_log_append_time(&mut corrupt, Timestamp(5)),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        assert_eq!(corrupt, before, "a refused batch is left as it was");
     }
 
     #[test]

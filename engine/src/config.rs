@@ -103,6 +103,19 @@ impl PartitionConfig {
         Ok(())
     }
 
+    /// The value of one config, as Kafka renders it; `None` for a key not in `KEYS`.
+    pub fn get(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            "index.interval.bytes" => self.index_interval_bytes.to_string(),
+            _ => return None,
+        })
+    }
+
     /// Builds a config from defaults and `key=value` overrides.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut config = PartitionConfig::default();
@@ -144,6 +157,11 @@ mod tests {
             assert!(e.to_string().contains(k), "{e}");
             assert_eq!(c, PartitionConfig::default());
         }
+        for key in PartitionConfig::KEYS {
+            let value = c.get(key).expect("every key renders");
+            c.set(key, &value).expect("a rendered value parses back");
+        }
+        assert_eq!(c, PartitionConfig::default());
         c.set("segment.bytes", "1048576").unwrap();
         assert_eq!(c.segment_bytes, 1 << 20);
     }

@@ -14,6 +14,10 @@ use spate_engine::{EngineError, PartitionConfig, TopicPartition};
 
 use crate::limits::TOPIC_PARTITIONS_MAX;
 use crate::node::Node;
+use crate::topic_config::{self, ConfigChange};
+
+/// What a controller operation answers per topic: success, or a Kafka error and message.
+pub type TopicResult = Result<(), (ResponseError, String)>;
 
 /// A validated topic to create.
 #[derive(Debug, Clone)]
@@ -50,25 +54,6 @@ impl TopicOutcome {
             ResponseError::NotController,
             "the broker is shutting down",
         )
-    }
-}
-
-/// Topic configs the broker knows besides the engine's, with their allowed values.
-fn check_broker_config(key: &str, value: &str) -> Result<(), String> {
-    match key {
-        "cleanup.policy" => match value {
-            "delete" | "compact" | "compact,delete" | "delete,compact" => Ok(()),
-            _ => Err("must be delete, compact or compact,delete".into()),
-        },
-        "min.insync.replicas" => match value.parse::<i32>() {
-            Ok(n) if n >= 1 => Ok(()),
-            _ => Err("must be a whole number of at least 1".into()),
-        },
-        "message.timestamp.type" => match value {
-            "CreateTime" | "LogAppendTime" => Ok(()),
-            _ => Err("must be CreateTime or LogAppendTime".into()),
-        },
-        _ => Err("unknown config".into()),
     }
 }
 
@@ -112,27 +97,13 @@ pub fn spec_from_request(
             "manual replica assignment is not supported".into(),
         ));
     }
-    let mut config = PartitionConfig::default();
-    let mut overrides = Vec::new();
-    for entry in &topic.configs {
-        let key = entry.name.as_str();
-        let Some(value) = entry.value.as_ref().map(|v| v.as_str()) else {
-            continue;
-        };
-        if PartitionConfig::KEYS.contains(&key) {
-            config
-                .set(key, value)
-                .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
-        } else {
-            check_broker_config(key, value).map_err(|reason| {
-                (
-                    ResponseError::InvalidConfig,
-                    format!("invalid config {key}={value}: {reason}"),
-                )
-            })?;
-        }
-        overrides.push((key.to_string(), value.to_string()));
-    }
+    let given = topic
+        .configs
+        .iter()
+        .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+        .collect();
+    let overrides = topic_config::apply(&[], &ConfigChange::Replace(given))?;
+    let config = topic_config::partition_config(&overrides)?;
     Ok(TopicSpec {
         name,
         partitions,
@@ -186,7 +157,7 @@ pub async fn create_topics(
             });
             continue;
         }
-        match create_partitions(node, &spec).await {
+        match create_partitions(node, &spec.name, 0..spec.partitions, &spec.config).await {
             Ok(()) => {
                 let record = TopicRecord {
                     name: spec.name.clone(),
@@ -207,24 +178,22 @@ pub async fn create_topics(
             Err((error, message)) => outcomes.push(TopicOutcome::failed(spec.name, error, message)),
         }
     }
-    if !changed {
-        return (outcomes, None);
-    }
-    if let Err(e) = catalog.save(&node.config.data_dir).await {
-        // The partitions exist and hold the truth; a restart rebuilds the catalog from them.
-        tracing::error!(error = %e, "could not save the topic catalog");
-    }
-    (outcomes, Some(Arc::new(catalog)))
+    (outcomes, save_if(node, catalog, changed).await)
 }
 
-/// Creates every partition of a topic, or none.
-async fn create_partitions(node: &Node, spec: &TopicSpec) -> Result<(), (ResponseError, String)> {
+/// Creates partitions `partitions` of a topic, all or none.
+async fn create_partitions(
+    node: &Node,
+    topic: &str,
+    partitions: std::ops::Range<i32>,
+    config: &PartitionConfig,
+) -> TopicResult {
     let mut created = Vec::new();
-    for p in 0..spec.partitions {
-        let tp = TopicPartition::new(&spec.name, p);
+    for p in partitions {
+        let tp = TopicPartition::new(topic, p);
         match node
             .shard
-            .create_partition(tp.clone(), spec.config.clone())
+            .create_partition(tp.clone(), config.clone())
             .await
         {
             Ok(()) => created.push(tp),
@@ -285,11 +254,106 @@ pub async fn delete_topics(
             error: failure,
         });
     }
+    (outcomes, save_if(node, catalog, changed).await)
+}
+
+/// Adds partitions to topics: `(topic, new total count)`. Each topic grows whole or not
+/// at all; new partitions get the topic's current config.
+pub async fn add_partitions(
+    node: &Node,
+    topics: Vec<(String, i32)>,
+    validate_only: bool,
+) -> (Vec<TopicResult>, Option<Arc<Catalog>>) {
+    let mut catalog = (*node.catalog()).clone();
+    let mut results = Vec::with_capacity(topics.len());
+    let mut changed = false;
+    for (name, count) in topics {
+        let result = async {
+            let record = known_topic(&mut catalog, &name)?;
+            if count <= record.partitions || count > TOPIC_PARTITIONS_MAX {
+                return Err((
+                    ResponseError::InvalidPartitions,
+                    format!(
+                        "topic '{name}' has {} partitions; the new count must be larger and at most {TOPIC_PARTITIONS_MAX}, not {count}",
+                        record.partitions
+                    ),
+                ));
+            }
+            if validate_only {
+                return Ok(());
+            }
+            let config = topic_config::partition_config(&record.configs)?;
+            create_partitions(node, &name, record.partitions..count, &config).await?;
+            tracing::info!(topic = %name, from = record.partitions, to = count, "added partitions");
+            record.partitions = count;
+            changed = true;
+            Ok(())
+        }
+        .await;
+        results.push(result);
+    }
+    (results, save_if(node, catalog, changed).await)
+}
+
+/// Changes topics' config overrides, applying the engine's part to every partition
+/// before the catalog records it.
+pub async fn alter_configs(
+    node: &Node,
+    changes: Vec<(String, ConfigChange)>,
+    validate_only: bool,
+) -> (Vec<TopicResult>, Option<Arc<Catalog>>) {
+    let mut catalog = (*node.catalog()).clone();
+    let mut results = Vec::with_capacity(changes.len());
+    let mut changed = false;
+    for (name, change) in changes {
+        let result = async {
+            let record = known_topic(&mut catalog, &name)?;
+            let next = topic_config::apply(&record.configs, &change)?;
+            let config = topic_config::partition_config(&next)?;
+            if validate_only {
+                return Ok(());
+            }
+            if config != topic_config::partition_config(&record.configs)? {
+                for p in 0..record.partitions {
+                    let tp = TopicPartition::new(&name, p);
+                    node.shard
+                        .update_config(tp, config.clone())
+                        .await
+                        .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
+                }
+            }
+            tracing::info!(topic = %name, configs = ?next, "changed topic configs");
+            record.configs = next;
+            changed = true;
+            Ok(())
+        }
+        .await;
+        results.push(result);
+    }
+    (results, save_if(node, catalog, changed).await)
+}
+
+fn known_topic<'a>(
+    catalog: &'a mut Catalog,
+    name: &str,
+) -> Result<&'a mut TopicRecord, (ResponseError, String)> {
+    catalog.topics.get_mut(name).ok_or_else(|| {
+        (
+            ResponseError::UnknownTopicOrPartition,
+            format!("no topic '{name}'"),
+        )
+    })
+}
+
+/// Saves `catalog` if it `changed`, returning it to publish.
+async fn save_if(node: &Node, catalog: Catalog, changed: bool) -> Option<Arc<Catalog>> {
     if !changed {
-        return (outcomes, None);
+        return None;
     }
     if let Err(e) = catalog.save(&node.config.data_dir).await {
+        // Partitions (and their configs) on disk hold the truth; a restart rebuilds the
+        // catalog's partition counts from them.
         tracing::error!(error = %e, "could not save the topic catalog");
     }
-    (outcomes, Some(Arc::new(catalog)))
+    Some(Arc::new(catalog))
 }

@@ -22,6 +22,7 @@ pub mod handlers;
 pub mod limits;
 pub mod node;
 pub mod server;
+pub mod topic_config;
 
 pub use broker::Broker;
 pub use error::{NetError, Result};

@@ -22,7 +22,17 @@ use glommio::sync::Semaphore;
 use spate_engine::catalog::Catalog;
 use spate_engine::Shard;
 
-use crate::controller::{self, TopicOutcome, TopicSpec};
+use crate::controller::{self, TopicOutcome, TopicResult, TopicSpec};
+use crate::topic_config::ConfigChange;
+
+/// Every topic failing because the broker is stopping.
+fn stopping(count: usize) -> Vec<TopicResult> {
+    let error = (
+        kafka_protocol::ResponseError::NotController,
+        "the broker is shutting down".to_string(),
+    );
+    vec![Err(error); count]
+}
 
 /// Settings every shard's server needs.
 #[derive(Debug, Clone)]
@@ -45,12 +55,24 @@ pub enum ControlMessage {
     CreateTopics {
         topics: Vec<TopicSpec>,
         validate_only: bool,
-        reply: oneshot::Sender<Vec<TopicOutcome>>,
+        reply: oneshot::Sender<Option<Vec<TopicOutcome>>>,
     },
     /// To the controller: delete these topics.
     DeleteTopics {
         names: Vec<String>,
-        reply: oneshot::Sender<Vec<TopicOutcome>>,
+        reply: oneshot::Sender<Option<Vec<TopicOutcome>>>,
+    },
+    /// To the controller: grow topics to these partition counts.
+    AddPartitions {
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+        reply: oneshot::Sender<Option<Vec<TopicResult>>>,
+    },
+    /// To the controller: change these topics' config overrides.
+    AlterConfigs {
+        changes: Vec<(String, ConfigChange)>,
+        validate_only: bool,
+        reply: oneshot::Sender<Option<Vec<TopicResult>>>,
     },
     /// To the controller: allocate an idempotent producer id.
     AllocateProducerId { reply: oneshot::Sender<Option<i64>> },
@@ -130,61 +152,143 @@ impl Node {
         self.shard.id().index() == CONTROLLER
     }
 
+    /// Sends a request to the controller and waits for its answer; `None` if the
+    /// broker is stopping.
+    async fn ask_controller<T>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<T>) -> ControlMessage,
+    ) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send_to(CONTROLLER, message(reply))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Runs a catalog change on the controller, one at a time, and publishes the new
+    /// catalog if there is one; `None` if the broker is stopping.
+    async fn serially<T>(
+        &self,
+        change: impl std::future::Future<Output = (T, Option<Arc<Catalog>>)>,
+    ) -> Option<T> {
+        assert!(
+            self.is_controller(),
+            "only the controller changes the catalog"
+        );
+        let _serial = self.admin.acquire_permit(1).await.ok()?;
+        let (answer, changed) = change.await;
+        if let Some(catalog) = changed {
+            self.publish(catalog).await;
+        }
+        Some(answer)
+    }
+
     /// Creates topics through the controller.
     pub async fn create_topics(
         self: &Rc<Self>,
         topics: Vec<TopicSpec>,
         validate_only: bool,
     ) -> Vec<TopicOutcome> {
-        if self.is_controller() {
-            return self.controller_create(topics, validate_only).await;
-        }
-        let (reply, rx) = oneshot::channel();
         let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-        let sent = self
-            .control
-            .send_to(
-                CONTROLLER,
-                ControlMessage::CreateTopics {
-                    topics,
-                    validate_only,
-                    reply,
-                },
-            )
+        let outcomes = if self.is_controller() {
+            self.controller_create(topics, validate_only).await
+        } else {
+            self.ask_controller(|reply| ControlMessage::CreateTopics {
+                topics,
+                validate_only,
+                reply,
+            })
             .await
-            .is_ok();
-        match (sent, rx.await) {
-            (true, Ok(outcomes)) => outcomes,
-            _ => names.into_iter().map(TopicOutcome::shutting_down).collect(),
-        }
+            .flatten()
+        };
+        outcomes.unwrap_or_else(|| names.into_iter().map(TopicOutcome::shutting_down).collect())
+    }
+
+    async fn controller_create(
+        &self,
+        topics: Vec<TopicSpec>,
+        validate_only: bool,
+    ) -> Option<Vec<TopicOutcome>> {
+        self.serially(controller::create_topics(self, topics, validate_only))
+            .await
     }
 
     /// Deletes topics through the controller.
     pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicOutcome> {
-        if self.is_controller() {
-            return self.controller_delete(names).await;
-        }
-        let (reply, rx) = oneshot::channel();
-        let message = ControlMessage::DeleteTopics {
-            names: names.clone(),
-            reply,
+        let outcomes = if self.is_controller() {
+            self.controller_delete(names.clone()).await
+        } else {
+            let names = names.clone();
+            self.ask_controller(|reply| ControlMessage::DeleteTopics { names, reply })
+                .await
+                .flatten()
         };
-        let sent = self.control.send_to(CONTROLLER, message).await.is_ok();
-        match (sent, rx.await) {
-            (true, Ok(outcomes)) => outcomes,
-            _ => names.into_iter().map(TopicOutcome::shutting_down).collect(),
-        }
+        outcomes.unwrap_or_else(|| names.into_iter().map(TopicOutcome::shutting_down).collect())
     }
 
-    async fn controller_delete(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicOutcome> {
-        let Ok(_serial) = self.admin.acquire_permit(1).await else {
-            return names.into_iter().map(TopicOutcome::shutting_down).collect();
+    async fn controller_delete(&self, names: Vec<String>) -> Option<Vec<TopicOutcome>> {
+        self.serially(controller::delete_topics(self, names)).await
+    }
+
+    /// Grows topics to new partition counts through the controller.
+    pub async fn add_partitions(
+        self: &Rc<Self>,
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+    ) -> Vec<TopicResult> {
+        let count = topics.len();
+        let results = if self.is_controller() {
+            self.controller_add_partitions(topics, validate_only).await
+        } else {
+            self.ask_controller(|reply| ControlMessage::AddPartitions {
+                topics,
+                validate_only,
+                reply,
+            })
+            .await
+            .flatten()
         };
-        let (outcomes, changed) = controller::delete_topics(self, names).await;
-        if let Some(catalog) = changed {
-            self.publish(catalog).await;
-        }
-        outcomes
+        results.unwrap_or_else(|| stopping(count))
+    }
+
+    async fn controller_add_partitions(
+        &self,
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+    ) -> Option<Vec<TopicResult>> {
+        self.serially(controller::add_partitions(self, topics, validate_only))
+            .await
+    }
+
+    /// Changes topic configs through the controller.
+    pub async fn alter_configs(
+        self: &Rc<Self>,
+        changes: Vec<(String, ConfigChange)>,
+        validate_only: bool,
+    ) -> Vec<TopicResult> {
+        let count = changes.len();
+        let results = if self.is_controller() {
+            self.controller_alter_configs(changes, validate_only).await
+        } else {
+            self.ask_controller(|reply| ControlMessage::AlterConfigs {
+                changes,
+                validate_only,
+                reply,
+            })
+            .await
+            .flatten()
+        };
+        results.unwrap_or_else(|| stopping(count))
+    }
+
+    async fn controller_alter_configs(
+        &self,
+        changes: Vec<(String, ConfigChange)>,
+        validate_only: bool,
+    ) -> Option<Vec<TopicResult>> {
+        self.serially(controller::alter_configs(self, changes, validate_only))
+            .await
     }
 
     /// A new idempotent producer id, never handed out before; `None` if it could not be
@@ -193,15 +297,12 @@ impl Node {
         if self.is_controller() {
             return self.controller_allocate().await;
         }
-        let (reply, rx) = oneshot::channel();
-        self.control
-            .send_to(CONTROLLER, ControlMessage::AllocateProducerId { reply })
+        self.ask_controller(|reply| ControlMessage::AllocateProducerId { reply })
             .await
-            .ok()?;
-        rx.await.ok().flatten()
+            .flatten()
     }
 
-    async fn controller_allocate(self: &Rc<Self>) -> Option<i64> {
+    async fn controller_allocate(&self) -> Option<i64> {
         let _serial = self.admin.acquire_permit(1).await.ok()?;
         let mut catalog = (*self.catalog()).clone();
         let id = catalog.next_producer_id;
@@ -214,24 +315,6 @@ impl Node {
         // topic change.
         *self.catalog.borrow_mut() = Arc::new(catalog);
         Some(id)
-    }
-
-    async fn controller_create(
-        self: &Rc<Self>,
-        topics: Vec<TopicSpec>,
-        validate_only: bool,
-    ) -> Vec<TopicOutcome> {
-        let Ok(_serial) = self.admin.acquire_permit(1).await else {
-            return topics
-                .into_iter()
-                .map(|t| TopicOutcome::shutting_down(t.name))
-                .collect();
-        };
-        let (outcomes, changed) = controller::create_topics(self, topics, validate_only).await;
-        if let Some(catalog) = changed {
-            self.publish(catalog).await;
-        }
-        outcomes
     }
 
     /// Installs `catalog` here and on every shard, returning once all hold it.
@@ -264,6 +347,9 @@ impl Node {
                     *self.catalog.borrow_mut() = catalog;
                     let _ = installed.send(());
                 }
+                // Inline, so a peer's channel bounds its pending requests. Changes are
+                // serialised anyway, and snapshots go out on other channels (from the
+                // controller to each peer), so this cannot deadlock.
                 ControlMessage::DeleteTopics { names, reply } => {
                     let _ = reply.send(self.controller_delete(names).await);
                 }
@@ -275,10 +361,23 @@ impl Node {
                     validate_only,
                     reply,
                 } => {
-                    // Inline, so a peer's channel bounds its pending requests. Creations
-                    // are serialised anyway, and snapshots go out on other channels (from
-                    // the controller to each peer), so this cannot deadlock.
                     let _ = reply.send(self.controller_create(topics, validate_only).await);
+                }
+                ControlMessage::AddPartitions {
+                    topics,
+                    validate_only,
+                    reply,
+                } => {
+                    let answer = self.controller_add_partitions(topics, validate_only);
+                    let _ = reply.send(answer.await);
+                }
+                ControlMessage::AlterConfigs {
+                    changes,
+                    validate_only,
+                    reply,
+                } => {
+                    let answer = self.controller_alter_configs(changes, validate_only);
+                    let _ = reply.send(answer.await);
                 }
             }
         }

@@ -7,8 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Client, TestBroker};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use common::{create, name, produce, Client, TestBroker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::fetch_response::FetchResponse;
 use kafka_protocol::messages::list_offsets_request::{
@@ -17,45 +16,8 @@ use kafka_protocol::messages::list_offsets_request::{
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
-use kafka_protocol::messages::produce_response::ProduceResponse;
-use kafka_protocol::messages::TopicName;
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_engine::batch;
-
-fn name(n: &str) -> TopicName {
-    TopicName(StrBytes::from_string(n.into()))
-}
-
-fn create(c: &mut Client, topic: &str, partitions: i32) {
-    let r = c.send(
-        7,
-        &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
-            .with_name(name(topic))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1)]),
-    );
-    assert_eq!(r.topics[0].error_code, 0);
-}
-
-fn produce(
-    c: &mut Client,
-    version: i16,
-    acks: i16,
-    topic: &str,
-    partition: i32,
-    records: Bytes,
-) -> ProduceResponse {
-    let request = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(name(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(records))])]);
-    c.send(version, &request)
-}
 
 fn fetch(
     c: &mut Client,

@@ -58,6 +58,19 @@ fn confluent_kafka_and_kafka_python_round_trip_every_codec() {
 }
 
 #[test]
+fn topic_configs_partitions_and_log_append_time_through_admin_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = start(dir.path(), port);
+    run_script(&["configs", &port.to_string()]);
+    // Configs and partition counts survive a restart.
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+    let broker = start(dir.path(), port);
+    run_script(&["configs-after-restart", &port.to_string()]);
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}
+
+#[test]
 fn every_acks_all_acknowledgement_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let acked = dir.path().join("acked.txt");

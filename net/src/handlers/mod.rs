@@ -2,13 +2,17 @@
 //! broker advertises in ApiVersions and accepts; a request for anything else closes
 //! the connection.
 
+pub mod alter_configs;
 pub mod api_versions;
+pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
+pub mod describe_configs;
 pub mod errors;
 pub mod fetch;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
@@ -32,6 +36,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeCluster, 0, 1),
@@ -87,6 +95,18 @@ pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Reply> {
         RequestKind::InitProducerId(body) => {
             ResponseKind::InitProducerId(init_producer_id::handle(node, body).await)
         }
+        RequestKind::CreatePartitions(body) => {
+            ResponseKind::CreatePartitions(create_partitions::handle(node, body).await)
+        }
+        RequestKind::DescribeConfigs(body) => {
+            ResponseKind::DescribeConfigs(describe_configs::handle(node, body, version))
+        }
+        RequestKind::AlterConfigs(body) => {
+            ResponseKind::AlterConfigs(alter_configs::handle(node, body).await)
+        }
+        RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
+            incremental_alter_configs::handle(node, body).await,
+        ),
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(describe_cluster::handle(node))
         }

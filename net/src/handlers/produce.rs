@@ -5,7 +5,9 @@
 //! acks=0 sends no response; acks=1 answers once the batch is in the log; acks=-1 once
 //! it is durable (fsync on a single node). Each partition's records must be exactly one
 //! v2 RecordBatch; the partitions of a request are appended concurrently on their owning
-//! shards. A rejected batch leaves nothing visible.
+//! shards. A rejected batch leaves nothing visible. Topics with
+//! `message.timestamp.type=LogAppendTime` get their batches stamped with the broker's
+//! clock (the one change to a batch's CRC-covered bytes, resealed before it is stored).
 
 use std::rc::Rc;
 
@@ -18,10 +20,11 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_engine::batch::BatchHeader;
-use spate_engine::{AckPolicy, LeaderEpoch, TopicPartition};
+use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Timestamp, TopicPartition};
 
 use super::errors::kafka_error;
 use crate::node::Node;
+use crate::topic_config::TopicSettings;
 
 /// The leader epoch stamped into batches on a single node.
 const SINGLE_NODE_LEADER_EPOCH: LeaderEpoch = LeaderEpoch(0);
@@ -82,23 +85,44 @@ async fn append(
             )
         }
     }
+    let mut batch = BytesMut::from(&records[..]);
+    let log_append_time = match stamp_if_log_append_time(node, &tp, &mut batch) {
+        Ok(time) => time,
+        Err(e) => return failure(index, kafka_error(&e), message(e.to_string())),
+    };
     match node
         .shard
-        .append(
-            tp,
-            BytesMut::from(&records[..]),
-            SINGLE_NODE_LEADER_EPOCH,
-            policy,
-        )
+        .append(tp, batch, SINGLE_NODE_LEADER_EPOCH, policy)
         .await
     {
         Ok(info) => PartitionProduceResponse::default()
             .with_index(index)
             .with_base_offset(info.base_offset.0)
-            .with_log_append_time_ms(-1)
+            .with_log_append_time_ms(log_append_time.0)
             .with_log_start_offset(if version >= 5 { info.log_start.0 } else { -1 }),
         Err(e) => failure(index, kafka_error(&e), message(e.to_string())),
     }
+}
+
+/// For a topic with `message.timestamp.type=LogAppendTime`, stamps the batch with the
+/// broker's clock and returns the time; otherwise `Timestamp::NONE` (CreateTime).
+fn stamp_if_log_append_time(
+    node: &Node,
+    tp: &TopicPartition,
+    batch: &mut [u8],
+) -> Result<Timestamp, EngineError> {
+    let settings = node
+        .catalog()
+        .topics
+        .get(&*tp.topic)
+        .map(TopicSettings::of)
+        .unwrap_or_default();
+    if !settings.log_append_time {
+        return Ok(Timestamp::NONE);
+    }
+    let now = Timestamp::now();
+    spate_engine::batch::stamp_log_append_time(batch, now)?;
+    Ok(now)
 }
 
 /// `None` for acks=0: no response is sent.

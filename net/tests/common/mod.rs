@@ -8,8 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::produce_response::ProduceResponse;
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use spate_engine::EngineConfig;
 use spate_net::{Broker, ServerConfig};
@@ -125,4 +130,39 @@ impl Client {
         assert!(!buf.has_remaining(), "response fully decoded");
         decoded
     }
+}
+
+pub fn name(n: &str) -> TopicName {
+    TopicName(StrBytes::from_string(n.into()))
+}
+
+/// Creates a topic, asserting success.
+pub fn create(c: &mut Client, topic: &str, partitions: i32) {
+    let r = c.send(
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]),
+    );
+    assert_eq!(r.topics[0].error_code, 0);
+}
+
+pub fn produce(
+    c: &mut Client,
+    version: i16,
+    acks: i16,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> ProduceResponse {
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])]);
+    c.send(version, &request)
 }

@@ -4,6 +4,8 @@ Driven by tools/tests/python_clients.rs. Each subcommand exits non-zero with a m
 the first failed check.
 
   roundtrip PORT                  confluent-kafka and kafka-python, every codec
+  configs PORT                    describe/alter/incremental-alter configs, create
+                                  partitions, LogAppendTime
   produce-acked PORT TOPIC FILE   produce unique values with acks=all until killed or out
                                   of time, appending each acknowledged value to FILE
   verify PORT TOPIC FILE          every value in FILE is in TOPIC, exactly once
@@ -13,8 +15,10 @@ import os
 import sys
 import time
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import (TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Producer,
+                             TopicPartition)
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource,
+                                   NewPartitions, NewTopic, ResourceType)
 
 
 def check(condition, message):
@@ -106,6 +110,115 @@ def roundtrip(port):
     print("roundtrip ok")
 
 
+def expect_error(future, code, what):
+    try:
+        future.result()
+    except KafkaException as e:
+        check(e.args[0].code() == code, f"{what}: expected {code}, got {e.args[0]}")
+        return
+    check(False, f"{what}: expected error {code}, got success")
+
+
+def describe(admin, resource):
+    return admin.describe_configs([resource])[resource].result()
+
+
+def configs(port):
+    bootstrap = f"127.0.0.1:{port}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = "cfg"
+    new = NewTopic(topic, num_partitions=1, replication_factor=1, config={"retention.ms": "3600000"})
+    admin.create_topics([new])[topic].result()
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    d = describe(admin, res)
+    check(d["retention.ms"].value == "3600000", f"override shown: {d['retention.ms']}")
+    check(d["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, "override's source")
+    check(d["segment.bytes"].value == "1073741824", "segment.bytes default")
+    check(d["segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value, "default's source")
+    check(d["cleanup.policy"].value == "delete", "cleanup.policy default")
+    check(d["message.timestamp.type"].value == "CreateTime", "timestamp type default")
+
+    # IncrementalAlterConfigs: set, delete back to the default, append to a list.
+    edits = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+        ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND),
+    ])
+    admin.incremental_alter_configs([edits])[edits].result()
+    d = describe(admin, res)
+    check(d["message.timestamp.type"].value == "LogAppendTime", "incremental set")
+    check(d["retention.ms"].value == "604800000", f"deleted back to default: {d['retention.ms'].value}")
+    check(d["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value, "deleted override's source")
+    check(d["cleanup.policy"].value == "delete,compact", f"appended: {d['cleanup.policy'].value}")
+    bad = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("segment.ms", "1000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("segment.bytes", "lots", incremental_operation=AlterConfigOpType.SET),
+    ])
+    expect_error(admin.incremental_alter_configs([bad])[bad], KafkaError.INVALID_CONFIG, "bad value")
+    check(describe(admin, res)["segment.ms"].value == "604800000", "a refused change changes nothing")
+    unknown = ConfigResource(ResourceType.TOPIC, "no-such-topic", incremental_configs=[
+        ConfigEntry("segment.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    expect_error(admin.incremental_alter_configs([unknown])[unknown], KafkaError.UNKNOWN_TOPIC_OR_PART, "unknown topic")
+
+    # CreatePartitions: grow; shrinking is refused.
+    admin.create_partitions([NewPartitions(topic, 3)])[topic].result()
+    check(len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 3, "grown to 3 partitions")
+    expect_error(admin.create_partitions([NewPartitions(topic, 2)])[topic], KafkaError.INVALID_PARTITIONS, "shrink")
+
+    # LogAppendTime: the broker's clock replaces the producer's, on a new partition too.
+    before = int(time.time() * 1000)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"})
+    for p in range(3):
+        for i in range(10):
+            producer.produce(topic, value=f"t-{p}-{i}".encode(), partition=p, timestamp=1000)
+    check(producer.flush(20) == 0, "LogAppendTime records delivered")
+    after = int(time.time() * 1000)
+    got = read_all(bootstrap, topic, 3)
+    check(len(got) == 30, f"30 records back: {len(got)}")
+    for m in got:
+        kind, ts = m.timestamp()
+        check(kind == TIMESTAMP_LOG_APPEND_TIME and before <= ts <= after, f"log append time: {m.timestamp()}")
+    # kafka-python checks CRCs: the resealed batches must verify.
+    from kafka import KafkaConsumer, TopicPartition as KTP
+    from kafka.admin import KafkaAdminClient, ConfigResource as KResource, ConfigResourceType
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, check_crcs=True,
+                             consumer_timeout_ms=3000)
+    consumer.assign([KTP(topic, p) for p in range(3)])
+    consumer.seek_to_beginning()
+    records = list(consumer)
+    consumer.close()
+    check(len(records) == 30 and all(r.timestamp_type == 1 and r.timestamp >= before for r in records),
+          f"kafka-python reads LogAppendTime: {[(r.timestamp_type, r.timestamp) for r in records[:3]]}")
+
+    # AlterConfigs (kafka-python): it describes the topic's overrides first and sends them
+    # along, so the override it does not name survives the replacement.
+    kadmin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    kadmin.alter_configs([KResource(ConfigResourceType.TOPIC, topic, configs={"retention.bytes": "1000000"})],
+                         incremental=False)
+    kadmin.close()
+    d = describe(admin, res)
+    check(d["retention.bytes"].value == "1000000", "replaced override")
+    check(d["message.timestamp.type"].value == "LogAppendTime", "kept override")
+
+    # The broker's own configs, read-only.
+    broker_id = next(iter(admin.list_topics(timeout=10).brokers))
+    d = describe(admin, ConfigResource(ResourceType.BROKER, str(broker_id)))
+    check(d["num.partitions"].value == "1" and d["num.partitions"].is_read_only, "broker config")
+    check(d["log.retention.ms"].value == "604800000", "broker default of a topic config")
+    print("configs ok")
+
+
+def configs_after_restart(port):
+    bootstrap = f"127.0.0.1:{port}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    d = describe(admin, ConfigResource(ResourceType.TOPIC, "cfg"))
+    check(d["retention.bytes"].value == "1000000", "override survives a restart")
+    check(d["retention.bytes"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, "and its source")
+    check(len(admin.list_topics("cfg", timeout=10).topics["cfg"].partitions) == 3, "partitions survive")
+    check(len(read_all(bootstrap, "cfg", 3)) == 30, "records survive")
+    print("configs-after-restart ok")
+
+
 def produce_acked(port, topic, path):
     producer = Producer({
         "bootstrap.servers": f"127.0.0.1:{port}", "acks": "all", "enable.idempotence": True,
@@ -147,6 +260,10 @@ if __name__ == "__main__":
     try:
         if command == "roundtrip":
             roundtrip(port)
+        elif command == "configs":
+            configs(port)
+        elif command == "configs-after-restart":
+            configs_after_restart(port)
         elif command == "produce-acked":
             produce_acked(port, sys.argv[3], sys.argv[4])
         elif command == "verify":
