@@ -38,6 +38,25 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+# A short bounded run of each fuzz target (fuzz/README.md); SPATE_FUZZ_SECONDS=0 skips it.
+fuzz_seconds=${SPATE_FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" -gt 0 ]; then
+  echo "== cargo fuzz, ${fuzz_seconds}s per target"
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q cargo-fuzz --locked
+  (cd fuzz && cargo run -q --locked --example seeds -- corpus)
+  for target in request_decode record_batch; do
+    fuzz_log=$(mktemp)
+    if ! RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "fuzz/corpus/$target" -- \
+      -max_total_time="$fuzz_seconds" -rss_limit_mb=4096 >"$fuzz_log" 2>&1; then
+      tail -40 "$fuzz_log"
+      echo "fuzz target $target failed (a crash input is kept in fuzz/artifacts/$target)" >&2
+      exit 1
+    fi
+    echo "$target: $(grep -E '^#[0-9]+ +DONE' "$fuzz_log" | tail -1)"
+    rm -f "$fuzz_log"
+  done
+fi
 # cargo's own last line is the (empty) doc-test summary; close with the real totals.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -1,0 +1,315 @@
+//! # spate-kafka-bench
+//!
+//! Load from librdkafka (the C client behind kcat, confluent-kafka and most non-Java
+//! clients) against a running Kafka-protocol broker, so the numbers are what users of
+//! those clients would see. Subcommands: `create` a topic, `produce` a fixed number of
+//! records as fast as the broker takes them, `consume` them back from the beginning
+//! (catch-up), and `latency` at a fixed rate, produce to consume, in one process.
+//! Each prints one `key=value` line that `bench/kafka.sh` collects.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Parser, Debug)]
+#[command(name = "spate-kafka-bench", about = "librdkafka load against a Kafka broker")]
+struct Cli {
+    /// Bootstrap broker.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a topic.
+    Create {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+    },
+    /// Produce `records` records of `size` bytes with acks=all, as fast as acknowledged.
+    Produce {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        records: u64,
+        #[arg(long)]
+        size: usize,
+    },
+    /// Read a topic from the beginning until `records` records have arrived.
+    Consume {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        records: u64,
+    },
+    /// Produce at `mb_per_s` (acks=all) while consuming; report produce-to-consume
+    /// latency percentiles over `seconds`, after one second of warm-up.
+    Latency {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 20.0)]
+        mb_per_s: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+/// Counts delivery outcomes.
+struct Deliveries {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("delivery failed: {e}");
+                }
+                0
+            }
+        };
+    }
+}
+
+fn producer(brokers: &str, linger_ms: &str) -> BaseProducer<Deliveries> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("linger.ms", linger_ms)
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "100000")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "2097151")
+        .set("compression.type", "none")
+        .create_with_context(Deliveries {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })
+        .expect("producer")
+}
+
+/// Sends one record, waiting for queue room.
+fn send(producer: &BaseProducer<Deliveries>, topic: &str, payload: &[u8]) {
+    let mut record = BaseRecord::<(), [u8]>::to(topic).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => panic!("produce failed: {e}"),
+        }
+    }
+}
+
+fn produce(brokers: &str, topic: &str, records: u64, size: usize) {
+    let producer = producer(brokers, "5");
+    // Incompressible bytes, though compression is off: what is measured is the broker.
+    let payload: Vec<u8> = (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
+        .collect();
+    let start = Instant::now();
+    for i in 0..records {
+        send(&producer, topic, &payload);
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    let seconds = start.elapsed().as_secs_f64();
+    let context = producer.context();
+    let ok = context.ok.load(Ordering::Relaxed);
+    let failed = context.failed.load(Ordering::Relaxed);
+    assert_eq!(ok + failed, records, "every record reported");
+    println!(
+        "produce size={size} records={records} failed={failed} seconds={seconds:.3} records_per_s={:.0} mb_per_s={:.1}",
+        ok as f64 / seconds,
+        (ok as f64 * size as f64) / seconds / 1e6
+    );
+}
+
+fn consumer(brokers: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "spate-kafka-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", "8388608")
+        .set("fetch.max.bytes", "67108864")
+        .set("queued.max.messages.kbytes", "1048576")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0, "topic {topic} exists");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+fn consume(brokers: &str, topic: &str, records: u64) {
+    let consumer = consumer(brokers, topic);
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let mut start = None;
+    while count < records {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                start.get_or_insert_with(Instant::now);
+                count += 1;
+                bytes += m.payload_len() as u64;
+            }
+            Some(Err(e)) => panic!("consume failed: {e}"),
+            None => panic!("no records for 10 s after {count} of {records}"),
+        }
+    }
+    let seconds = start.expect("records arrived").elapsed().as_secs_f64();
+    println!(
+        "consume records={count} seconds={seconds:.3} records_per_s={:.0} mb_per_s={:.1}",
+        count as f64 / seconds,
+        bytes as f64 / seconds / 1e6
+    );
+}
+
+fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64) {
+    assert!(size >= 8, "records carry their send time in 8 bytes");
+    let epoch = Instant::now();
+    let warmup = Duration::from_secs(1);
+    let run = warmup + Duration::from_secs(seconds);
+    let done = Arc::new(AtomicU64::new(0));
+    let consumer = consumer(brokers, topic);
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            while done.load(Ordering::Relaxed) == 0 {
+                let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let message = message.expect("consume");
+                let payload = message.payload().expect("payload");
+                let sent = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                let now = epoch.elapsed().as_micros() as u64;
+                if sent >= warmup.as_micros() as u64 {
+                    histogram.saturating_record(now.saturating_sub(sent).max(1));
+                }
+            }
+            histogram
+        })
+    };
+    // Let the consumer's assignment settle before the clock starts.
+    std::thread::sleep(Duration::from_millis(500));
+    let producer = producer(brokers, "0");
+    let interval = Duration::from_secs_f64(size as f64 / (mb_per_s * 1e6));
+    let mut payload = vec![0x5a_u8; size];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < run {
+        let due = interval.mul_f64(sent as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            producer.poll(wait.min(Duration::from_millis(1)));
+            continue;
+        }
+        payload[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_be_bytes());
+        send(&producer, topic, &payload);
+        sent += 1;
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    done.store(1, Ordering::Relaxed);
+    let h = reader.join().unwrap();
+    let achieved = sent as f64 * size as f64 / start.elapsed().as_secs_f64() / 1e6;
+    println!(
+        "latency size={size} mb_per_s={achieved:.1} samples={} p50_us={} p99_us={} p999_us={} max_us={}",
+        h.len(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+}
+
+fn create(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = futures_lite_block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .expect("create topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+    println!("create topic={topic} partitions={partitions}");
+}
+
+/// Runs a future to completion on this thread (rdkafka's admin API is async; nothing
+/// else here is).
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Thread(std::thread::Thread);
+    impl Wake for Thread {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Thread(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Create { topic, partitions } => create(&cli.brokers, &topic, partitions),
+        Command::Produce {
+            topic,
+            records,
+            size,
+        } => produce(&cli.brokers, &topic, records, size),
+        Command::Consume { topic, records } => consume(&cli.brokers, &topic, records),
+        Command::Latency {
+            topic,
+            size,
+            mb_per_s,
+            seconds,
+        } => latency(&cli.brokers, &topic, size, mb_per_s, seconds),
+    }
+}
