@@ -96,6 +96,10 @@ pub const SEGMENT_BYTES_MIN: u64 = 14;
 /// Log bytes between two sparse index entries (Kafka's `index.interval.bytes`).
 pub const INDEX_INTERVAL_BYTES: u32 = 4096;
 
+/// A flush cycle's write or sync stage taking at least this long is logged (with its
+/// bytes and whether it preallocated): acks=all latency is bounded below by it.
+pub const SLOW_FLUSH_STAGE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Size of the window read from disk when scanning batch headers (index lookup, recovery).
 pub const HEADER_SCAN_WINDOW_BYTES: usize = 64 * 1024;
 

@@ -8,7 +8,7 @@
 //! Each prints one `key=value` line that `bench/kafka.sh` collects.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -23,7 +23,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 #[derive(Parser, Debug)]
-#[command(name = "spate-kafka-bench", about = "librdkafka load against a Kafka broker")]
+#[command(
+    name = "spate-kafka-bench",
+    about = "librdkafka load against a Kafka broker"
+)]
 struct Cli {
     /// Bootstrap broker.
     #[arg(long, default_value = "127.0.0.1:9092")]
@@ -68,13 +71,18 @@ enum Command {
         mb_per_s: f64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Producer acks: all, 1.
+        #[arg(long, default_value = "all")]
+        acks: String,
     },
 }
 
-/// Counts delivery outcomes.
+/// Counts delivery outcomes; in latency runs, also times each acknowledgement from the
+/// send time the record carries.
 struct Deliveries {
     ok: AtomicU64,
     failed: AtomicU64,
+    acks: Option<(Instant, Mutex<Histogram<u64>>)>,
 }
 
 impl ClientContext for Deliveries {}
@@ -83,7 +91,17 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Ok(m) => {
+                if let (Some((epoch, histogram)), Some(payload)) = (&self.acks, m.payload()) {
+                    let sent = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                    let now = epoch.elapsed().as_micros() as u64;
+                    if sent >= WARMUP.as_micros() as u64 {
+                        let mut h = histogram.lock().unwrap();
+                        h.saturating_record(now.saturating_sub(sent).max(1));
+                    }
+                }
+                self.ok.fetch_add(1, Ordering::Relaxed)
+            }
             Err((e, _)) => {
                 if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
                     eprintln!("delivery failed: {e}");
@@ -94,19 +112,34 @@ impl ProducerContext for Deliveries {
     }
 }
 
-fn producer(brokers: &str, linger_ms: &str) -> BaseProducer<Deliveries> {
+/// Latency samples from records sent in the first second are dropped (connections,
+/// metadata, first segment allocation).
+const WARMUP: Duration = Duration::from_secs(1);
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+fn producer(
+    brokers: &str,
+    linger_ms: &str,
+    acks: Option<(Instant, Mutex<Histogram<u64>>)>,
+    ack_policy: &str,
+) -> BaseProducer<Deliveries> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("acks", "all")
+        .set("acks", ack_policy)
         .set("linger.ms", linger_ms)
         .set("batch.size", "1000000")
         .set("batch.num.messages", "100000")
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151")
         .set("compression.type", "none")
+        .set("socket.nagle.disable", "true")
         .create_with_context(Deliveries {
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            acks,
         })
         .expect("producer")
 }
@@ -127,7 +160,7 @@ fn send(producer: &BaseProducer<Deliveries>, topic: &str, payload: &[u8]) {
 }
 
 fn produce(brokers: &str, topic: &str, records: u64, size: usize) {
-    let producer = producer(brokers, "5");
+    let producer = producer(brokers, "5", None, "all");
     // Incompressible bytes, though compression is off: what is measured is the broker.
     let payload: Vec<u8> = (0..size)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
@@ -152,7 +185,7 @@ fn produce(brokers: &str, topic: &str, records: u64, size: usize) {
     );
 }
 
-fn consumer(brokers: &str, topic: &str) -> BaseConsumer {
+fn consumer(brokers: &str, topic: &str, start: Offset) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "spate-kafka-bench")
@@ -161,6 +194,7 @@ fn consumer(brokers: &str, topic: &str) -> BaseConsumer {
         .set("fetch.max.bytes", "67108864")
         .set("queued.max.messages.kbytes", "1048576")
         .set("fetch.wait.max.ms", "100")
+        .set("socket.nagle.disable", "true")
         .create()
         .expect("consumer");
     let metadata = consumer
@@ -171,7 +205,7 @@ fn consumer(brokers: &str, topic: &str) -> BaseConsumer {
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
+            .add_partition_offset(topic, p, start)
             .expect("assignment");
     }
     consumer.assign(&assignment).expect("assign");
@@ -179,7 +213,7 @@ fn consumer(brokers: &str, topic: &str) -> BaseConsumer {
 }
 
 fn consume(brokers: &str, topic: &str, records: u64) {
-    let consumer = consumer(brokers, topic);
+    let consumer = consumer(brokers, topic, Offset::Beginning);
     let (mut count, mut bytes) = (0u64, 0u64);
     let mut start = None;
     while count < records {
@@ -201,17 +235,17 @@ fn consume(brokers: &str, topic: &str, records: u64) {
     );
 }
 
-fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64) {
+fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64, ack_policy: &str) {
     assert!(size >= 8, "records carry their send time in 8 bytes");
     let epoch = Instant::now();
-    let warmup = Duration::from_secs(1);
-    let run = warmup + Duration::from_secs(seconds);
+    let run = WARMUP + Duration::from_secs(seconds);
     let done = Arc::new(AtomicU64::new(0));
-    let consumer = consumer(brokers, topic);
+    // Only records sent by this run: earlier runs' send times are from another clock.
+    let consumer = consumer(brokers, topic, Offset::End);
     let reader = {
         let done = done.clone();
         std::thread::spawn(move || {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut histogram = histogram();
             while done.load(Ordering::Relaxed) == 0 {
                 let Some(message) = consumer.poll(Duration::from_millis(100)) else {
                     continue;
@@ -220,7 +254,7 @@ fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64)
                 let payload = message.payload().expect("payload");
                 let sent = u64::from_be_bytes(payload[..8].try_into().unwrap());
                 let now = epoch.elapsed().as_micros() as u64;
-                if sent >= warmup.as_micros() as u64 {
+                if sent >= WARMUP.as_micros() as u64 {
                     histogram.saturating_record(now.saturating_sub(sent).max(1));
                 }
             }
@@ -229,7 +263,8 @@ fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64)
     };
     // Let the consumer's assignment settle before the clock starts.
     std::thread::sleep(Duration::from_millis(500));
-    let producer = producer(brokers, "0");
+    let timed = Some((epoch, Mutex::new(histogram())));
+    let producer = producer(brokers, "0", timed, ack_policy);
     let interval = Duration::from_secs_f64(size as f64 / (mb_per_s * 1e6));
     let mut payload = vec![0x5a_u8; size];
     let start = Instant::now();
@@ -250,13 +285,25 @@ fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64)
     done.store(1, Ordering::Relaxed);
     let h = reader.join().unwrap();
     let achieved = sent as f64 * size as f64 / start.elapsed().as_secs_f64() / 1e6;
+    let acks = producer
+        .context()
+        .acks
+        .as_ref()
+        .unwrap()
+        .1
+        .lock()
+        .unwrap()
+        .clone();
     println!(
-        "latency size={size} mb_per_s={achieved:.1} samples={} p50_us={} p99_us={} p999_us={} max_us={}",
+        "latency acks={ack_policy} size={size} mb_per_s={achieved:.1} samples={} p50_us={} p99_us={} p999_us={} max_us={} ack_p50_us={} ack_p99_us={} ack_p999_us={}",
         h.len(),
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
-        h.max()
+        h.max(),
+        acks.value_at_quantile(0.5),
+        acks.value_at_quantile(0.99),
+        acks.value_at_quantile(0.999),
     );
 }
 
@@ -310,6 +357,7 @@ fn main() {
             size,
             mb_per_s,
             seconds,
-        } => latency(&cli.brokers, &topic, size, mb_per_s, seconds),
+            acks,
+        } => latency(&cli.brokers, &topic, size, mb_per_s, seconds, &acks),
     }
 }

@@ -20,6 +20,7 @@
 
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use glommio::channels::local_channel::LocalReceiver;
@@ -29,6 +30,7 @@ use glommio::sync::StaticPermit;
 use super::Inner;
 use crate::error::{EngineError, Result};
 use crate::file;
+use crate::limits::SLOW_FLUSH_STAGE;
 use crate::segment::finalize_files;
 use crate::staging::PendingWrite;
 use crate::types::Offset;
@@ -71,7 +73,20 @@ pub(crate) async fn run(inner: Rc<Inner>, bell: LocalReceiver<()>) {
             return;
         }
         let mut next = take(&inner);
-        let (written, synced) = futures::join!(write(&mut next), sync(&inner, syncing.as_ref()));
+        let ((written, write_time), (synced, sync_time)) = futures::join!(
+            timed(write(&mut next)),
+            timed(sync(&inner, syncing.as_ref()))
+        );
+        if write_time.max(sync_time) >= SLOW_FLUSH_STAGE {
+            tracing::warn!(
+                partition = %inner.tp,
+                write_ms = write_time.as_millis() as u64,
+                sync_ms = sync_time.as_millis() as u64,
+                bytes = next.bytes,
+                preallocated = next.jobs.iter().any(|j| j.preallocate.is_some()),
+                "slow flush cycle"
+            );
+        }
         let outcome = synced.and(written);
         if let Some(done) = syncing.take() {
             if outcome.is_ok() {
@@ -95,6 +110,13 @@ pub(crate) async fn run(inner: Rc<Inner>, bell: LocalReceiver<()>) {
             return;
         }
     }
+}
+
+/// Runs `future`, returning its output and how long it took.
+async fn timed<F: std::future::Future>(future: F) -> (F::Output, Duration) {
+    let start = Instant::now();
+    let output = future.await;
+    (output, start.elapsed())
 }
 
 /// Takes everything staged into a new cycle.
