@@ -59,6 +59,9 @@ enum Command {
         topic: String,
         #[arg(long)]
         records: u64,
+        /// One reading thread per partition instead of one for all.
+        #[arg(long)]
+        parallel: bool,
     },
     /// Produce at `mb_per_s` (acks=all) while consuming; report produce-to-consume
     /// latency percentiles over `seconds`, after one second of warm-up.
@@ -185,7 +188,12 @@ fn produce(brokers: &str, topic: &str, records: u64, size: usize) {
     );
 }
 
-fn consumer(brokers: &str, topic: &str, start: Offset) -> BaseConsumer {
+/// A consumer of every partition of `topic` from `start`, and the assignment to give it.
+fn unassigned_consumer(
+    brokers: &str,
+    topic: &str,
+    start: Offset,
+) -> (BaseConsumer, TopicPartitionList) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "spate-kafka-bench")
@@ -208,8 +216,60 @@ fn consumer(brokers: &str, topic: &str, start: Offset) -> BaseConsumer {
             .add_partition_offset(topic, p, start)
             .expect("assignment");
     }
+    (consumer, assignment)
+}
+
+fn consumer(brokers: &str, topic: &str, start: Offset) -> BaseConsumer {
+    let (consumer, assignment) = unassigned_consumer(brokers, topic, start);
     consumer.assign(&assignment).expect("assign");
     consumer
+}
+
+/// Like `consume`, with one thread per partition (librdkafka's per-partition queues), so
+/// that the client's per-record cost is spread over cores.
+fn consume_parallel(brokers: &str, topic: &str, records: u64) {
+    let (consumer, assignment) = unassigned_consumer(brokers, topic, Offset::Beginning);
+    let consumer = Arc::new(consumer);
+    let count = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let readers: Vec<_> = assignment
+        .elements()
+        .iter()
+        .map(|e| {
+            let queue = consumer
+                .split_partition_queue(topic, e.partition())
+                .expect("partition queue");
+            let (count, bytes) = (count.clone(), bytes.clone());
+            std::thread::spawn(move || {
+                while count.load(Ordering::Relaxed) < records {
+                    if let Some(m) = queue.poll(Duration::from_millis(100)) {
+                        let m = m.expect("consume");
+                        bytes.fetch_add(m.payload_len() as u64, Ordering::Relaxed);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    consumer.assign(&assignment).expect("assign");
+    while count.load(Ordering::Relaxed) < records {
+        // Serves the consumer's events; records arrive on the partition queues.
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+            panic!("consume failed: {e}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "consume took over 300 s");
+    }
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let (count, bytes) = (count.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+    println!(
+        "consume threads=partitions records={count} seconds={seconds:.3} records_per_s={:.0} mb_per_s={:.1}",
+        count as f64 / seconds,
+        bytes as f64 / seconds / 1e6
+    );
 }
 
 fn consume(brokers: &str, topic: &str, records: u64) {
@@ -351,7 +411,16 @@ fn main() {
             records,
             size,
         } => produce(&cli.brokers, &topic, records, size),
-        Command::Consume { topic, records } => consume(&cli.brokers, &topic, records),
+        Command::Consume {
+            topic,
+            records,
+            parallel: false,
+        } => consume(&cli.brokers, &topic, records),
+        Command::Consume {
+            topic,
+            records,
+            parallel: true,
+        } => consume_parallel(&cli.brokers, &topic, records),
         Command::Latency {
             topic,
             size,
