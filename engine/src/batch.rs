@@ -24,7 +24,7 @@
 //! ```
 
 use crate::error::BatchError;
-use crate::limits::COMPRESSED_RECORDS_PER_BYTE_MAX;
+use crate::limits::{COMPRESSED_RECORDS_PER_BYTE_MAX, DECOMPRESSED_BATCH_BYTES_MAX};
 use crate::types::{LeaderEpoch, Offset, Timestamp};
 
 /// Bytes of the fixed batch header.
@@ -318,23 +318,42 @@ fn read_varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
     None
 }
 
-/// For an uncompressed batch, the offset of the first record whose timestamp is at least
-/// `target`. Returns `None` if the batch is compressed (the caller then answers with the
-/// batch's base offset, which is never later than the exact record) or malformed, or if
-/// no record qualifies.
+/// The offset of the first record of a batch whose timestamp is at least `target`.
+/// Compressed records are decompressed (up to `DECOMPRESSED_BATCH_BYTES_MAX`). Returns
+/// `None` if no record qualifies, or if the records cannot be read (malformed, or too
+/// large once decompressed): the caller then answers with the batch's base offset, which
+/// is never later than the exact record.
 pub fn first_record_at_or_after(bytes: &[u8], target: Timestamp) -> Option<Offset> {
     let header = BatchHeader::parse(bytes).ok()?;
-    if header.compression().ok()? != Compression::None || header.attributes & 0x08 != 0 {
-        // LogAppendTime batches carry the time in maxTimestamp only.
+    if header.attributes & 0x08 != 0 {
+        // LogAppendTime: every record's time is maxTimestamp, so the caller's base
+        // offset is exact.
         return None;
     }
-    let mut at = HEADER_BYTES;
+    let records = bytes.get(HEADER_BYTES..header.size)?;
+    let codec = header.compression().ok()?;
+    if codec == Compression::None {
+        return first_at_or_after(&header, records, target);
+    }
+    match crate::compression::decompress(codec, records, DECOMPRESSED_BATCH_BYTES_MAX) {
+        Ok(records) => first_at_or_after(&header, &records, target),
+        Err(e) => {
+            tracing::debug!(error = %e, "timestamp lookup falls back to the batch start");
+            None
+        }
+    }
+}
+
+/// Walks `records` (a batch's records section, uncompressed) for the first record at or
+/// after `target`.
+fn first_at_or_after(header: &BatchHeader, records: &[u8], target: Timestamp) -> Option<Offset> {
+    let mut at = 0;
     for _ in 0..header.record_count {
-        let length = read_varint(bytes, &mut at)?;
+        let length = read_varint(records, &mut at)?;
         let record_start = at;
         at += 1; // record attributes
-        let timestamp_delta = read_varint(bytes, &mut at)?;
-        let offset_delta = read_varint(bytes, &mut at)?;
+        let timestamp_delta = read_varint(records, &mut at)?;
+        let offset_delta = read_varint(records, &mut at)?;
         if !(0..=i64::from(header.last_offset_delta)).contains(&offset_delta) {
             return None;
         }
@@ -442,6 +461,71 @@ mod tests {
         assert_eq!(h.record_count, 3);
         assert_eq!(h.size, b.len());
         assert_eq!(h.max_timestamp, Timestamp(1002));
+    }
+
+    /// `batch` with its records compressed by `codec` (test compressors), resealed.
+    fn recompressed(batch: &[u8], codec: Compression) -> Vec<u8> {
+        use std::io::Write;
+        let records = &batch[HEADER_BYTES..];
+        let packed = match codec {
+            Compression::None => records.to_vec(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(records).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Snappy => snap::raw::Encoder::new().compress_vec(records).unwrap(),
+            Compression::Lz4 => {
+                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                e.write_all(records).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => zstd::encode_all(records, 1).unwrap(),
+        };
+        let mut out = batch[..HEADER_BYTES].to_vec();
+        out.extend_from_slice(&packed);
+        let length = (out.len() - LOG_OVERHEAD) as i32;
+        out[8..12].copy_from_slice(&length.to_be_bytes());
+        out[ATTRIBUTES_AT + 1] = (out[ATTRIBUTES_AT + 1] & !0x07) | codec as u8;
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn timestamp_lookup_is_exact_inside_every_codec() {
+        // Records at 1000, 1001, ... 1019.
+        let plain = build_batch(20, 30, 1000);
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let b = recompressed(&plain, codec);
+            let h = validate(&b, 1 << 20).unwrap();
+            assert_eq!(h.compression().unwrap(), codec);
+            for (target, want) in [
+                (0, Some(0)),
+                (1000, Some(0)),
+                (1007, Some(7)),
+                (1019, Some(19)),
+                (1020, None),
+            ] {
+                assert_eq!(
+                    first_record_at_or_after(&b, Timestamp(target)),
+                    want.map(Offset),
+                    "{codec:?} at {target}"
+                );
+            }
+        }
+        // Undecodable compressed records fall back (None), never panic.
+        let mut bad = recompressed(&plain, Compression::Lz4);
+        bad.truncate(HEADER_BYTES + (bad.len() - HEADER_BYTES) / 2);
+        let length = (bad.len() - LOG_OVERHEAD) as i32;
+        bad[8..12].copy_from_slice(&length.to_be_bytes());
+        assert_eq!(first_record_at_or_after(&bad, Timestamp(1007)), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod cache;
 pub mod catalog;
+pub mod compression;
 pub mod config;
 pub mod error;
 pub mod file;

@@ -96,6 +96,11 @@ pub const SEGMENT_BYTES_MIN: u64 = 14;
 /// Log bytes between two sparse index entries (Kafka's `index.interval.bytes`).
 pub const INDEX_INTERVAL_BYTES: u32 = 4096;
 
+/// Most bytes a compressed batch's records may inflate to when the broker reads inside
+/// it (exact timestamp lookups). Transient, one batch per request at a time; a batch
+/// inflating further is answered from its base offset instead.
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// A flush cycle's write or sync stage taking at least this long is logged (with its
 /// bytes and whether it preallocated): acks=all latency is bounded below by it.
 pub const SLOW_FLUSH_STAGE: std::time::Duration = std::time::Duration::from_millis(20);

@@ -202,7 +202,7 @@ impl PartitionLog {
 
     /// The offset and timestamp of the record with the largest timestamp below the high
     /// watermark (ListOffsets -3); the earliest such record on ties. `None` for an empty
-    /// log. For compressed batches the offset is the batch's base offset.
+    /// log.
     pub async fn offset_of_max_timestamp(&self) -> Result<Option<(Offset, Timestamp)>> {
         let inner = &self.0;
         let plan = {
