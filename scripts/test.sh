@@ -53,7 +53,7 @@ if [ "$fuzz_seconds" -gt 0 ]; then
       echo "fuzz target $target failed (a crash input is kept in fuzz/artifacts/$target)" >&2
       exit 1
     fi
-    echo "$target: $(grep -E '^#[0-9]+ +DONE' "$fuzz_log" | tail -1)"
+    echo "$target: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$fuzz_log" | tail -1)"
     rm -f "$fuzz_log"
   done
 fi
