@@ -446,6 +446,17 @@ pub fn encode_test_batch(count: i32, value_bytes: usize, base_timestamp: i64) ->
     encode_uncompressed(base_timestamp, &records)
 }
 
+/// Makes `batch` an idempotent producer's batch (producer id, epoch, first sequence) and
+/// reseals its CRC. For tests and the benchmark harness.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    assert!(batch.len() >= HEADER_BYTES, "a whole batch");
+    batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&epoch.to_be_bytes());
+    batch[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ pub enum FileKind {
     PartitionMeta = 1,
     RecoveryCheckpoint = 2,
     Catalog = 3,
+    ProducerSnapshot = 4,
 }
 
 /// Identity and configuration of a partition, in `partition.meta`. Written when the

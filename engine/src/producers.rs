@@ -9,8 +9,9 @@
 //! - otherwise its first sequence must follow the last cached one (wrapping at
 //!   i32::MAX), or it is refused as out of order.
 //!
-//! Kept in memory, bounded by `PARTITION_PRODUCERS_MAX` (least recently used forgotten),
-//! and rebuilt on open from the active segment's batch headers.
+//! Kept in memory, bounded by `PARTITION_PRODUCERS_MAX` (least recently used forgotten).
+//! Saved as a snapshot whenever a segment rolls, and rebuilt on open from that snapshot
+//! plus the active segment's batch headers.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -172,10 +173,122 @@ impl ProducerStates {
     }
 }
 
+/// One producer in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SnapshotProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Oldest first: (first sequence, last sequence, base offset, last offset).
+    pub batches: Vec<(i32, i32, i64, i64)>,
+}
+
+/// The producers of a partition as of `offset` (the base offset of the segment that was
+/// started when it was taken), stored as `producers.snapshot` (metadata envelope kind 4).
+/// On open, it seeds the state that the active segment's batches are then replayed onto,
+/// so producers whose last batches sit in older segments are still known.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProducerSnapshot {
+    pub offset: i64,
+    /// Least recently used first, so a restore keeps the same eviction order.
+    pub producers: Vec<SnapshotProducer>,
+}
+
+impl ProducerStates {
+    /// The state now, to be stored as of `offset`.
+    pub fn snapshot(&self, offset: Offset) -> ProducerSnapshot {
+        let mut producers: Vec<(&i64, &Producer)> = self.producers.iter().collect();
+        producers.sort_by_key(|(_, p)| p.last_used);
+        ProducerSnapshot {
+            offset: offset.0,
+            producers: producers
+                .into_iter()
+                .map(|(id, p)| SnapshotProducer {
+                    producer_id: *id,
+                    epoch: p.epoch,
+                    batches: p
+                        .batches
+                        .iter()
+                        .map(|b| {
+                            (
+                                b.first_sequence,
+                                b.last_sequence,
+                                b.base_offset.0,
+                                b.last_offset.0,
+                            )
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The state a snapshot describes. Entries beyond the bounds (from a broker built
+    /// with larger ones) are dropped, oldest first.
+    pub fn restore(snapshot: &ProducerSnapshot) -> ProducerStates {
+        let mut states = ProducerStates::default();
+        let keep = snapshot
+            .producers
+            .len()
+            .saturating_sub(PARTITION_PRODUCERS_MAX);
+        for entry in &snapshot.producers[keep..] {
+            states.clock += 1;
+            let skip = entry.batches.len().saturating_sub(PRODUCER_BATCHES_CACHED);
+            let batches = entry.batches[skip..]
+                .iter()
+                .map(|&(first_sequence, last_sequence, base, last)| CachedBatch {
+                    first_sequence,
+                    last_sequence,
+                    base_offset: Offset(base),
+                    last_offset: Offset(last),
+                })
+                .collect();
+            let producer = Producer {
+                epoch: entry.epoch,
+                batches,
+                last_used: states.clock,
+            };
+            states.producers.insert(entry.producer_id, producer);
+        }
+        states
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::{LeaderEpoch, Timestamp};
+
+    #[test]
+    fn a_restored_snapshot_judges_batches_as_the_original_did() {
+        let mut s = ProducerStates::default();
+        let mut next_offset = 0;
+        for (pid, epoch, seq, count) in [(1, 0, 0, 3), (2, 4, 0, 1), (1, 0, 3, 2), (2, 4, 1, 5)] {
+            let h = header(pid, epoch, seq, count);
+            assert_eq!(s.check(&h).unwrap(), Verdict::Append);
+            s.record(&h, Offset(next_offset));
+            next_offset += i64::from(count);
+        }
+        let snapshot = s.snapshot(Offset(next_offset));
+        let bytes = crate::meta::encode(crate::meta::FileKind::ProducerSnapshot, &snapshot);
+        let decoded: ProducerSnapshot =
+            crate::meta::decode(crate::meta::FileKind::ProducerSnapshot, &bytes).unwrap();
+        assert_eq!(decoded, snapshot);
+        let restored = ProducerStates::restore(&decoded);
+        for h in [
+            header(1, 0, 3, 2), // a retry
+            header(1, 0, 5, 1), // the next batch
+            header(1, 0, 9, 1), // a gap
+            header(2, 3, 6, 1), // a fenced epoch
+            header(3, 0, 4, 1), // unknown producer
+        ] {
+            assert_eq!(
+                format!("{:?}", restored.check(&h)),
+                format!("{:?}", s.check(&h)),
+                "{h:?}"
+            );
+        }
+        assert_eq!(restored.snapshot(Offset(next_offset)), snapshot);
+    }
 
     fn header(producer_id: i64, epoch: i16, sequence: i32, count: i32) -> BatchHeader {
         BatchHeader {

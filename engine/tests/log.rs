@@ -395,3 +395,92 @@ fn config_changes_are_persisted_and_applied() {
         log.close().await.unwrap();
     });
 }
+
+/// An idempotent producer's batch: `count` records from sequence `sequence`.
+fn producer_batch(sequence: i32, count: i32) -> bytes::BytesMut {
+    let mut b = batch(count, 500, 0);
+    batch::set_producer(&mut b, 7, 0, sequence);
+    b
+}
+
+/// Appends producer 7's batches, then other batches until the segment rolls, so the
+/// producer's last batches are all in a sealed segment. Returns the last batch's offsets.
+async fn produce_then_roll(log: &spate_engine::PartitionLog) -> (Offset, Offset) {
+    let mut last = None;
+    for i in 0..5 {
+        let info = log
+            .append(producer_batch(i * 3, 3), LeaderEpoch(1), AckPolicy::Durable)
+            .await
+            .unwrap();
+        last = Some((info.base_offset, info.last_offset));
+    }
+    let segments = log.segment_count();
+    while log.segment_count() == segments {
+        append(log, 1, 2000, 0, AckPolicy::Durable).await;
+    }
+    last.unwrap()
+}
+
+#[test]
+fn idempotent_producers_are_remembered_across_a_roll_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let first = run({
+        let root = root.clone();
+        async move {
+            let log = create(&root, small_segments(16 * 1024)).await;
+            let last = produce_then_roll(&log).await;
+            log.close().await.unwrap();
+            last
+        }
+    });
+    run({
+        let root = root.clone();
+        async move {
+            let log = reopen(&root).await.unwrap();
+            let end = log.offsets().log_end;
+            // The retry of the last batch gets its first offsets and appends nothing.
+            let retry = log
+                .append(producer_batch(12, 3), LeaderEpoch(1), AckPolicy::Durable)
+                .await
+                .unwrap();
+            assert_eq!((retry.base_offset, retry.last_offset), first);
+            assert_eq!(log.offsets().log_end, end);
+            // The next sequence continues; a gap is refused.
+            let gap = log
+                .append(producer_batch(16, 1), LeaderEpoch(1), AckPolicy::Durable)
+                .await;
+            assert!(
+                matches!(gap, Err(EngineError::OutOfOrderSequence { .. })),
+                "{gap:?}"
+            );
+            log.append(producer_batch(15, 1), LeaderEpoch(1), AckPolicy::Durable)
+                .await
+                .unwrap();
+            log.close().await.unwrap();
+        }
+    });
+    // Without the snapshot, the producer is forgotten: what the snapshot is for.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run({
+        let root = root.clone();
+        async move {
+            let log = create(&root, small_segments(16 * 1024)).await;
+            produce_then_roll(&log).await;
+            log.close().await.unwrap();
+        }
+    });
+    std::fs::remove_file(root.join(tp().dir_name()).join("producers.snapshot")).unwrap();
+    run(async move {
+        let log = reopen(&root).await.unwrap();
+        let retry = log
+            .append(producer_batch(12, 3), LeaderEpoch(1), AckPolicy::Durable)
+            .await;
+        assert!(
+            matches!(retry, Err(EngineError::UnknownProducerId { .. })),
+            "{retry:?}"
+        );
+        log.close().await.unwrap();
+    });
+}

@@ -438,10 +438,24 @@ impl Inner {
     /// Starts a new active segment at `log_end`. The old one keeps its staged bytes; the
     /// flusher writes them and seals it. Called with the append gate held.
     async fn roll(&self) -> Result<()> {
-        let (base, interval) = {
+        let (base, interval, producers) = {
             let st = self.state.borrow();
-            (st.log_end, st.config().index_interval_bytes)
+            (
+                st.log_end,
+                st.config().index_interval_bytes,
+                st.producers.snapshot(st.log_end),
+            )
         };
+        // The producers as of the new segment's start, so that after a restart those whose
+        // last batches are in older segments are still known (see `open::rebuild_producers`).
+        // Saved before the segment exists: a segment never lacks its snapshot for want of
+        // a crash in between.
+        crate::file::write_atomic(
+            &self.dir,
+            open::PRODUCER_SNAPSHOT_FILE,
+            &crate::meta::encode(crate::meta::FileKind::ProducerSnapshot, &producers),
+        )
+        .await?;
         let segment = Segment::create(&self.dir, base, interval).await?;
         tracing::debug!(partition = %self.tp, base_offset = base.0, "rolled a new segment");
         let mut st = self.state.borrow_mut();

@@ -37,6 +37,7 @@ use crate::types::{LeaderEpoch, Offset, TopicPartition};
 
 pub const META_FILE: &str = "partition.meta";
 pub const CHECKPOINT_FILE: &str = "recovery.checkpoint";
+pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 
 /// What was recovered when a log was opened.
 #[derive(Debug)]
@@ -482,7 +483,7 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         .next_back()
         .expect("at least one segment");
     activate(active).await?;
-    let producers = rebuild_producers(active).await?;
+    let producers = rebuild_producers(dir, active).await?;
     Ok(Recovered {
         segments,
         checkpoint,
@@ -490,11 +491,30 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
     })
 }
 
-/// Rebuilds idempotent producers' state from the active segment's batch headers.
-/// Producers idle for longer than a segment are forgotten; their next batch must then
-/// start a new sequence (clients do so on UNKNOWN_PRODUCER_ID).
-async fn rebuild_producers(active: &Segment) -> Result<ProducerStates> {
-    let mut producers = ProducerStates::default();
+/// Rebuilds idempotent producers' state: the snapshot taken when the active segment
+/// was started, then the active segment's batch headers on top. A snapshot of another
+/// offset (the segment it was taken for was lost in a crash, or it is from before a
+/// truncation) or a damaged one is ignored with a warning: producers whose batches are
+/// all in older segments are then forgotten, and their next batch must start a new
+/// sequence (clients do so on UNKNOWN_PRODUCER_ID).
+async fn rebuild_producers(dir: &Path, active: &Segment) -> Result<ProducerStates> {
+    let path = dir.join(PRODUCER_SNAPSHOT_FILE);
+    let snapshot = file::read_small(&path).await?.map(|bytes| {
+        meta::decode::<crate::producers::ProducerSnapshot>(FileKind::ProducerSnapshot, &bytes)
+    });
+    let mut producers = match snapshot {
+        Some(Some(s)) if s.offset == active.base_offset.0 => ProducerStates::restore(&s),
+        Some(Some(s)) => {
+            tracing::warn!(path = %path.display(), snapshot = s.offset, active = active.base_offset.0,
+                "producer snapshot is not for the active segment: ignored");
+            ProducerStates::default()
+        }
+        Some(None) => {
+            tracing::warn!(path = %path.display(), "producer snapshot is damaged: ignored");
+            ProducerStates::default()
+        }
+        None => ProducerStates::default(),
+    };
     scan::headers(
         &active.file,
         &active.log_path,
