@@ -258,7 +258,10 @@ fn consume_parallel(brokers: &str, topic: &str, records: u64) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
             panic!("consume failed: {e}");
         }
-        assert!(start.elapsed() < Duration::from_secs(300), "consume took over 300 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "consume took over 300 s"
+        );
     }
     for reader in readers {
         reader.join().unwrap();
@@ -340,7 +343,13 @@ fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64,
         sent += 1;
         producer.poll(Duration::ZERO);
     }
-    producer.flush(Duration::from_secs(30)).expect("flush");
+    if let Err(e) = producer.flush(Duration::from_secs(30)) {
+        // Reported, not fatal: the latencies measured so far still stand.
+        eprintln!(
+            "flush: {e}; {} records still unacknowledged",
+            producer.in_flight_count()
+        );
+    }
     std::thread::sleep(Duration::from_millis(500));
     done.store(1, Ordering::Relaxed);
     let h = reader.join().unwrap();
