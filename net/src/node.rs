@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::sync::Semaphore;
 use spate_engine::catalog::Catalog;
+use spate_engine::shard::reply::{self, ReplySender};
 use spate_engine::Shard;
 
 use crate::controller::{self, TopicOutcome, TopicResult, TopicSpec};
@@ -55,31 +55,31 @@ pub enum ControlMessage {
     CreateTopics {
         topics: Vec<TopicSpec>,
         validate_only: bool,
-        reply: oneshot::Sender<Option<Vec<TopicOutcome>>>,
+        reply: ReplySender<Option<Vec<TopicOutcome>>>,
     },
     /// To the controller: delete these topics.
     DeleteTopics {
         names: Vec<String>,
-        reply: oneshot::Sender<Option<Vec<TopicOutcome>>>,
+        reply: ReplySender<Option<Vec<TopicOutcome>>>,
     },
     /// To the controller: grow topics to these partition counts.
     AddPartitions {
         topics: Vec<(String, i32)>,
         validate_only: bool,
-        reply: oneshot::Sender<Option<Vec<TopicResult>>>,
+        reply: ReplySender<Option<Vec<TopicResult>>>,
     },
     /// To the controller: change these topics' config overrides.
     AlterConfigs {
         changes: Vec<(String, ConfigChange)>,
         validate_only: bool,
-        reply: oneshot::Sender<Option<Vec<TopicResult>>>,
+        reply: ReplySender<Option<Vec<TopicResult>>>,
     },
     /// To the controller: allocate an idempotent producer id.
-    AllocateProducerId { reply: oneshot::Sender<Option<i64>> },
+    AllocateProducerId { reply: ReplySender<Option<i64>> },
     /// From the controller: the new catalog; acknowledge once installed.
     Catalog {
         catalog: Arc<Catalog>,
-        installed: oneshot::Sender<()>,
+        installed: ReplySender<()>,
     },
 }
 
@@ -154,11 +154,11 @@ impl Node {
 
     /// Sends a request to the controller and waits for its answer; `None` if the
     /// broker is stopping.
-    async fn ask_controller<T>(
+    async fn ask_controller<T: Send + 'static>(
         &self,
-        message: impl FnOnce(oneshot::Sender<T>) -> ControlMessage,
+        message: impl FnOnce(ReplySender<T>) -> ControlMessage,
     ) -> Option<T> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = reply::channel();
         self.control
             .send_to(CONTROLLER, message(reply))
             .await
@@ -325,7 +325,7 @@ impl Node {
             if peer == self.shard.id().index() {
                 continue;
             }
-            let (installed, ack) = oneshot::channel();
+            let (installed, ack) = reply::channel();
             let message = ControlMessage::Catalog {
                 catalog: catalog.clone(),
                 installed,
@@ -345,23 +345,23 @@ impl Node {
             match message {
                 ControlMessage::Catalog { catalog, installed } => {
                     *self.catalog.borrow_mut() = catalog;
-                    let _ = installed.send(());
+                    installed.send(());
                 }
                 // Inline, so a peer's channel bounds its pending requests. Changes are
                 // serialised anyway, and snapshots go out on other channels (from the
                 // controller to each peer), so this cannot deadlock.
                 ControlMessage::DeleteTopics { names, reply } => {
-                    let _ = reply.send(self.controller_delete(names).await);
+                    reply.send(self.controller_delete(names).await);
                 }
                 ControlMessage::AllocateProducerId { reply } => {
-                    let _ = reply.send(self.controller_allocate().await);
+                    reply.send(self.controller_allocate().await);
                 }
                 ControlMessage::CreateTopics {
                     topics,
                     validate_only,
                     reply,
                 } => {
-                    let _ = reply.send(self.controller_create(topics, validate_only).await);
+                    reply.send(self.controller_create(topics, validate_only).await);
                 }
                 ControlMessage::AddPartitions {
                     topics,
@@ -369,7 +369,7 @@ impl Node {
                     reply,
                 } => {
                     let answer = self.controller_add_partitions(topics, validate_only);
-                    let _ = reply.send(answer.await);
+                    reply.send(answer.await);
                 }
                 ControlMessage::AlterConfigs {
                     changes,
@@ -377,7 +377,7 @@ impl Node {
                     reply,
                 } => {
                     let answer = self.controller_alter_configs(changes, validate_only);
-                    let _ = reply.send(answer.await);
+                    reply.send(answer.await);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Messages between shards, and the task that serves one peer's channel.
 //!
-//! A request carries its own reply channel (a `futures` oneshot, which wakes the waiting
-//! shard's executor across threads). The serving task runs each request as its own task
+//! A request carries its own reply channel (`reply`, which never hands a waker to another
+//! thread; see there for why). The serving task runs each request as its own task
 //! on the latency queue, holding one of `SHARD_PEER_REQUESTS_INFLIGHT_MAX` permits; when
 //! they are all taken it stops reading the channel, the channel fills, and the peer's
 //! senders wait. That is the mesh's backpressure: bounded in both queue and tasks.
@@ -9,10 +9,10 @@
 use std::rc::Rc;
 
 use bytes::BytesMut;
-use futures::channel::oneshot;
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::sync::Semaphore;
 
+use super::reply::ReplySender;
 use super::Shard;
 use crate::config::{AckPolicy, PartitionConfig};
 use crate::error::Result;
@@ -34,59 +34,59 @@ pub enum Request {
     Create {
         tp: TopicPartition,
         config: PartitionConfig,
-        reply: oneshot::Sender<Result<()>>,
+        reply: ReplySender<Result<()>>,
     },
     Delete {
         tp: TopicPartition,
-        reply: oneshot::Sender<Result<()>>,
+        reply: ReplySender<Result<()>>,
     },
     Append {
         tp: TopicPartition,
         batch: BytesMut,
         leader_epoch: LeaderEpoch,
         policy: AckPolicy,
-        reply: oneshot::Sender<Result<AppendInfo>>,
+        reply: ReplySender<Result<AppendInfo>>,
     },
     Read {
         tp: TopicPartition,
         offset: Offset,
         max_bytes: usize,
-        reply: oneshot::Sender<Result<ReadResult>>,
+        reply: ReplySender<Result<ReadResult>>,
     },
     Offsets {
         tp: TopicPartition,
-        reply: oneshot::Sender<Result<LogOffsets>>,
+        reply: ReplySender<Result<LogOffsets>>,
     },
     ForTimestamp {
         tp: TopicPartition,
         timestamp: Timestamp,
-        reply: oneshot::Sender<Result<Option<(Offset, Timestamp)>>>,
+        reply: ReplySender<Result<Option<(Offset, Timestamp)>>>,
     },
     Retention {
         tp: TopicPartition,
         now: Timestamp,
-        reply: oneshot::Sender<Result<RetentionOutcome>>,
+        reply: ReplySender<Result<RetentionOutcome>>,
     },
     /// A long poll: answered when data arrives past `offset` or after `timeout`.
     WaitForData {
         tp: TopicPartition,
         offset: Offset,
         timeout: std::time::Duration,
-        reply: oneshot::Sender<Result<bool>>,
+        reply: ReplySender<Result<bool>>,
     },
     MaxTimestamp {
         tp: TopicPartition,
-        reply: oneshot::Sender<Result<Option<(Offset, Timestamp)>>>,
+        reply: ReplySender<Result<Option<(Offset, Timestamp)>>>,
     },
     DeleteRecords {
         tp: TopicPartition,
         offset: Offset,
-        reply: oneshot::Sender<Result<Offset>>,
+        reply: ReplySender<Result<Offset>>,
     },
     UpdateConfig {
         tp: TopicPartition,
         config: PartitionConfig,
-        reply: oneshot::Sender<Result<()>>,
+        reply: ReplySender<Result<()>>,
     },
 }
 
@@ -102,13 +102,24 @@ pub(super) async fn serve_peer(shard: Shard, receiver: ConnectedReceiver<Message
             }
             Message::Request(request) => request,
         };
-        let budget = if matches!(request, Request::WaitForData { .. }) {
-            &waits
+        let permit = if let Request::WaitForData { .. } = request {
+            // Waits run to their own timeout (their requester cannot cancel them across
+            // shards), so when the budget is spent a wait is answered at once, "no data
+            // yet", instead of blocking this channel for the requests behind it.
+            match waits.try_acquire_static_permit(1) {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if let Request::WaitForData { reply, .. } = request {
+                        reply.send(Ok(false));
+                    }
+                    continue;
+                }
+            }
         } else {
-            &permits
-        };
-        let Ok(permit) = budget.acquire_static_permit(1).await else {
-            return;
+            let Ok(permit) = permits.acquire_static_permit(1).await else {
+                return;
+            };
+            permit
         };
         let queue = shard.latency_queue();
         let shard = shard.clone();
@@ -127,10 +138,10 @@ pub(super) async fn serve_peer(shard: Shard, receiver: ConnectedReceiver<Message
 async fn execute(shard: &Shard, request: Request) {
     match request {
         Request::Create { tp, config, reply } => {
-            let _ = reply.send(shard.local_create(tp, config).await);
+            reply.send(shard.local_create(tp, config).await);
         }
         Request::Delete { tp, reply } => {
-            let _ = reply.send(shard.local_delete(tp).await);
+            reply.send(shard.local_delete(tp).await);
         }
         Request::Append {
             tp,
@@ -143,7 +154,7 @@ async fn execute(shard: &Shard, request: Request) {
                 Ok(log) => log.append(batch, leader_epoch, policy).await,
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            reply.send(result);
         }
         Request::Read {
             tp,
@@ -155,10 +166,10 @@ async fn execute(shard: &Shard, request: Request) {
                 Ok(log) => log.read(offset, max_bytes).await,
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            reply.send(result);
         }
         Request::Offsets { tp, reply } => {
-            let _ = reply.send(shard.local(&tp).map(|log| log.offsets()));
+            reply.send(shard.local(&tp).map(|log| log.offsets()));
         }
         Request::ForTimestamp {
             tp,
@@ -169,57 +180,52 @@ async fn execute(shard: &Shard, request: Request) {
                 Ok(log) => log.offset_for_timestamp(timestamp).await,
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            reply.send(result);
         }
         Request::Retention { tp, now, reply } => {
             let result = match shard.local(&tp) {
                 Ok(log) => log.apply_retention(now).await,
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            reply.send(result);
         }
         Request::WaitForData {
             tp,
             offset,
             timeout,
-            mut reply,
+            reply,
         } => {
             let log = match shard.local(&tp) {
                 Ok(log) => log,
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    reply.send(Err(e));
                     return;
                 }
             };
-            // Stop waiting as soon as the requester gives up (its fetch was answered).
-            let wait = Box::pin(log.wait_for_data(offset, timeout));
-            let gave_up = Box::pin(reply.cancellation());
-            let outcome = futures::future::select(wait, gave_up).await;
-            if let futures::future::Either::Left((data, gave_up)) = outcome {
-                drop(gave_up);
-                let _ = reply.send(Ok(data));
-            }
+            // Waits out its own timeout even if the requester stops waiting first: the
+            // wait is bounded by that timeout and by SHARD_PEER_WAITS_INFLIGHT_MAX.
+            reply.send(Ok(log.wait_for_data(offset, timeout).await));
         }
         Request::MaxTimestamp { tp, reply } => {
             let result = match shard.local(&tp) {
                 Ok(log) => log.offset_of_max_timestamp().await,
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            reply.send(result);
         }
         Request::DeleteRecords { tp, offset, reply } => {
             let result = match shard.local(&tp) {
                 Ok(log) => log.delete_records(offset).await,
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            reply.send(result);
         }
         Request::UpdateConfig { tp, config, reply } => {
             let result = match shard.local(&tp) {
                 Ok(log) => log.update_config(config).await,
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            reply.send(result);
         }
     }
 }

@@ -16,6 +16,7 @@
 //! requests until all peers have said the same, then closes its partitions cleanly.
 
 mod mesh;
+pub mod reply;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -95,6 +96,7 @@ impl ShardSet {
         let (placement, existing) = Placement::load(&config.data_dir, config.shard_count)?;
         let placement = Arc::new(placement);
         let mesh = MeshBuilder::<Message, Full>::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
+        let doorbells = reply::DoorbellMesh::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(config.shard_count);
         for index in 0..config.shard_count {
@@ -106,19 +108,19 @@ impl ShardSet {
                 (true, Some(core)) => glommio::Placement::Fixed(core.id),
                 _ => glommio::Placement::Unbound,
             };
-            let (config, placement, mesh, body) = (
+            let (config, placement, mesh, doorbells, body) = (
                 config.clone(),
                 placement.clone(),
                 mesh.clone(),
+                doorbells.clone(),
                 body.clone(),
             );
-            let thread =
-                LocalExecutorBuilder::new(placement_for_cpu)
-                    .name(&format!("spate-shard-{index}"))
-                    .spawn(move || async move {
-                        run_shard(id, config, placement, mesh, owned, body).await
-                    })
-                    .map_err(|e| EngineError::io("start shard thread", "", e.into()))?;
+            let thread = LocalExecutorBuilder::new(placement_for_cpu)
+                .name(&format!("spate-shard-{index}"))
+                .spawn(move || async move {
+                    run_shard(id, config, placement, (mesh, doorbells), owned, body).await
+                })
+                .map_err(|e| EngineError::io("start shard thread", "", e.into()))?;
             threads.push(thread);
         }
         Ok(ShardSet {
@@ -181,7 +183,7 @@ async fn run_shard<F, Fut>(
     id: ShardId,
     config: EngineConfig,
     placement: Arc<Placement>,
-    mesh: MeshBuilder<Message, Full>,
+    (mesh, doorbells): (MeshBuilder<Message, Full>, reply::DoorbellMesh),
     owned: Vec<ExistingPartition>,
     body: F,
 ) -> Result<()>
@@ -197,6 +199,7 @@ where
     );
     let background =
         executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "background");
+    reply::install(id.index(), doorbells, latency).await;
     let (senders, mut receivers) = mesh
         .join()
         .await
@@ -294,7 +297,7 @@ macro_rules! route {
         if owner == $self.0.id {
             $local.await
         } else {
-            let ($reply, rx) = oneshot::channel();
+            let ($reply, rx) = reply::channel();
             $self.send(owner, $request).await?;
             rx.await.map_err(|_| EngineError::ShuttingDown)?
         }
@@ -377,7 +380,7 @@ impl Shard {
         if owner == self.0.id {
             return self.local(&tp)?.append(batch, leader_epoch, policy).await;
         }
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = reply::channel();
         self.send(
             owner,
             Request::Append {
