@@ -378,3 +378,82 @@ fn delete_records_and_offset_for_leader_epoch() {
         );
     }
 }
+
+#[test]
+fn producer_ids_are_new_every_time_and_never_reused_after_a_restart() {
+    use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+    use kafka_protocol::messages::ProducerId;
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    for _restart in 0..2 {
+        let broker = TestBroker::start(dir.path(), 2);
+        let mut c = broker.client();
+        for version in 0..=5 {
+            let mut request = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000);
+            if version >= 3 {
+                // A re-initialising producer naming an id gets a new one, not that id.
+                request = request
+                    .with_producer_id(ProducerId(1_000_000))
+                    .with_producer_epoch(3);
+            }
+            let r = c.send(version, &request);
+            assert_eq!(r.error_code, 0, "v{version}");
+            assert_eq!(r.producer_epoch, 0);
+            assert!(r.producer_id.0 >= 0 && r.producer_id.0 != 1_000_000);
+            assert!(
+                !seen.contains(&r.producer_id.0),
+                "id {} reused",
+                r.producer_id.0
+            );
+            seen.push(r.producer_id.0);
+        }
+        let transactional = InitProducerIdRequest::default()
+            .with_transactional_id(Some(kafka_protocol::messages::TransactionalId(
+                name("tx").0,
+            )))
+            .with_transaction_timeout_ms(60_000);
+        let r = c.send(4, &transactional);
+        assert_ne!(
+            r.error_code, 0,
+            "transactional ids are refused, not ignored"
+        );
+        drop(c);
+        broker.stop();
+    }
+}
+
+#[test]
+fn acks_all_past_its_timeout_is_answered_request_timed_out_and_may_still_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), 2);
+    let mut c = broker.client();
+    create(&mut c, "slow", 1);
+    // A zero timeout expires before any fsync can finish.
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(0)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name("slow"))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(batch::encode_test_batch(
+                    3, 10, 0,
+                ))))])]);
+    let r = c.send(9, &request);
+    let code = r.responses[0].partition_responses[0].error_code;
+    assert_eq!(code, ResponseError::RequestTimedOut.code());
+    // The append was not abandoned half way: it completes, as Kafka's "maybe" allows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while list_offset(&mut c, 7, "slow", -1).1 != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out batch never landed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // With room, the same request succeeds.
+    let r = c.send(9, &request.with_timeout_ms(30_000));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+}

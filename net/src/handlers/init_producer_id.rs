@@ -1,6 +1,6 @@
-//! InitProducerId (key 22), versions 0–5, for idempotent producers: a new producer id
-//! with epoch 0, or (v3+, KIP-360) the same id with the next epoch when the producer asks
-//! to re-initialise its own. Transactional ids are not supported yet.
+//! InitProducerId (key 22), versions 0–5, for idempotent producers: always a new producer
+//! id (never handed out before, even across restarts) with epoch 0. Transactional ids are
+//! not supported yet.
 
 use std::rc::Rc;
 
@@ -21,13 +21,10 @@ pub async fn handle(node: &Rc<Node>, request: &InitProducerIdRequest) -> InitPro
     if request.transactional_id.is_some() {
         return refused(ResponseError::UnsupportedVersion);
     }
-    // KIP-360: the producer re-initialises its own id; when its epochs are exhausted it
-    // gets a fresh id instead.
-    if request.producer_id.0 >= 0 && (0..i16::MAX).contains(&request.producer_epoch) {
-        return InitProducerIdResponse::default()
-            .with_producer_id(request.producer_id)
-            .with_producer_epoch(request.producer_epoch + 1);
-    }
+    // A re-initialising producer (v3+, KIP-360: its id and epoch in the request) gets a
+    // fresh id too, as Kafka answers producers without a transactional id: a new id
+    // starts new sequences just as a bumped epoch would, and an id named by a client is
+    // never handed out on its word.
     match node.allocate_producer_id().await {
         Some(id) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))

@@ -3,16 +3,18 @@
 //! UNSUPPORTED_VERSION: they carry the old message formats).
 //!
 //! acks=0 sends no response; acks=1 answers once the batch is in the log; acks=-1 once
-//! it is durable (fsync on a single node). Each partition's records must be exactly one
-//! v2 RecordBatch; the partitions of a request are appended concurrently on their owning
-//! shards. A rejected batch leaves nothing visible. Topics with
+//! it is durable (fsync on a single node), or with REQUEST_TIMED_OUT after the request's
+//! `timeout_ms` (the batch may still become durable, as in Kafka). Each partition's
+//! records must be exactly one v2 RecordBatch; the partitions of a request are appended
+//! concurrently on their owning shards. A rejected batch leaves nothing visible. Topics with
 //! `message.timestamp.type=LogAppendTime` get their batches stamped with the broker's
 //! clock (the one change to a batch's CRC-covered bytes, resealed before it is stored).
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::future::join_all;
+use futures::future::{join_all, Either};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
@@ -44,6 +46,7 @@ async fn append(
     tp: TopicPartition,
     records: Option<&bytes::Bytes>,
     policy: AckPolicy,
+    durable_timeout: Option<Duration>,
     version: i16,
 ) -> PartitionProduceResponse {
     let index = tp.partition.0;
@@ -90,11 +93,29 @@ async fn append(
         Ok(time) => time,
         Err(e) => return failure(index, kafka_error(&e), message(e.to_string())),
     };
-    match node
-        .shard
-        .append(tp, batch, SINGLE_NODE_LEADER_EPOCH, policy)
-        .await
-    {
+    // The append runs as its own task, so a produce that times out leaves it to finish
+    // (Kafka's "maybe written"), never half done.
+    let shard = node.shard.clone();
+    let task = glommio::spawn_local(async move {
+        shard
+            .append(tp, batch, SINGLE_NODE_LEADER_EPOCH, policy)
+            .await
+    });
+    let appended = match durable_timeout {
+        None => task.await,
+        Some(limit) => {
+            let expiry = glommio::timer::sleep(limit);
+            match futures::future::select(task, Box::pin(expiry)).await {
+                Either::Left((appended, _)) => appended,
+                Either::Right((_, task)) => {
+                    task.detach();
+                    let text = format!("not durable within the request's timeout of {limit:?}");
+                    return failure(index, ResponseError::RequestTimedOut, message(text));
+                }
+            }
+        }
+    };
+    match appended {
         Ok(info) => PartitionProduceResponse::default()
             .with_index(index)
             .with_base_offset(info.base_offset.0)
@@ -152,6 +173,9 @@ pub async fn handle(
             return Some(ProduceResponse::default().with_responses(responses));
         }
     };
+    // Kafka's timeout_ms bounds the wait for acks=all acknowledgement (here: fsync).
+    let durable_timeout = (policy == AckPolicy::Durable)
+        .then(|| Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0)));
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic in &request.topic_data {
         let name = topic.name.0.as_str();
@@ -161,6 +185,7 @@ pub async fn handle(
                 TopicPartition::new(name, p.index),
                 p.records.as_ref(),
                 policy,
+                durable_timeout,
                 version,
             )
         }))
