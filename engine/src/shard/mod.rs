@@ -4,9 +4,10 @@
 //! thread per shard. Each shard joins a full mesh of bounded channels
 //! (`SHARD_CHANNEL_CAPACITY` each), opens the partitions it owns, and runs the caller's
 //! body (the server, a test, a benchmark) with a [`Shard`] handle. Calls on a `Shard` for
-//! a partition owned elsewhere travel the mesh as a request with a reply channel; the
-//! owner runs it on its latency queue. Nothing is shared between shards but the
-//! immutable placement table.
+//! a partition owned elsewhere travel the mesh as a request with a reply channel
+//! ([`reply`]: replies come back over a second mesh, so no task's waker is ever touched
+//! by another thread); the owner runs it on its latency queue. Nothing is shared between
+//! shards but the immutable placement table.
 //!
 //! Two task queues per shard: *latency* (appends, reads, mesh requests) and *background*
 //! (flushers, sealing, retention, checkpoints), so background I/O submission never

@@ -16,7 +16,7 @@
 //! Invariants:
 //! - `channel` is called, and the receiver polled and dropped, on one shard thread.
 //! - `ReplySender::send` or its drop runs on a shard thread of the same set, where
-//!   `install` has run.
+//!   `install` has run (a sender dropped while its thread tears down rings no one).
 //! - Each id is used once per receiving shard.
 //!
 //! Bounds: a reply in transit waits in its sender shard's outbox, then in the doorbell
@@ -195,7 +195,11 @@ impl<T> Drop for ReplySender<T> {
 }
 
 fn ring(to: usize, id: u64, value: Option<Box<dyn Any + Send>>) {
-    let local = local();
+    // Only while a shard thread is tearing down (its tasks dropped with their requests)
+    // can there be no doorbell end here; the receivers are gone with their shards too.
+    let Some(local) = LOCAL.try_with(|l| l.borrow().clone()).ok().flatten() else {
+        return;
+    };
     let doorbell = Doorbell { id, value };
     if to == local.shard {
         deliver(&local, doorbell);
