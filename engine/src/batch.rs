@@ -476,23 +476,7 @@ mod tests {
 
     /// `batch` with its records compressed by `codec` (test compressors), resealed.
     fn recompressed(batch: &[u8], codec: Compression) -> Vec<u8> {
-        use std::io::Write;
-        let records = &batch[HEADER_BYTES..];
-        let packed = match codec {
-            Compression::None => records.to_vec(),
-            Compression::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(records).unwrap();
-                e.finish().unwrap()
-            }
-            Compression::Snappy => snap::raw::Encoder::new().compress_vec(records).unwrap(),
-            Compression::Lz4 => {
-                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
-                e.write_all(records).unwrap();
-                e.finish().unwrap()
-            }
-            Compression::Zstd => zstd::encode_all(records, 1).unwrap(),
-        };
+        let packed = crate::compression::tests::compress(codec, &batch[HEADER_BYTES..]);
         let mut out = batch[..HEADER_BYTES].to_vec();
         out.extend_from_slice(&packed);
         let length = (out.len() - LOG_OVERHEAD) as i32;

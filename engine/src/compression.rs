@@ -93,12 +93,13 @@ fn xerial(input: &[u8], max_out: usize) -> Result<Vec<u8>, BatchError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
 
-    fn compress(codec: Compression, data: &[u8]) -> Vec<u8> {
+    /// `data` compressed with `codec` by the codecs' own encoders (for tests).
+    pub(crate) fn compress(codec: Compression, data: &[u8]) -> Vec<u8> {
         match codec {
             Compression::None => data.to_vec(),
             Compression::Gzip => {
