@@ -200,7 +200,9 @@ where
     );
     let background =
         executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "background");
-    reply::install(id.index(), doorbells, latency).await;
+    reply::install(id.index(), doorbells, latency)
+        .await
+        .map_err(|()| EngineError::io("join reply mesh", "", std::io::ErrorKind::Other.into()))?;
     let (senders, mut receivers) = mesh
         .join()
         .await

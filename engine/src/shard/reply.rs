@@ -88,9 +88,13 @@ fn local() -> Rc<Local> {
 pub struct Canceled;
 
 /// Joins the doorbell mesh on this shard thread and starts delivering replies. Returns
-/// once this shard can send and receive them.
-pub(crate) async fn install(shard: usize, mesh: DoorbellMesh, queue: TaskQueueHandle) {
-    let (senders, mut receivers) = mesh.join().await.expect("doorbell mesh joins");
+/// once this shard can send and receive them; `Err` if the mesh cannot be joined.
+pub(crate) async fn install(
+    shard: usize,
+    mesh: DoorbellMesh,
+    queue: TaskQueueHandle,
+) -> Result<(), ()> {
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| ())?;
     let (outbox, pending) = local_channel::new_unbounded();
     let local = Rc::new(Local {
         shard,
@@ -125,6 +129,7 @@ pub(crate) async fn install(shard: usize, mesh: DoorbellMesh, queue: TaskQueueHa
         .expect("queue exists")
         .detach();
     }
+    Ok(())
 }
 
 async fn forward(senders: &Senders<Doorbell>, to: usize, doorbell: Doorbell) {
