@@ -42,7 +42,8 @@ if command -v cargo-nextest >/dev/null 2>&1; then
   # open bug: a process that starts and stops brokers now and then aborts with heap
   # corruption ("malloc_consolidate(): unaligned fastbin chunk detected"), in about 1.5%
   # of start/stop cycles; see the issue notes. A test that passes only on a retry is
-  # reported as FLAKY in the output, so the bug stays visible.
+  # reported as FLAKY in the output, so the bug stays visible. Tests that start brokers
+  # run one at a time (.config/nextest.toml).
   cargo nextest run --workspace --locked --retries 2 --no-fail-fast 2>&1 | tee "$log"
 else
   cargo test --workspace --locked 2>&1 | tee "$log"

@@ -25,13 +25,29 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py")
 }
 
+/// Starts `spate serve` on `data`, logging to `broker.log` beside it; if it fails to
+/// start, the log is part of the failure.
 fn start(data: &Path, port: u16) -> Guard {
-    spawn_serving(
-        serve_command(data, port)
-            .stderr(Stdio::null())
-            .stdout(Stdio::null()),
-        port,
-    )
+    let log_path = data
+        .parent()
+        .expect("data dir has a parent")
+        .join("broker.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let started = std::panic::catch_unwind(|| {
+        spawn_serving(
+            serve_command(data, port).stderr(log).stdout(Stdio::null()),
+            port,
+        )
+    });
+    started.unwrap_or_else(|panic| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        eprintln!("broker log:\n{log}");
+        std::panic::resume_unwind(panic)
+    })
 }
 
 fn run_script(args: &[&str]) {
@@ -52,7 +68,7 @@ fn run_script(args: &[&str]) {
 fn confluent_kafka_and_kafka_python_round_trip_every_codec() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let broker = start(dir.path(), port);
+    let broker = start(&dir.path().join("data"), port);
     run_script(&["roundtrip", &port.to_string()]);
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }
@@ -60,12 +76,13 @@ fn confluent_kafka_and_kafka_python_round_trip_every_codec() {
 #[test]
 fn topic_configs_partitions_and_log_append_time_through_admin_clients() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let port = free_port();
-    let broker = start(dir.path(), port);
+    let broker = start(&data, port);
     run_script(&["configs", &port.to_string()]);
     // Configs and partition counts survive a restart.
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
-    let broker = start(dir.path(), port);
+    let broker = start(&data, port);
     run_script(&["configs-after-restart", &port.to_string()]);
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }
