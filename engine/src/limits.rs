@@ -42,7 +42,11 @@ pub const PARTITION_TAIL_CACHE_BATCHES_MAX: usize = 16 * 1024;
 /// Most partitions one shard owns. Creating one more fails with a recoverable error.
 pub const SHARD_PARTITIONS_MAX: usize = 4096;
 
-/// Capacity of each shard-to-shard channel of the mesh (messages, not bytes).
+/// Capacity of each shard-to-shard channel of the request mesh and of the reply mesh
+/// (`shard::reply`; messages, not bytes). A shard's reply outbox, where replies wait for
+/// room in the reply mesh, has no capacity of its own. It holds at most one reply per
+/// request this shard is executing for its peers: `SHARD_PEER_REQUESTS_INFLIGHT_MAX` plus
+/// `SHARD_PEER_WAITS_INFLIGHT_MAX` per peer, plus the broker's control requests.
 pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
 
 /// Most cross-shard requests a shard executes at once for one peer. When reached, the
