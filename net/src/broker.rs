@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use spate_engine::catalog::Catalog;
+use spate_engine::shard::channels::Mesh;
 use spate_engine::{EngineConfig, ShardSet, TopicPartition};
 
 use crate::controller;
@@ -62,8 +62,11 @@ impl Broker {
         stop: Arc<AtomicBool>,
     ) -> Result<Broker, String> {
         let catalog = Arc::new(load_catalog(&engine.data_dir)?);
-        let mesh =
-            MeshBuilder::<ControlMessage, Full>::full(engine.shard_count, CONTROL_CHANNEL_CAPACITY);
+        // Shared by the shard threads, each claiming its own ends from it once.
+        let mesh = Arc::new(Mesh::<ControlMessage>::full(
+            engine.shard_count,
+            CONTROL_CHANNEL_CAPACITY,
+        ));
         let failed = Arc::new(AtomicBool::new(false));
         let failure = failed.clone();
         let shards = ShardSet::start(engine, move |shard| {
@@ -71,14 +74,16 @@ impl Broker {
                 (server.clone(), stop.clone(), catalog.clone(), mesh.clone(), failure.clone());
             async move {
                 let id = shard.id();
-                let Ok((senders, mut receivers)) = mesh.join().await else {
-                    tracing::error!(shard = id.0, "could not join the control mesh");
+                let Some(ends) = mesh.claim(id.index()) else {
+                    tracing::error!(shard = id.0, "control mesh ends already claimed");
                     failure.store(true, Ordering::Relaxed);
                     stop.store(true, Ordering::Relaxed);
                     return;
                 };
+                drop(mesh);
+                let (senders, receivers) = ends.connect().await;
                 let node = Node::new(shard, server, catalog, senders);
-                for (_, receiver) in receivers.streams() {
+                for (_, receiver) in receivers {
                     glommio::spawn_local(node.clone().serve_control(receiver)).detach();
                 }
                 if let Err(e) = crate::server::serve(node, stop.clone()).await {

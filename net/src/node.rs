@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::channels::channel_mesh::Senders;
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::sync::Semaphore;
 use spate_engine::catalog::Catalog;
+use spate_engine::shard::channels::Senders;
 use spate_engine::shard::reply::{self, ReplySender};
 use spate_engine::Shard;
 

@@ -16,6 +16,7 @@
 //! Shutdown: when a shard's body returns it tells every peer, keeps serving their
 //! requests until all peers have said the same, then closes its partitions cleanly.
 
+pub mod channels;
 mod mesh;
 pub mod reply;
 
@@ -30,7 +31,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::channel::oneshot;
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{Latency, LocalExecutorBuilder, Shares, TaskQueueHandle};
 
 use crate::config::{AckPolicy, PartitionConfig};
@@ -41,6 +41,7 @@ use crate::log::{
 };
 use crate::placement::{ExistingPartition, Placement};
 use crate::types::{LeaderEpoch, Offset, ShardId, Timestamp, TopicPartition};
+use channels::{Mesh, MeshEnds, Senders};
 pub use mesh::Message;
 use mesh::Request;
 
@@ -96,8 +97,8 @@ impl ShardSet {
         let lock = lock_data_dir(&config.data_dir)?;
         let (placement, existing) = Placement::load(&config.data_dir, config.shard_count)?;
         let placement = Arc::new(placement);
-        let mesh = MeshBuilder::<Message, Full>::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
-        let doorbells = reply::DoorbellMesh::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
+        let mesh = Mesh::<Message>::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
+        let doorbells = Mesh::<reply::Doorbell>::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(config.shard_count);
         for index in 0..config.shard_count {
@@ -109,19 +110,20 @@ impl ShardSet {
                 (true, Some(core)) => glommio::Placement::Fixed(core.id),
                 _ => glommio::Placement::Unbound,
             };
-            let (config, placement, mesh, doorbells, body) = (
-                config.clone(),
-                placement.clone(),
-                mesh.clone(),
-                doorbells.clone(),
-                body.clone(),
+            let (config, placement, body) = (config.clone(), placement.clone(), body.clone());
+            let ends = (
+                mesh.claim(index).expect("each shard claims its ends once"),
+                doorbells
+                    .claim(index)
+                    .expect("each shard claims its ends once"),
             );
-            let thread = LocalExecutorBuilder::new(placement_for_cpu)
-                .name(&format!("spate-shard-{index}"))
-                .spawn(move || async move {
-                    run_shard(id, config, placement, (mesh, doorbells), owned, body).await
-                })
-                .map_err(|e| EngineError::io("start shard thread", "", e.into()))?;
+            let thread =
+                LocalExecutorBuilder::new(placement_for_cpu)
+                    .name(&format!("spate-shard-{index}"))
+                    .spawn(move || async move {
+                        run_shard(id, config, placement, ends, owned, body).await
+                    })
+                    .map_err(|e| EngineError::io("start shard thread", "", e.into()))?;
             threads.push(thread);
         }
         Ok(ShardSet {
@@ -184,7 +186,7 @@ async fn run_shard<F, Fut>(
     id: ShardId,
     config: EngineConfig,
     placement: Arc<Placement>,
-    (mesh, doorbells): (MeshBuilder<Message, Full>, reply::DoorbellMesh),
+    (mesh, doorbells): (MeshEnds<Message>, MeshEnds<reply::Doorbell>),
     owned: Vec<ExistingPartition>,
     body: F,
 ) -> Result<()>
@@ -200,13 +202,8 @@ where
     );
     let background =
         executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "background");
-    reply::install(id.index(), doorbells, latency)
-        .await
-        .map_err(|()| EngineError::io("join reply mesh", "", std::io::ErrorKind::Other.into()))?;
-    let (senders, mut receivers) = mesh
-        .join()
-        .await
-        .map_err(|_| EngineError::io("join shard mesh", "", std::io::ErrorKind::Other.into()))?;
+    reply::install(id.index(), doorbells, latency).await;
+    let (senders, receivers) = mesh.connect().await;
     let resources = ShardResources::new(id, Some(background));
     let shard = Shard(Rc::new(ShardInner {
         id,
@@ -224,7 +221,7 @@ where
     for existing in owned {
         shard.open_existing(existing).await;
     }
-    for (_, receiver) in receivers.streams() {
+    for (_, receiver) in receivers {
         let shard = shard.clone();
         glommio::spawn_local_into(
             async move { mesh::serve_peer(shard, receiver).await },

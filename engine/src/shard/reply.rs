@@ -33,9 +33,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::TaskQueueHandle;
+
+use super::channels::{MeshEnds, Senders};
 
 /// A reply on its way: the receiving shard, the receiver's id there, and the value (or
 /// `None`: the sender was dropped without replying).
@@ -52,8 +53,6 @@ impl std::fmt::Debug for Doorbell {
             .finish()
     }
 }
-
-pub(crate) type DoorbellMesh = MeshBuilder<Doorbell, Full>;
 
 /// What a waiting receiver has: its waker, and the reply once it arrives.
 #[derive(Default)]
@@ -87,14 +86,10 @@ fn local() -> Rc<Local> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Canceled;
 
-/// Joins the doorbell mesh on this shard thread and starts delivering replies. Returns
-/// once this shard can send and receive them; `Err` if the mesh cannot be joined.
-pub(crate) async fn install(
-    shard: usize,
-    mesh: DoorbellMesh,
-    queue: TaskQueueHandle,
-) -> Result<(), ()> {
-    let (senders, mut receivers) = mesh.join().await.map_err(|_| ())?;
+/// Connects this shard's ends of the doorbell mesh and starts delivering replies.
+/// Returns once this shard can send and receive them.
+pub(crate) async fn install(shard: usize, mesh: MeshEnds<Doorbell>, queue: TaskQueueHandle) {
+    let (senders, receivers) = mesh.connect().await;
     let (outbox, pending) = local_channel::new_unbounded();
     let local = Rc::new(Local {
         shard,
@@ -116,7 +111,7 @@ pub(crate) async fn install(
     .expect("queue exists")
     .detach();
     // Incoming: store each reply and wake its receiver, on this thread.
-    for (_, receiver) in receivers.streams() {
+    for (_, receiver) in receivers {
         let local = local.clone();
         glommio::spawn_local_into(
             async move {
@@ -129,7 +124,6 @@ pub(crate) async fn install(
         .expect("queue exists")
         .detach();
     }
-    Ok(())
 }
 
 async fn forward(senders: &Senders<Doorbell>, to: usize, doorbell: Doorbell) {
