@@ -86,6 +86,7 @@ impl Broker {
                 for (_, receiver) in receivers {
                     glommio::spawn_local(node.clone().serve_control(receiver)).detach();
                 }
+                glommio::spawn_local(crate::group::coordinator::run_timers(node.clone())).detach();
                 if let Err(e) = crate::server::serve(node, stop.clone()).await {
                     tracing::error!(shard = id.0, error = %e, "shard server failed; stopping the broker");
                     failure.store(true, Ordering::Relaxed);

@@ -18,6 +18,7 @@ pub mod broker;
 pub mod codec;
 pub mod controller;
 pub mod error;
+pub mod group;
 pub mod handlers;
 pub mod limits;
 pub mod node;

@@ -30,6 +30,23 @@ pub const CONTROL_CHANNEL_CAPACITY: usize = 64;
 /// not committed, address space (see `alloc`).
 pub const RESERVED_ALLOCATION_BYTES_MIN: usize = 1 << 30;
 
+/// Most members one consumer group may have (Kafka's `group.max.size`); a join past it
+/// gets GROUP_MAX_SIZE_REACHED.
+pub const GROUP_MEMBERS_MAX: usize = 1000;
+
+/// Most groups one shard coordinates. A join or commit that would create one more gets
+/// COORDINATOR_NOT_AVAILABLE; it is a bound on the coordinator's memory.
+pub const SHARD_GROUPS_MAX: usize = 100_000;
+
+/// Most group requests another shard may have running on this shard's coordinator at once
+/// (joins wait for a whole rebalance). Past it, the control channel is not read and the
+/// senders wait.
+pub const SHARD_GROUP_CALLS_INFLIGHT_MAX: usize = 4096;
+
+/// Largest metadata string stored with a committed offset (Kafka's
+/// `offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+
 const _: () = assert!(CONNECTION_INFLIGHT_BYTES_MAX >= REQUEST_FRAME_BYTES_MAX);
 const _: () = assert!(SHARD_INFLIGHT_BYTES_MAX >= CONNECTION_INFLIGHT_BYTES_MAX);
 const _: () = assert!(RESERVED_ALLOCATION_BYTES_MIN > REQUEST_FRAME_BYTES_MAX);

@@ -23,6 +23,7 @@ use spate_engine::shard::reply::{self, ReplySender};
 use spate_engine::Shard;
 
 use crate::controller::{self, TopicOutcome, TopicResult, TopicSpec};
+use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupConfig};
 use crate::topic_config::ConfigChange;
 
 /// Every topic failing because the broker is stopping.
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub default_partitions: i32,
     /// Create unknown topics asked for by Metadata (`auto.create.topics.enable`).
     pub auto_create_topics: bool,
+    /// Consumer group coordination.
+    pub groups: GroupConfig,
 }
 
 /// Messages on the control mesh.
@@ -76,6 +79,12 @@ pub enum ControlMessage {
     },
     /// To the controller: allocate an idempotent producer id.
     AllocateProducerId { reply: ReplySender<Option<i64>> },
+    /// To a group's coordinator: run this call for `group`.
+    Group {
+        group: String,
+        call: GroupCall,
+        reply: ReplySender<GroupAnswer>,
+    },
     /// From the controller: the new catalog; acknowledge once installed.
     Catalog {
         catalog: Arc<Catalog>,
@@ -90,6 +99,8 @@ pub struct Node {
     pub config: ServerConfig,
     catalog: RefCell<Arc<Catalog>>,
     control: Senders<ControlMessage>,
+    /// The consumer groups this shard coordinates.
+    pub groups: Coordinator,
     /// Serialises catalog changes on the controller.
     admin: Semaphore,
     /// Request bytes read but not yet answered on this shard (`SHARD_INFLIGHT_BYTES_MAX`).
@@ -109,10 +120,12 @@ impl Node {
         catalog: Arc<Catalog>,
         control: Senders<ControlMessage>,
     ) -> Rc<Node> {
+        let groups = config.groups;
         Rc::new(Node {
             shard,
             config,
             catalog: RefCell::new(catalog),
+            groups: Coordinator::new(groups),
             control,
             admin: Semaphore::new(1),
             inflight_bytes: Rc::new(Semaphore::new(
@@ -163,6 +176,20 @@ impl Node {
             .send_to(CONTROLLER, message(reply))
             .await
             .ok()?;
+        rx.await.ok()
+    }
+
+    /// Runs a group call on shard `shard`'s coordinator; `None` if the broker is
+    /// stopping.
+    pub async fn group_call_on(
+        &self,
+        shard: usize,
+        group: String,
+        call: GroupCall,
+    ) -> Option<GroupAnswer> {
+        let (reply, rx) = reply::channel();
+        let message = ControlMessage::Group { group, call, reply };
+        self.control.send_to(shard, message).await.ok()?;
         rx.await.ok()
     }
 
@@ -343,6 +370,19 @@ impl Node {
     pub async fn serve_control(self: Rc<Self>, receiver: ConnectedReceiver<ControlMessage>) {
         while let Some(message) = receiver.recv().await {
             match message {
+                ControlMessage::Group { group, call, reply } => {
+                    // Joins wait for whole rebalances: each call runs as its own task,
+                    // and the permits bound how many.
+                    let Ok(permit) = self.groups.remote_calls.acquire_static_permit(1).await else {
+                        continue;
+                    };
+                    let node = self.clone();
+                    glommio::spawn_local(async move {
+                        reply.send(crate::group::coordinator::call_here(&node, group, call).await);
+                        drop(permit);
+                    })
+                    .detach();
+                }
                 ControlMessage::Catalog { catalog, installed } => {
                     *self.catalog.borrow_mut() = catalog;
                     installed.send(());

@@ -105,6 +105,8 @@ pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
         .detach();
     }
     drop(listener);
+    // Joins and syncs waiting for a rebalance would hold their connections open.
+    node.groups.close();
     let _all = live.acquire_permit(SHARD_CONNECTIONS_MAX as u64).await;
     let (zero_copy, copied) = node.fetch_bytes();
     tracing::info!(
@@ -167,6 +169,9 @@ async fn send_file(socket: RawFd, file: &std::fs::File, mut position: u64, len: 
 
 async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Result<()> {
     stream.set_nodelay(true)?;
+    let peer: Rc<str> = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".into(), |a| a.ip().to_string().into());
     let socket = stream.as_raw_fd();
     let (mut reader, mut writer) = stream.split();
     let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX as u64));
@@ -208,7 +213,7 @@ async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Re
                     budget.acquire_static_permit(frame.len() as u64).await.map_err(closing)?,
                     node.inflight_bytes.acquire_static_permit(frame.len() as u64).await.map_err(closing)?,
                 ];
-                let task = glommio::spawn_local_into(respond(node.clone(), frame), node.shard.latency_queue())
+                let task = glommio::spawn_local_into(respond(node.clone(), frame, peer.clone()), node.shard.latency_queue())
                     .expect("latency queue exists");
                 if queue.send((task, permit)).await.is_err() {
                     return Ok(());
@@ -227,13 +232,13 @@ async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Re
 }
 
 /// Decodes and handles one request, returning its response frame (empty for none).
-async fn respond(node: Rc<Node>, frame: Bytes) -> Result<Vec<Part>> {
+async fn respond(node: Rc<Node>, frame: Bytes, peer: Rc<str>) -> Result<Vec<Part>> {
     let encoded = match codec::decode(frame)? {
         Decoded::ApiVersionsTooNew { correlation_id } => {
             let body = ResponseKind::ApiVersions(handlers::api_versions::too_new());
             codec::encode(ApiKey::ApiVersions, 0, correlation_id, &body)?
         }
-        Decoded::Request(request) => match handlers::handle(&node, &request).await? {
+        Decoded::Request(request) => match handlers::handle(&node, &request, &peer).await? {
             Reply::Message(body) => codec::encode(
                 request.api_key,
                 request.version,

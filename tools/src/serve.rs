@@ -14,11 +14,13 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Deserialize;
 use spate_engine::EngineConfig;
+use spate_net::group::GroupConfig;
 use spate_net::{Broker, ServerConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// TOML file with any of: listen, advertise, data_dir, shards, node_id.
+    /// TOML file with any of: listen, advertise, data_dir, shards, node_id,
+    /// offsets_partitions, group_initial_rebalance_delay_ms.
     #[arg(long, env = "SPATE_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].
@@ -36,6 +38,14 @@ pub struct ServeArgs {
     /// This broker's node id [default: 1].
     #[arg(long, env = "SPATE_NODE_ID")]
     node_id: Option<i32>,
+    /// Partitions of `__consumer_offsets` when it is created (Kafka's
+    /// offsets.topic.num.partitions) [default: 50].
+    #[arg(long, env = "SPATE_OFFSETS_PARTITIONS")]
+    offsets_partitions: Option<i32>,
+    /// How long the first rebalance of an empty group waits for more members (Kafka's
+    /// group.initial.rebalance.delay.ms) [default: 3000].
+    #[arg(long, env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// The `--config` file. Unknown keys are errors, not silently ignored.
@@ -47,6 +57,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     shards: Option<usize>,
     node_id: Option<i32>,
+    offsets_partitions: Option<i32>,
+    group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// Validated settings.
@@ -57,7 +69,12 @@ struct Settings {
     data_dir: PathBuf,
     shards: usize,
     node_id: i32,
+    groups: GroupConfig,
 }
+
+/// Upper bound of `group_initial_rebalance_delay_ms` (Kafka's own is unbounded; five
+/// minutes is already more than any client waits).
+const INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
 
 fn address(name: &str, value: &str) -> Result<SocketAddr, String> {
     value
@@ -116,12 +133,34 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("spate-data"));
+    let mut groups = GroupConfig::default();
+    if let Some(n) = args.offsets_partitions.or(file.offsets_partitions) {
+        if !(1..=spate_net::limits::TOPIC_PARTITIONS_MAX).contains(&n) {
+            return Err(format!(
+                "invalid offsets partitions {n}: must be between 1 and {}",
+                spate_net::limits::TOPIC_PARTITIONS_MAX
+            ));
+        }
+        groups.offsets_partitions = n;
+    }
+    if let Some(ms) = args
+        .group_initial_rebalance_delay_ms
+        .or(file.group_initial_rebalance_delay_ms)
+    {
+        if ms > INITIAL_REBALANCE_DELAY_MS_MAX {
+            return Err(format!(
+                "invalid group initial rebalance delay {ms} ms: must be at most {INITIAL_REBALANCE_DELAY_MS_MAX}"
+            ));
+        }
+        groups.initial_rebalance_delay = std::time::Duration::from_millis(ms);
+    }
     Ok(Settings {
         listen,
         advertise,
         data_dir,
         shards,
         node_id,
+        groups,
     })
 }
 
@@ -205,6 +244,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         data_dir: settings.data_dir.clone(),
         default_partitions: 1,
         auto_create_topics: true,
+        groups: settings.groups,
     };
     let broker = Broker::start(engine, server, stop)?;
     tracing::info!(

@@ -6,18 +6,29 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod errors;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sync_group;
 
 use std::rc::Rc;
 
@@ -44,6 +55,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The accepted version range of `api_key`, if it is implemented.
@@ -65,8 +87,8 @@ pub enum Reply {
     Nothing,
 }
 
-/// Handles a decoded request.
-pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Reply> {
+/// Handles a decoded request from the client at `peer` (its address, for DescribeGroups).
+pub async fn handle(node: &Rc<Node>, request: &Request, peer: &str) -> Result<Reply> {
     let version = request.version;
     let response = match &request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::response()),
@@ -107,6 +129,41 @@ pub async fn handle(node: &Rc<Node>, request: &Request) -> Result<Reply> {
         RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
             incremental_alter_configs::handle(node, body).await,
         ),
+        RequestKind::FindCoordinator(body) => {
+            ResponseKind::FindCoordinator(find_coordinator::handle(node, body, version).await)
+        }
+        RequestKind::JoinGroup(body) => {
+            let client_id = request.header.client_id.as_deref().unwrap_or("");
+            let host = format!("/{peer}");
+            ResponseKind::JoinGroup(join_group::handle(node, body, version, client_id, &host).await)
+        }
+        RequestKind::SyncGroup(body) => {
+            ResponseKind::SyncGroup(sync_group::handle(node, body, version).await)
+        }
+        RequestKind::Heartbeat(body) => {
+            ResponseKind::Heartbeat(heartbeat::handle(node, body, version).await)
+        }
+        RequestKind::LeaveGroup(body) => {
+            ResponseKind::LeaveGroup(leave_group::handle(node, body, version).await)
+        }
+        RequestKind::OffsetCommit(body) => {
+            ResponseKind::OffsetCommit(offset_commit::handle(node, body, version).await)
+        }
+        RequestKind::OffsetFetch(body) => {
+            ResponseKind::OffsetFetch(offset_fetch::handle(node, body, version).await)
+        }
+        RequestKind::ListGroups(body) => {
+            ResponseKind::ListGroups(list_groups::handle(node, body, version).await)
+        }
+        RequestKind::DescribeGroups(body) => {
+            ResponseKind::DescribeGroups(describe_groups::handle(node, body, version).await)
+        }
+        RequestKind::DeleteGroups(body) => {
+            ResponseKind::DeleteGroups(delete_groups::handle(node, body).await)
+        }
+        RequestKind::OffsetDelete(body) => {
+            ResponseKind::OffsetDelete(offset_delete::handle(node, body).await)
+        }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(describe_cluster::handle(node))
         }

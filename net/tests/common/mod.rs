@@ -41,6 +41,11 @@ impl TestBroker {
             data_dir: data.to_path_buf(),
             default_partitions: 2,
             auto_create_topics: true,
+            groups: spate_net::group::GroupConfig {
+                offsets_partitions: 4,
+                initial_rebalance_delay: Duration::ZERO,
+                ..Default::default()
+            },
         };
         let broker = Broker::start(engine, server, stop.clone()).unwrap();
         for _ in 0..200 {

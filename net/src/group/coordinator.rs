@@ -1,0 +1,909 @@
+//! One shard's group coordinator: the groups whose `__consumer_offsets` partition this
+//! shard owns, their committed offsets, and the log behind them.
+//!
+//! Every group request is a `GroupCall`, run here by `call` on the coordinating shard
+//! (`route` sends it there). Before a partition's groups are first used, its log is
+//! replayed into memory (`ensure_loaded`); commits are appended and acknowledged only
+//! once durable, and only then applied in memory, so OffsetFetch never answers an
+//! offset that a crash could lose. A timer task (`run_timers`) expires sessions,
+//! completes overdue rebalances and drops offsets past retention.
+//!
+//! Group metadata is appended after a generation becomes Stable and when a group
+//! empties; the sync answers do not wait for it, as the metadata only restores the
+//! generation number after a restart (members rejoin then).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use glommio::sync::Semaphore;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_protocol::ResponseError;
+use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, Timestamp, TopicPartition};
+
+use super::records::{self, Entry};
+use super::state::SyncOutcome;
+use super::state::{Committed, Group, GroupSettings, GroupState, JoinOutcome, JoinRequest};
+use super::{partition_for, GroupConfig, OFFSETS_TOPIC};
+use crate::controller::TopicSpec;
+use crate::limits::{OFFSET_METADATA_BYTES_MAX, SHARD_GROUPS_MAX, SHARD_GROUP_CALLS_INFLIGHT_MAX};
+use crate::node::Node;
+
+/// How often the timer task runs. Session and rebalance timeouts are honoured to
+/// within this.
+const GROUP_TICK: Duration = Duration::from_millis(100);
+
+/// How often offsets past retention are looked for (Kafka's
+/// `offsets.retention.check.interval.ms` is 10 minutes).
+const OFFSETS_EXPIRY_CHECK: Duration = Duration::from_secs(60);
+
+/// Bytes read per step when replaying a partition.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// A SyncGroup.
+#[derive(Debug)]
+pub struct SyncCall {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignments: Vec<(String, Bytes)>,
+}
+
+/// An OffsetCommit.
+#[derive(Debug)]
+pub struct CommitCall {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub generation: i32,
+    pub offsets: Vec<(String, i32, Committed)>,
+}
+
+/// A request for one group, run on its coordinator.
+#[derive(Debug)]
+pub enum GroupCall {
+    Join(JoinRequest),
+    Sync(SyncCall),
+    Heartbeat {
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+    },
+    /// Members leaving: (member id, instance id).
+    Leave(Vec<(String, Option<String>)>),
+    Commit(CommitCall),
+    /// Committed offsets of these partitions, or of all (`None`).
+    Fetch(Option<Vec<(String, i32)>>),
+    Describe,
+    Delete,
+    /// Every group this shard coordinates (the group name is ignored).
+    List,
+    /// Drop the committed offsets of these partitions.
+    OffsetDelete(Vec<(String, i32)>),
+}
+
+/// A described group.
+#[derive(Clone, Debug, Default)]
+pub struct Described {
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, client host, metadata, assignment).
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+/// A listed group: (group id, protocol type, state).
+pub type Listed = (String, String, &'static str);
+
+/// What a `GroupCall` answers.
+#[derive(Debug)]
+pub enum GroupAnswer {
+    Join(JoinOutcome),
+    Sync(SyncOutcome),
+    /// One error (or none) for the whole call.
+    Error(Option<ResponseError>),
+    /// One error (or none) per member or partition, in request order.
+    Each(Vec<Option<ResponseError>>),
+    /// A group-level error, or the committed offset (if any) of each partition.
+    Fetch(Result<Vec<(String, i32, Option<Committed>)>, ResponseError>),
+    Describe(Described),
+    List(Vec<Listed>),
+}
+
+/// One shard's coordinator.
+#[derive(Debug)]
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    /// `__consumer_offsets` partitions already replayed into `groups`.
+    loaded: RefCell<HashSet<i32>>,
+    loading: Semaphore,
+    /// Bounds calls from other shards running here (`SHARD_GROUP_CALLS_INFLIGHT_MAX`).
+    pub remote_calls: Rc<Semaphore>,
+    settings: GroupSettings,
+    /// Set at shutdown: waiting requests were answered, new ones are refused.
+    closed: Cell<bool>,
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().0
+}
+
+impl Coordinator {
+    pub fn new(config: GroupConfig) -> Coordinator {
+        Coordinator {
+            groups: RefCell::new(HashMap::new()),
+            loaded: RefCell::new(HashSet::new()),
+            loading: Semaphore::new(1),
+            remote_calls: Rc::new(Semaphore::new(SHARD_GROUP_CALLS_INFLIGHT_MAX as u64)),
+            settings: GroupSettings {
+                initial_rebalance_delay: config.initial_rebalance_delay,
+                min_session_timeout: config.min_session_timeout,
+                max_session_timeout: config.max_session_timeout,
+            },
+            closed: Cell::new(false),
+        }
+    }
+
+    /// At shutdown: answers every waiting join and sync (NOT_COORDINATOR, so clients
+    /// look for the coordinator again) and refuses further calls.
+    pub fn close(&self) {
+        self.closed.set(true);
+        for group in self.groups.borrow_mut().values_mut() {
+            group.abandon_waiters(ResponseError::NotCoordinator);
+        }
+    }
+}
+
+/// The partition count of `__consumer_offsets`: the topic's if it exists, else the
+/// count it will be created with.
+pub fn offsets_partitions(node: &Node) -> i32 {
+    node.catalog()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map_or(node.config.groups.offsets_partitions, |t| t.partitions)
+}
+
+/// Creates `__consumer_offsets` if it does not exist yet, as Kafka does on the first
+/// FindCoordinator.
+pub async fn ensure_offsets_topic(node: &Rc<Node>) -> Result<(), ResponseError> {
+    if node.catalog().topics.contains_key(OFFSETS_TOPIC) {
+        return Ok(());
+    }
+    let overrides = vec![
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+        // Until compaction exists, nothing may be deleted from it by age or size.
+        ("retention.ms".to_string(), "-1".to_string()),
+    ];
+    let config = crate::topic_config::partition_config(&overrides)
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    let spec = TopicSpec {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: node.config.groups.offsets_partitions,
+        config,
+        overrides,
+    };
+    let outcome = node.create_topics(vec![spec], false).await;
+    match outcome.first().and_then(|o| o.error.as_ref()) {
+        None | Some((ResponseError::TopicAlreadyExists, _)) => Ok(()),
+        Some((error, message)) => {
+            tracing::warn!(%message, "could not create {OFFSETS_TOPIC}");
+            Err(if *error == ResponseError::NotController {
+                ResponseError::CoordinatorNotAvailable
+            } else {
+                *error
+            })
+        }
+    }
+}
+
+/// Runs `call` for `group` on its coordinating shard.
+pub async fn route(node: &Rc<Node>, group: &str, call: GroupCall) -> GroupAnswer {
+    let partition = partition_for(group, offsets_partitions(node));
+    let owner = node
+        .shard
+        .owner(&TopicPartition::new(OFFSETS_TOPIC, partition))
+        .index();
+    call_on(node, owner, group.to_string(), call).await
+}
+
+/// Runs `call` on shard `shard`'s coordinator.
+pub async fn call_on(node: &Rc<Node>, shard: usize, group: String, call: GroupCall) -> GroupAnswer {
+    if shard == node.shard.id().index() {
+        return call_here(node, group, call).await;
+    }
+    node.group_call_on(shard, group, call)
+        .await
+        .unwrap_or(GroupAnswer::Error(Some(
+            ResponseError::CoordinatorNotAvailable,
+        )))
+}
+
+/// The answer for every call when the coordinator cannot serve it.
+fn refused(call: &GroupCall, error: ResponseError) -> GroupAnswer {
+    match call {
+        GroupCall::Join(request) => GroupAnswer::Join(JoinOutcome {
+            error: Some(error),
+            generation: -1,
+            member_id: request.member_id.clone(),
+            ..JoinOutcome::default()
+        }),
+        GroupCall::Sync(_) => GroupAnswer::Sync(SyncOutcome {
+            error: Some(error),
+            ..SyncOutcome::default()
+        }),
+        GroupCall::Fetch(_) => GroupAnswer::Fetch(Err(error)),
+        GroupCall::Leave(members) => GroupAnswer::Each(vec![Some(error); members.len()]),
+        GroupCall::Commit(commit) => GroupAnswer::Each(vec![Some(error); commit.offsets.len()]),
+        GroupCall::OffsetDelete(partitions) => {
+            GroupAnswer::Each(vec![Some(error); partitions.len()])
+        }
+        GroupCall::List => GroupAnswer::List(Vec::new()),
+        GroupCall::Heartbeat { .. } | GroupCall::Describe | GroupCall::Delete => {
+            GroupAnswer::Error(Some(error))
+        }
+    }
+}
+
+/// Runs `call` on this shard, which must coordinate `group` (or `call` is List).
+pub async fn call_here(node: &Rc<Node>, group: String, call: GroupCall) -> GroupAnswer {
+    let coordinator = &node.groups;
+    if coordinator.closed.get() {
+        return refused(&call, ResponseError::CoordinatorNotAvailable);
+    }
+    if let GroupCall::List = call {
+        if let Err(error) = ensure_all_loaded(node).await {
+            return refused(&call, error);
+        }
+        return GroupAnswer::List(list(coordinator));
+    }
+    let partition = partition_for(&group, offsets_partitions(node));
+    if let Err(error) = ensure_loaded(node, partition).await {
+        return refused(&call, error);
+    }
+    let answer = match call {
+        GroupCall::Join(request) => join(node, &group, request).await,
+        GroupCall::Sync(sync) => self::sync(node, &group, sync).await,
+        GroupCall::Heartbeat {
+            member_id,
+            instance_id,
+            generation,
+        } => {
+            let mut groups = coordinator.groups.borrow_mut();
+            GroupAnswer::Error(match groups.get_mut(&group) {
+                None => Some(ResponseError::UnknownMemberId),
+                Some(g) => g.heartbeat(
+                    &member_id,
+                    instance_id.as_deref(),
+                    generation,
+                    Instant::now(),
+                ),
+            })
+        }
+        GroupCall::Leave(members) => {
+            let mut groups = coordinator.groups.borrow_mut();
+            let now = Instant::now();
+            GroupAnswer::Each(match groups.get_mut(&group) {
+                None => vec![Some(ResponseError::UnknownMemberId); members.len()],
+                Some(g) => members
+                    .iter()
+                    .map(|(id, instance)| {
+                        g.leave(id, instance.as_deref(), now, &coordinator.settings)
+                    })
+                    .collect(),
+            })
+        }
+        GroupCall::Commit(commit) => self::commit(node, &group, partition, commit).await,
+        GroupCall::Fetch(partitions) => {
+            GroupAnswer::Fetch(Ok(fetch(coordinator, &group, partitions)))
+        }
+        GroupCall::Describe => GroupAnswer::Describe(describe(coordinator, &group)),
+        GroupCall::Delete => GroupAnswer::Error(delete(node, &group, partition).await),
+        GroupCall::OffsetDelete(partitions) => {
+            offset_delete(node, &group, partition, partitions).await
+        }
+        GroupCall::List => unreachable!("handled above"),
+    };
+    persist_changes(node).await;
+    answer
+}
+
+/// Whether one more group fits on this shard.
+fn room_for_group(groups: &HashMap<String, Group>, group: &str) -> bool {
+    groups.contains_key(group) || groups.len() < SHARD_GROUPS_MAX
+}
+
+async fn join(node: &Rc<Node>, group: &str, request: JoinRequest) -> GroupAnswer {
+    let coordinator = &node.groups;
+    let member_id = request.member_id.clone();
+    let (reply, answer) = oneshot::channel();
+    {
+        let mut groups = coordinator.groups.borrow_mut();
+        if !room_for_group(&groups, group) {
+            return GroupAnswer::Join(JoinOutcome {
+                error: Some(ResponseError::CoordinatorNotAvailable),
+                generation: -1,
+                member_id,
+                ..JoinOutcome::default()
+            });
+        }
+        let entry = groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group::new(group.to_string()));
+        entry.join(request, reply, Instant::now(), &coordinator.settings);
+    }
+    persist_changes(node).await;
+    GroupAnswer::Join(answer.await.unwrap_or_else(|_| JoinOutcome {
+        error: Some(ResponseError::CoordinatorNotAvailable),
+        generation: -1,
+        member_id,
+        ..JoinOutcome::default()
+    }))
+}
+
+async fn sync(node: &Rc<Node>, group: &str, sync: SyncCall) -> GroupAnswer {
+    let coordinator = &node.groups;
+    let (reply, answer) = oneshot::channel();
+    {
+        let mut groups = coordinator.groups.borrow_mut();
+        let Some(entry) = groups.get_mut(group) else {
+            return GroupAnswer::Sync(SyncOutcome {
+                error: Some(ResponseError::UnknownMemberId),
+                ..SyncOutcome::default()
+            });
+        };
+        entry.sync(
+            &sync.member_id,
+            sync.instance_id.as_deref(),
+            sync.generation,
+            sync.protocol_type.as_deref(),
+            sync.protocol.as_deref(),
+            sync.assignments,
+            reply,
+            Instant::now(),
+        );
+    }
+    persist_changes(node).await;
+    GroupAnswer::Sync(answer.await.unwrap_or_else(|_| SyncOutcome {
+        error: Some(ResponseError::CoordinatorNotAvailable),
+        ..SyncOutcome::default()
+    }))
+}
+
+/// Why this partition's offset may not be committed, if it may not.
+fn commit_error(
+    node: &Node,
+    topic: &str,
+    partition: i32,
+    committed: &Committed,
+) -> Option<ResponseError> {
+    if committed.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+        return Some(ResponseError::OffsetMetadataTooLarge);
+    }
+    let catalog = node.catalog();
+    match catalog.topics.get(topic) {
+        Some(t) if (0..t.partitions).contains(&partition) => None,
+        _ => Some(ResponseError::UnknownTopicOrPartition),
+    }
+}
+
+async fn commit(node: &Rc<Node>, group: &str, partition: i32, commit: CommitCall) -> GroupAnswer {
+    let coordinator = &node.groups;
+    let count = commit.offsets.len();
+    {
+        let mut groups = coordinator.groups.borrow_mut();
+        let error = match groups.get_mut(group) {
+            Some(g) => g.check_commit(
+                &commit.member_id,
+                commit.instance_id.as_deref(),
+                commit.generation,
+                Instant::now(),
+            ),
+            // A client managing its own assignment commits to a group that need not
+            // exist; any other commit to an unknown group is from a stale generation.
+            None if commit.generation < 0 => {
+                if room_for_group(&groups, group) {
+                    None
+                } else {
+                    Some(ResponseError::CoordinatorNotAvailable)
+                }
+            }
+            None => Some(ResponseError::IllegalGeneration),
+        };
+        if let Some(error) = error {
+            return GroupAnswer::Each(vec![Some(error); count]);
+        }
+    }
+    let mut errors: Vec<Option<ResponseError>> = commit
+        .offsets
+        .iter()
+        .map(|(topic, p, committed)| commit_error(node, topic, *p, committed))
+        .collect();
+    let accepted: Vec<&(String, i32, Committed)> = commit
+        .offsets
+        .iter()
+        .zip(&errors)
+        .filter(|(_, e)| e.is_none())
+        .map(|(o, _)| o)
+        .collect();
+    let records: Vec<(Bytes, Option<Bytes>)> = accepted
+        .iter()
+        .map(|(topic, p, committed)| {
+            (
+                records::offset_key(group, topic, *p),
+                Some(records::offset_value(committed)),
+            )
+        })
+        .collect();
+    if let Err(error) = append(node, partition, records).await {
+        for e in errors.iter_mut().filter(|e| e.is_none()) {
+            *e = Some(error);
+        }
+        return GroupAnswer::Each(errors);
+    }
+    let mut groups = coordinator.groups.borrow_mut();
+    let entry = groups
+        .entry(group.to_string())
+        .or_insert_with(|| Group::new(group.to_string()));
+    for (topic, p, committed) in accepted {
+        entry.offsets.insert((topic.clone(), *p), committed.clone());
+    }
+    GroupAnswer::Each(errors)
+}
+
+fn fetch(
+    coordinator: &Coordinator,
+    group: &str,
+    partitions: Option<Vec<(String, i32)>>,
+) -> Vec<(String, i32, Option<Committed>)> {
+    let groups = coordinator.groups.borrow();
+    let offsets = groups.get(group).map(|g| &g.offsets);
+    match partitions {
+        Some(partitions) => partitions
+            .into_iter()
+            .map(|(topic, p)| {
+                let committed = offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned());
+                (topic, p, committed)
+            })
+            .collect(),
+        None => offsets
+            .into_iter()
+            .flatten()
+            .map(|((topic, p), c)| (topic.clone(), *p, Some(c.clone())))
+            .collect(),
+    }
+}
+
+fn describe(coordinator: &Coordinator, group: &str) -> Described {
+    let groups = coordinator.groups.borrow();
+    let Some(g) = groups.get(group) else {
+        return Described {
+            state: GroupState::Dead.name().to_string(),
+            ..Described::default()
+        };
+    };
+    let protocol = g.protocol.clone().unwrap_or_default();
+    Described {
+        state: g.state.name().to_string(),
+        protocol_type: g.protocol_type.clone().unwrap_or_default(),
+        protocol: protocol.clone(),
+        members: g
+            .members
+            .values()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    m.instance_id.clone(),
+                    m.client_id.clone(),
+                    m.client_host.clone(),
+                    m.metadata(&protocol),
+                    m.assignment.clone(),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn list(coordinator: &Coordinator) -> Vec<Listed> {
+    coordinator
+        .groups
+        .borrow()
+        .values()
+        .filter(|g| g.state != GroupState::Dead)
+        .map(|g| {
+            (
+                g.id.clone(),
+                g.protocol_type.clone().unwrap_or_default(),
+                g.state.name(),
+            )
+        })
+        .collect()
+}
+
+/// Deletes an empty group and its offsets (tombstones first, then memory).
+async fn delete(node: &Rc<Node>, group: &str, partition: i32) -> Option<ResponseError> {
+    let keys: Vec<(Bytes, Option<Bytes>)> = {
+        let groups = node.groups.groups.borrow();
+        let Some(g) = groups.get(group) else {
+            return Some(ResponseError::GroupIdNotFound);
+        };
+        if g.state == GroupState::Dead {
+            return Some(ResponseError::GroupIdNotFound);
+        }
+        if !g.members.is_empty() {
+            return Some(ResponseError::NonEmptyGroup);
+        }
+        g.offsets
+            .keys()
+            .map(|(topic, p)| (records::offset_key(group, topic, *p), None))
+            .chain([(records::group_key(group), None)])
+            .collect()
+    };
+    if let Err(error) = append(node, partition, keys).await {
+        return Some(error);
+    }
+    let mut groups = node.groups.groups.borrow_mut();
+    if let Some(mut g) = groups.remove(group) {
+        g.kill();
+    }
+    None
+}
+
+/// The topics a consumer-protocol member subscribes to, from its metadata (Kafka's
+/// ConsumerProtocolSubscription: i16 version, then an array of topic names). `None` if
+/// the metadata cannot be read.
+fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
+    let mut buf = metadata;
+    let take = |buf: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        if buf.len() < n {
+            return None;
+        }
+        let (head, tail) = buf.split_at(n);
+        *buf = tail;
+        Some(head.to_vec())
+    };
+    take(&mut buf, 2)?;
+    let count = i32::from_be_bytes(take(&mut buf, 4)?.try_into().ok()?);
+    let mut topics = Vec::new();
+    for _ in 0..count.max(0) {
+        let len = i16::from_be_bytes(take(&mut buf, 2)?.try_into().ok()?);
+        let name = take(&mut buf, usize::try_from(len).ok()?)?;
+        topics.push(String::from_utf8(name).ok()?);
+    }
+    Some(topics)
+}
+
+async fn offset_delete(
+    node: &Rc<Node>,
+    group: &str,
+    partition: i32,
+    partitions: Vec<(String, i32)>,
+) -> GroupAnswer {
+    let errors: Vec<Option<ResponseError>> = {
+        let groups = node.groups.groups.borrow();
+        let Some(g) = groups.get(group) else {
+            return GroupAnswer::Error(Some(ResponseError::GroupIdNotFound));
+        };
+        let protocol = g.protocol.clone().unwrap_or_default();
+        // Offsets of topics the group's members consume cannot be deleted; members
+        // whose subscription cannot be read are taken to consume everything.
+        let subscribed: Option<HashSet<String>> = g
+            .members
+            .values()
+            .map(|m| subscribed_topics(&m.metadata(&protocol)))
+            .try_fold(HashSet::new(), |mut all, topics| {
+                all.extend(topics?);
+                Some(all)
+            });
+        partitions
+            .iter()
+            .map(|(topic, _)| {
+                let busy =
+                    !g.members.is_empty() && subscribed.as_ref().is_none_or(|s| s.contains(topic));
+                busy.then_some(ResponseError::GroupSubscribedToTopic)
+            })
+            .collect()
+    };
+    let tombstones: Vec<(Bytes, Option<Bytes>)> = partitions
+        .iter()
+        .zip(&errors)
+        .filter(|(_, e)| e.is_none())
+        .map(|((topic, p), _)| (records::offset_key(group, topic, *p), None))
+        .collect();
+    if let Err(error) = append(node, partition, tombstones).await {
+        return GroupAnswer::Error(Some(error));
+    }
+    let mut groups = node.groups.groups.borrow_mut();
+    if let Some(g) = groups.get_mut(group) {
+        for ((topic, p), _) in partitions.iter().zip(&errors).filter(|(_, e)| e.is_none()) {
+            g.offsets.remove(&(topic.clone(), *p));
+        }
+    }
+    GroupAnswer::Each(errors)
+}
+
+/// Appends records to `__consumer_offsets` partition `partition` and waits until they
+/// are durable.
+async fn append(
+    node: &Rc<Node>,
+    partition: i32,
+    entries: Vec<(Bytes, Option<Bytes>)>,
+) -> Result<(), ResponseError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    ensure_offsets_topic(node).await?;
+    let timestamp = now_ms();
+    let batch: Vec<Record> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // Not idempotent: the batch's base sequence must be -1. The encoder starts a
+            // new batch wherever offset minus sequence changes, so it must not.
+            sequence: i as i32 - 1,
+            timestamp,
+            key: Some(key),
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &batch, &options).map_err(|e| {
+        tracing::error!(error = %e, "could not encode a {OFFSETS_TOPIC} batch");
+        ResponseError::UnknownServerError
+    })?;
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    node.shard
+        .append(tp, buf, LeaderEpoch(0), AckPolicy::Durable)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            tracing::warn!(partition, error = %e, "could not append to {OFFSETS_TOPIC}");
+            ResponseError::CoordinatorNotAvailable
+        })
+}
+
+/// Appends the metadata of every group that became Stable or Empty.
+async fn persist_changes(node: &Rc<Node>) {
+    let changed: Vec<(i32, Bytes, Bytes)> = {
+        let partitions = offsets_partitions(node);
+        let mut groups = node.groups.groups.borrow_mut();
+        groups
+            .values_mut()
+            .filter_map(|g| g.take_changed().then_some(g))
+            .map(|g| {
+                (
+                    partition_for(&g.id, partitions),
+                    records::group_key(&g.id),
+                    records::group_value(g, now_ms()),
+                )
+            })
+            .collect()
+    };
+    for (partition, key, value) in changed {
+        // A failure loses only the generation number at the next restart.
+        let _ = append(node, partition, vec![(key, Some(value))]).await;
+    }
+}
+
+/// Replays partition `partition` of `__consumer_offsets` into memory, once.
+async fn ensure_loaded(node: &Rc<Node>, partition: i32) -> Result<(), ResponseError> {
+    let coordinator = &node.groups;
+    if coordinator.loaded.borrow().contains(&partition) {
+        return Ok(());
+    }
+    let _one_at_a_time = coordinator
+        .loading
+        .acquire_permit(1)
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    if coordinator.loaded.borrow().contains(&partition) {
+        return Ok(());
+    }
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    match replay(node, &tp).await {
+        Ok(count) => {
+            if count > 0 {
+                tracing::info!(%tp, records = count, "loaded consumer groups");
+            }
+            coordinator.loaded.borrow_mut().insert(partition);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(%tp, error = %e, "could not load consumer groups");
+            Err(ResponseError::CoordinatorNotAvailable)
+        }
+    }
+}
+
+async fn ensure_all_loaded(node: &Rc<Node>) -> Result<(), ResponseError> {
+    let partitions = offsets_partitions(node);
+    let me = node.shard.id();
+    for partition in 0..partitions {
+        if node
+            .shard
+            .owner(&TopicPartition::new(OFFSETS_TOPIC, partition))
+            == me
+        {
+            ensure_loaded(node, partition).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a partition from its start and applies every record; returns how many.
+async fn replay(node: &Rc<Node>, tp: &TopicPartition) -> Result<usize, String> {
+    let mut offset = match node.shard.offsets(tp.clone()).await {
+        Ok(offsets) => offsets.log_start,
+        // Not created yet: nothing to load.
+        Err(EngineError::UnknownPartition(_)) => return Ok(0),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut count = 0;
+    loop {
+        let read = node
+            .shard
+            .read(tp.clone(), offset, REPLAY_READ_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        if read.chunks.is_empty() {
+            return Ok(count);
+        }
+        for chunk in &read.chunks {
+            let mut bytes = chunk_bytes(chunk)?;
+            let batches = RecordBatchDecoder::decode_all(&mut bytes)
+                .map_err(|e| format!("undecodable batch at offset {}: {e}", offset.0))?;
+            for record in batches.iter().flat_map(|b| &b.records) {
+                offset = Offset(record.offset + 1);
+                if let Some(key) = &record.key {
+                    let entry = records::decode(key, record.value.as_deref())
+                        .map_err(|e| format!("record at offset {}: {e}", record.offset))?;
+                    apply(&node.groups, entry);
+                    count += 1;
+                }
+            }
+        }
+    }
+}
+
+fn chunk_bytes(chunk: &spate_engine::ReadChunk) -> Result<Bytes, String> {
+    match chunk {
+        spate_engine::ReadChunk::Cached(bytes) => Ok(bytes.clone()),
+        spate_engine::ReadChunk::File {
+            file,
+            position,
+            len,
+        } => {
+            let mut buf = vec![0; *len as usize];
+            file.read_exact_at(&mut buf, *position)
+                .map_err(|e| format!("reading a segment: {e}"))?;
+            Ok(Bytes::from(buf))
+        }
+    }
+}
+
+fn apply(coordinator: &Coordinator, entry: Entry) {
+    let mut groups = coordinator.groups.borrow_mut();
+    match entry {
+        Entry::Offset {
+            group,
+            topic,
+            partition,
+            committed,
+        } => {
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(group));
+            match committed {
+                Some(c) => g.offsets.insert((topic, partition), c),
+                None => g.offsets.remove(&(topic, partition)),
+            };
+        }
+        Entry::Group {
+            group,
+            generation_and_type: Some((generation, protocol_type)),
+        } => {
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(group));
+            g.restore(
+                generation,
+                (!protocol_type.is_empty()).then_some(protocol_type),
+            );
+        }
+        Entry::Group {
+            group,
+            generation_and_type: None,
+        } => {
+            groups.remove(&group);
+        }
+    }
+}
+
+/// The coordinator's timers: sessions, overdue rebalances, offsets retention.
+pub async fn run_timers(node: Rc<Node>) {
+    let mut since_expiry = Duration::ZERO;
+    while !node.groups.closed.get() {
+        glommio::timer::sleep(GROUP_TICK).await;
+        {
+            let now = Instant::now();
+            let settings = node.groups.settings;
+            for group in node.groups.groups.borrow_mut().values_mut() {
+                group.tick(now, &settings);
+            }
+        }
+        persist_changes(&node).await;
+        since_expiry += GROUP_TICK;
+        if since_expiry >= OFFSETS_EXPIRY_CHECK {
+            since_expiry = Duration::ZERO;
+            expire_offsets(&node).await;
+        }
+    }
+}
+
+/// Drops offsets of empty groups older than `offsets.retention`, and groups left with
+/// nothing.
+async fn expire_offsets(node: &Rc<Node>) {
+    let cutoff = now_ms() - node.config.groups.offsets_retention.as_millis() as i64;
+    let partitions = offsets_partitions(node);
+    // (group, its expired partitions, whether that is all of its offsets)
+    type Expired = (String, Vec<(String, i32)>, bool);
+    let expired: Vec<Expired> = node
+        .groups
+        .groups
+        .borrow()
+        .values()
+        .filter(|g| g.state == GroupState::Empty)
+        .filter_map(|g| {
+            let old: Vec<(String, i32)> = g
+                .offsets
+                .iter()
+                .filter(|(_, c)| c.commit_timestamp < cutoff)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let emptied = old.len() == g.offsets.len();
+            (!old.is_empty()).then(|| (g.id.clone(), old, emptied))
+        })
+        .collect();
+    for (group, old, emptied) in expired {
+        let partition = partition_for(&group, partitions);
+        let mut tombstones: Vec<(Bytes, Option<Bytes>)> = old
+            .iter()
+            .map(|(topic, p)| (records::offset_key(&group, topic, *p), None))
+            .collect();
+        if emptied {
+            tombstones.push((records::group_key(&group), None));
+        }
+        if append(node, partition, tombstones).await.is_err() {
+            continue;
+        }
+        let mut groups = node.groups.groups.borrow_mut();
+        if let Some(g) = groups.get_mut(&group) {
+            for key in &old {
+                g.offsets.remove(key);
+            }
+            tracing::info!(%group, offsets = old.len(), "expired committed offsets");
+            if emptied && g.state == GroupState::Empty && g.offsets.is_empty() {
+                groups.remove(&group);
+            }
+        }
+    }
+}

@@ -1,0 +1,856 @@
+//! One consumer group's state machine, as Kafka's classic group protocol defines it.
+//!
+//! States: Empty → PreparingRebalance → CompletingRebalance → Stable, and back to
+//! PreparingRebalance whenever membership or subscriptions change; Dead once deleted.
+//! A rebalance completes when every known member has rejoined (or at the rebalance
+//! deadline, dropping those that did not): the generation is bumped, one protocol common
+//! to all members is chosen, and the leader alone receives the members' metadata. The
+//! leader's SyncGroup carries everyone's assignment and makes the group Stable.
+//!
+//! This file does no I/O and reads no clock: callers pass `now`, and waiting requests
+//! are answered through oneshot channels held here. Invariants, asserted in `check`:
+//! every member has at most one pending join and one pending sync; the leader, if any,
+//! is a member; join waiters exist only while PreparingRebalance; sync waiters only
+//! while CompletingRebalance; static instance ids map one-to-one onto members.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use kafka_protocol::ResponseError;
+
+use crate::limits::GROUP_MEMBERS_MAX;
+
+/// Where a group is in its rebalance cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+}
+
+impl GroupState {
+    /// The name Kafka's DescribeGroups and ListGroups use.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+        }
+    }
+}
+
+/// Coordinator-wide settings the state machine needs.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupSettings {
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty
+    /// group waits for more members.
+    pub initial_rebalance_delay: Duration,
+    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
+    pub min_session_timeout: Duration,
+    pub max_session_timeout: Duration,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            initial_rebalance_delay: Duration::from_secs(3),
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// What a JoinGroup gets back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JoinOutcome {
+    pub error: Option<ResponseError>,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// The members' metadata for the chosen protocol: for the leader only.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+    /// The leader already has the assignment (a static leader rejoining a Stable group).
+    pub skip_assignment: bool,
+}
+
+impl JoinOutcome {
+    fn failed(error: ResponseError, member_id: &str) -> JoinOutcome {
+        JoinOutcome {
+            error: Some(error),
+            generation: -1,
+            member_id: member_id.to_string(),
+            ..JoinOutcome::default()
+        }
+    }
+}
+
+/// What a SyncGroup gets back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncOutcome {
+    pub error: Option<ResponseError>,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignment: Bytes,
+}
+
+impl SyncOutcome {
+    fn failed(error: ResponseError) -> SyncOutcome {
+        SyncOutcome {
+            error: Some(error),
+            ..SyncOutcome::default()
+        }
+    }
+}
+
+/// A JoinGroup, as the state machine needs it.
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: an unknown member first gets MEMBER_ID_REQUIRED and its new id.
+    pub require_known_member_id: bool,
+}
+
+/// A committed offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    /// Milliseconds since the epoch, when the commit was made.
+    pub commit_timestamp: i64,
+}
+
+/// One member of a group.
+#[derive(Debug)]
+pub struct Member {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    join: Option<oneshot::Sender<JoinOutcome>>,
+    sync: Option<oneshot::Sender<SyncOutcome>>,
+    /// When the member's session expires unless it heartbeats, commits or rejoins.
+    expires: Instant,
+}
+
+impl Member {
+    /// The member's metadata for `protocol`.
+    pub fn metadata(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One consumer group, with its committed offsets.
+#[derive(Debug)]
+pub struct Group {
+    pub id: String,
+    pub state: GroupState,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined, and when they lapse.
+    pending: HashMap<String, Instant>,
+    /// Static members: `group.instance.id` → member id.
+    statics: HashMap<String, String>,
+    rebalance_deadline: Option<Instant>,
+    /// The first rebalance of an empty group waits at least until then for more members.
+    join_not_before: Option<Instant>,
+    /// Bounds how far new members may push `join_not_before`.
+    initial_deadline: Option<Instant>,
+    /// Committed offsets by (topic, partition).
+    pub offsets: BTreeMap<(String, i32), Committed>,
+    /// Set when the group reached Stable or Empty: its metadata should be persisted.
+    changed: bool,
+}
+
+impl Group {
+    pub fn new(id: String) -> Group {
+        Group {
+            id,
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashMap::new(),
+            statics: HashMap::new(),
+            rebalance_deadline: None,
+            join_not_before: None,
+            initial_deadline: None,
+            offsets: BTreeMap::new(),
+            changed: false,
+        }
+    }
+
+    /// Whether the group's metadata changed since the last call (a new generation became
+    /// Stable, or the group emptied); clears the flag.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    fn new_member_id(&self, client_id: &str) -> String {
+        format!("{client_id}-{:032x}", rand::random::<u128>())
+    }
+
+    /// Handles a JoinGroup. The answer goes to `reply`, now or when the rebalance
+    /// completes.
+    pub fn join(
+        &mut self,
+        request: JoinRequest,
+        reply: oneshot::Sender<JoinOutcome>,
+        now: Instant,
+        settings: &GroupSettings,
+    ) {
+        let error = if self.state == GroupState::Dead {
+            Some(ResponseError::CoordinatorNotAvailable)
+        } else if request.session_timeout < settings.min_session_timeout
+            || request.session_timeout > settings.max_session_timeout
+        {
+            Some(ResponseError::InvalidSessionTimeout)
+        } else if request.protocol_type.is_empty()
+            || request.protocols.is_empty()
+            || !self.supports(&request.protocol_type, &request.protocols)
+        {
+            Some(ResponseError::InconsistentGroupProtocol)
+        } else {
+            None
+        };
+        if let Some(error) = error {
+            let _ = reply.send(JoinOutcome::failed(error, &request.member_id));
+            return;
+        }
+        if request.member_id.is_empty() {
+            self.join_new(request, reply, now, settings);
+        } else {
+            self.join_known(request, reply, now, settings);
+        }
+        self.check();
+    }
+
+    /// Whether a member with these protocols may join: the group is empty, or it has
+    /// the same protocol type and a protocol in common with every member.
+    fn supports(&self, protocol_type: &str, protocols: &[(String, Bytes)]) -> bool {
+        if self.members.is_empty() {
+            return true;
+        }
+        if self.protocol_type.as_deref() != Some(protocol_type) {
+            return false;
+        }
+        protocols.iter().any(|(name, _)| {
+            self.members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+        })
+    }
+
+    fn join_new(
+        &mut self,
+        request: JoinRequest,
+        reply: oneshot::Sender<JoinOutcome>,
+        now: Instant,
+        settings: &GroupSettings,
+    ) {
+        if let Some(instance) = &request.instance_id {
+            if let Some(old) = self.statics.get(instance).cloned() {
+                return self.replace_static(old, request, reply, now, settings);
+            }
+        }
+        if self.members.len() + self.pending.len() >= GROUP_MEMBERS_MAX {
+            let _ = reply.send(JoinOutcome::failed(ResponseError::GroupMaxSizeReached, ""));
+            return;
+        }
+        let id = self.new_member_id(&request.client_id);
+        if request.require_known_member_id && request.instance_id.is_none() {
+            // The client rejoins at once with this id; until then it holds a place.
+            self.pending
+                .insert(id.clone(), now + request.session_timeout);
+            let _ = reply.send(JoinOutcome::failed(ResponseError::MemberIdRequired, &id));
+            return;
+        }
+        self.add_member(id, request, reply, now, settings);
+    }
+
+    fn join_known(
+        &mut self,
+        request: JoinRequest,
+        reply: oneshot::Sender<JoinOutcome>,
+        now: Instant,
+        settings: &GroupSettings,
+    ) {
+        let id = request.member_id.clone();
+        if self.pending.remove(&id).is_some() {
+            return self.add_member(id, request, reply, now, settings);
+        }
+        if let Some(error) = self.identify(&id, request.instance_id.as_deref()) {
+            let _ = reply.send(JoinOutcome::failed(error, &id));
+            return;
+        }
+        let member = self.members.get_mut(&id).expect("identified");
+        let unchanged = member.protocols == request.protocols;
+        member.session_timeout = request.session_timeout;
+        member.rebalance_timeout = request.rebalance_timeout;
+        member.protocols = request.protocols;
+        member.expires = now + member.session_timeout;
+        if let Some(previous) = member.join.replace(reply) {
+            // A newer join from the same member supersedes the one still waiting.
+            let _ = previous.send(JoinOutcome::failed(ResponseError::UnknownMemberId, &id));
+        }
+        let is_leader = self.leader.as_deref() == Some(id.as_str());
+        match self.state {
+            GroupState::PreparingRebalance => self.maybe_complete_join(now),
+            GroupState::Stable if unchanged && !is_leader => {
+                // A follower rejoining with nothing new: tell it the current generation.
+                let outcome = self.join_outcome(&id, false);
+                let member = self.members.get_mut(&id).expect("member");
+                let _ = member.join.take().expect("just set").send(outcome);
+            }
+            _ => self.prepare_rebalance(now, settings),
+        }
+    }
+
+    /// A known static instance rejoining with a new member id: the old id is fenced
+    /// and the member keeps its place and assignment.
+    fn replace_static(
+        &mut self,
+        old: String,
+        request: JoinRequest,
+        reply: oneshot::Sender<JoinOutcome>,
+        now: Instant,
+        settings: &GroupSettings,
+    ) {
+        let mut member = self
+            .members
+            .remove(&old)
+            .expect("static members are members");
+        if let Some(join) = member.join.take() {
+            let _ = join.send(JoinOutcome::failed(ResponseError::FencedInstanceId, &old));
+        }
+        if let Some(sync) = member.sync.take() {
+            let _ = sync.send(SyncOutcome::failed(ResponseError::FencedInstanceId));
+        }
+        let id = self.new_member_id(&request.client_id);
+        let unchanged = member.protocols == request.protocols;
+        member.id = id.clone();
+        member.client_id = request.client_id;
+        member.client_host = request.client_host;
+        member.session_timeout = request.session_timeout;
+        member.rebalance_timeout = request.rebalance_timeout;
+        member.protocols = request.protocols;
+        member.expires = now + member.session_timeout;
+        member.join = Some(reply);
+        let instance = member.instance_id.clone().expect("static");
+        self.members.insert(id.clone(), member);
+        self.statics.insert(instance, id.clone());
+        let was_leader = self.leader.as_deref() == Some(old.as_str());
+        if was_leader {
+            self.leader = Some(id.clone());
+        }
+        match self.state {
+            GroupState::Stable if unchanged => {
+                let outcome = self.join_outcome(&id, was_leader);
+                let member = self.members.get_mut(&id).expect("member");
+                let _ = member.join.take().expect("just set").send(outcome);
+            }
+            GroupState::PreparingRebalance => self.maybe_complete_join(now),
+            _ => self.prepare_rebalance(now, settings),
+        }
+    }
+
+    fn add_member(
+        &mut self,
+        id: String,
+        request: JoinRequest,
+        reply: oneshot::Sender<JoinOutcome>,
+        now: Instant,
+        settings: &GroupSettings,
+    ) {
+        if self.members.is_empty() {
+            self.protocol_type = Some(request.protocol_type.clone());
+        }
+        if let Some(instance) = &request.instance_id {
+            self.statics.insert(instance.clone(), id.clone());
+        }
+        let member = Member {
+            id: id.clone(),
+            instance_id: request.instance_id,
+            client_id: request.client_id,
+            client_host: request.client_host,
+            session_timeout: request.session_timeout,
+            rebalance_timeout: request.rebalance_timeout,
+            protocols: request.protocols,
+            assignment: Bytes::new(),
+            join: Some(reply),
+            sync: None,
+            expires: now + request.session_timeout,
+        };
+        self.members.insert(id, member);
+        if self.state == GroupState::PreparingRebalance {
+            // New members during the initial delay push it back, within its bound.
+            if let (Some(_), Some(bound)) = (self.join_not_before, self.initial_deadline) {
+                self.join_not_before = Some((now + settings.initial_rebalance_delay).min(bound));
+            }
+            self.maybe_complete_join(now);
+        } else {
+            self.prepare_rebalance(now, settings);
+        }
+    }
+
+    /// The error for a request naming member `id` (and `instance`), if it is not a
+    /// current member or is fenced by a newer instance of itself.
+    fn identify(&self, id: &str, instance: Option<&str>) -> Option<ResponseError> {
+        if let Some(instance) = instance {
+            match self.statics.get(instance) {
+                Some(current) if current != id => return Some(ResponseError::FencedInstanceId),
+                None if self.members.contains_key(id) => {
+                    return Some(ResponseError::FencedInstanceId)
+                }
+                _ => {}
+            }
+        }
+        if !self.members.contains_key(id) {
+            return Some(ResponseError::UnknownMemberId);
+        }
+        None
+    }
+
+    fn prepare_rebalance(&mut self, now: Instant, settings: &GroupSettings) {
+        if self.state == GroupState::CompletingRebalance {
+            for member in self.members.values_mut() {
+                if let Some(sync) = member.sync.take() {
+                    let _ = sync.send(SyncOutcome::failed(ResponseError::RebalanceInProgress));
+                }
+            }
+        }
+        let initial = self.state == GroupState::Empty;
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        self.state = GroupState::PreparingRebalance;
+        self.rebalance_deadline = Some(now + timeout);
+        if initial {
+            let delay = settings.initial_rebalance_delay.min(timeout);
+            self.join_not_before = Some(now + delay);
+            self.initial_deadline = Some(now + timeout);
+        }
+        self.maybe_complete_join(now);
+    }
+
+    /// Completes the join phase once every member has rejoined (and any initial delay
+    /// has passed), or at the rebalance deadline without the stragglers.
+    fn maybe_complete_join(&mut self, now: Instant) {
+        if self.state != GroupState::PreparingRebalance {
+            return;
+        }
+        let all_joined = self.pending.is_empty() && self.members.values().all(|m| m.join.is_some());
+        let delayed = self.join_not_before.is_some_and(|t| now < t);
+        let overdue = self.rebalance_deadline.is_some_and(|d| now >= d);
+        let ready = all_joined && !delayed;
+        if !ready && !overdue {
+            return;
+        }
+        let stragglers: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.join.is_none())
+            .map(|m| m.id.clone())
+            .collect();
+        for id in stragglers {
+            self.forget(&id);
+        }
+        self.pending.clear();
+        self.rebalance_deadline = None;
+        self.join_not_before = None;
+        self.initial_deadline = None;
+        self.generation += 1;
+        if self.members.is_empty() {
+            self.state = GroupState::Empty;
+            self.protocol = None;
+            self.leader = None;
+            self.changed = true;
+            return;
+        }
+        self.protocol = Some(self.select_protocol());
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
+            self.leader = self.members.keys().next().cloned();
+        }
+        self.state = GroupState::CompletingRebalance;
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let is_leader = self.leader.as_deref() == Some(id.as_str());
+            let mut outcome = self.join_outcome(&id, false);
+            if !is_leader {
+                outcome.members.clear();
+            }
+            let member = self.members.get_mut(&id).expect("member");
+            member.expires = now + member.session_timeout;
+            member.assignment = Bytes::new();
+            let _ = member.join.take().expect("all joined").send(outcome);
+        }
+    }
+
+    /// The current generation as member `id` sees it; the leader gets every member's
+    /// metadata.
+    fn join_outcome(&self, id: &str, skip_assignment: bool) -> JoinOutcome {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let leader = self.leader.clone().unwrap_or_default();
+        let members = if leader == id {
+            self.members
+                .values()
+                .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        JoinOutcome {
+            error: None,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: Some(protocol),
+            leader,
+            member_id: id.to_string(),
+            members,
+            skip_assignment,
+        }
+    }
+
+    /// The protocol every member supports that most members prefer (each votes for its
+    /// first supported choice), as Kafka chooses.
+    fn select_protocol(&self) -> String {
+        let first = self.members.values().next().expect("members");
+        let candidates: Vec<&String> = first
+            .protocols
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
+            })
+            .collect();
+        assert!(
+            !candidates.is_empty(),
+            "joins admit only compatible members"
+        );
+        let mut votes: Vec<usize> = vec![0; candidates.len()];
+        for member in self.members.values() {
+            if let Some((name, _)) = member
+                .protocols
+                .iter()
+                .find(|(n, _)| candidates.contains(&n))
+            {
+                let index = candidates
+                    .iter()
+                    .position(|c| *c == name)
+                    .expect("candidate");
+                votes[index] += 1;
+            }
+        }
+        let best = (0..candidates.len())
+            .max_by_key(|&i| (votes[i], std::cmp::Reverse(i)))
+            .expect("candidates");
+        candidates[best].clone()
+    }
+
+    /// Removes a member without touching the state; its waiting requests are answered.
+    fn forget(&mut self, id: &str) {
+        if let Some(mut member) = self.members.remove(id) {
+            if let Some(join) = member.join.take() {
+                let _ = join.send(JoinOutcome::failed(ResponseError::UnknownMemberId, id));
+            }
+            if let Some(sync) = member.sync.take() {
+                let _ = sync.send(SyncOutcome::failed(ResponseError::UnknownMemberId));
+            }
+            if let Some(instance) = member.instance_id {
+                if self.statics.get(&instance).map(String::as_str) == Some(id) {
+                    self.statics.remove(&instance);
+                }
+            }
+        }
+        if self.leader.as_deref() == Some(id) {
+            self.leader = None;
+        }
+    }
+
+    /// Removes a member that left or expired, and rebalances the rest.
+    fn remove_member(&mut self, id: &str, now: Instant, settings: &GroupSettings) {
+        self.forget(id);
+        match self.state {
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.prepare_rebalance(now, settings)
+            }
+            GroupState::PreparingRebalance => self.maybe_complete_join(now),
+            GroupState::Empty | GroupState::Dead => {}
+        }
+    }
+
+    /// Handles a SyncGroup; the answer goes to `reply`, now or once the leader syncs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sync(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+        reply: oneshot::Sender<SyncOutcome>,
+        now: Instant,
+    ) {
+        let error = if let Some(error) = self.identify(member_id, instance_id) {
+            Some(error)
+        } else if generation != self.generation {
+            Some(ResponseError::IllegalGeneration)
+        } else if protocol_type.is_some_and(|t| Some(t) != self.protocol_type.as_deref())
+            || protocol.is_some_and(|p| Some(p) != self.protocol.as_deref())
+        {
+            Some(ResponseError::InconsistentGroupProtocol)
+        } else {
+            match self.state {
+                GroupState::PreparingRebalance => Some(ResponseError::RebalanceInProgress),
+                GroupState::Empty | GroupState::Dead => Some(ResponseError::UnknownMemberId),
+                GroupState::Stable | GroupState::CompletingRebalance => None,
+            }
+        };
+        if let Some(error) = error {
+            let _ = reply.send(SyncOutcome::failed(error));
+            return;
+        }
+        match self.state {
+            GroupState::Stable => {
+                let member = self.members.get_mut(member_id).expect("identified");
+                member.expires = now + member.session_timeout;
+                let _ = reply.send(self.sync_outcome(member_id));
+            }
+            GroupState::CompletingRebalance => {
+                let member = self.members.get_mut(member_id).expect("identified");
+                member.expires = now + member.session_timeout;
+                if let Some(previous) = member.sync.replace(reply) {
+                    let _ = previous.send(SyncOutcome::failed(ResponseError::UnknownMemberId));
+                }
+                if self.leader.as_deref() == Some(member_id) {
+                    self.complete_sync(assignments);
+                }
+            }
+            _ => unreachable!("other states were answered above"),
+        }
+        self.check();
+    }
+
+    fn sync_outcome(&self, member_id: &str) -> SyncOutcome {
+        SyncOutcome {
+            error: None,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            assignment: self.members[member_id].assignment.clone(),
+        }
+    }
+
+    /// The leader's assignments arrived: store them, go Stable, answer every waiter.
+    fn complete_sync(&mut self, assignments: Vec<(String, Bytes)>) {
+        for member in self.members.values_mut() {
+            member.assignment = Bytes::new();
+        }
+        for (id, assignment) in assignments {
+            if let Some(member) = self.members.get_mut(&id) {
+                member.assignment = assignment;
+            }
+        }
+        self.state = GroupState::Stable;
+        self.changed = true;
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let outcome = self.sync_outcome(&id);
+            if let Some(sync) = self.members.get_mut(&id).expect("member").sync.take() {
+                let _ = sync.send(outcome);
+            }
+        }
+    }
+
+    /// Handles a Heartbeat: keeps the member's session alive, or says why not.
+    pub fn heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now: Instant,
+    ) -> Option<ResponseError> {
+        if let Some(error) = self.identify(member_id, instance_id) {
+            return Some(error);
+        }
+        if generation != self.generation {
+            return Some(ResponseError::IllegalGeneration);
+        }
+        let member = self.members.get_mut(member_id).expect("identified");
+        member.expires = now + member.session_timeout;
+        match self.state {
+            GroupState::PreparingRebalance => Some(ResponseError::RebalanceInProgress),
+            GroupState::Empty | GroupState::Dead => Some(ResponseError::UnknownMemberId),
+            GroupState::CompletingRebalance | GroupState::Stable => None,
+        }
+    }
+
+    /// Handles one member of a LeaveGroup. A static member may be named by its
+    /// instance id alone.
+    pub fn leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now: Instant,
+        settings: &GroupSettings,
+    ) -> Option<ResponseError> {
+        let id = match (member_id, instance_id) {
+            ("", Some(instance)) => match self.statics.get(instance) {
+                Some(id) => id.clone(),
+                None => return Some(ResponseError::UnknownMemberId),
+            },
+            (id, instance) => {
+                if self.pending.remove(id).is_some() {
+                    return None;
+                }
+                if let Some(error) = self.identify(id, instance) {
+                    return Some(error);
+                }
+                id.to_string()
+            }
+        };
+        self.remove_member(&id, now, settings);
+        self.check();
+        None
+    }
+
+    /// Whether a commit from this member (generation -1 and no member id: a client
+    /// managing its own assignment) may be stored now.
+    pub fn check_commit(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now: Instant,
+    ) -> Option<ResponseError> {
+        if generation < 0 && member_id.is_empty() && self.members.is_empty() {
+            return None;
+        }
+        if let Some(error) = self.identify(member_id, instance_id) {
+            return Some(error);
+        }
+        if self.state == GroupState::CompletingRebalance {
+            return Some(ResponseError::RebalanceInProgress);
+        }
+        if generation != self.generation {
+            return Some(ResponseError::IllegalGeneration);
+        }
+        let member = self.members.get_mut(member_id).expect("identified");
+        member.expires = now + member.session_timeout;
+        None
+    }
+
+    /// Expires sessions and pending member ids, and completes an overdue join.
+    pub fn tick(&mut self, now: Instant, settings: &GroupSettings) {
+        self.pending.retain(|_, expires| *expires > now);
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.join.is_none() && m.expires <= now)
+            .map(|m| m.id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(group = %self.id, member = %id, "member session expired");
+            self.remove_member(&id, now, settings);
+        }
+        self.maybe_complete_join(now);
+        self.check();
+    }
+
+    /// Answers every waiting join and sync with `error` (the coordinator is going
+    /// away); the members stay.
+    pub fn abandon_waiters(&mut self, error: ResponseError) {
+        for member in self.members.values_mut() {
+            if let Some(join) = member.join.take() {
+                let _ = join.send(JoinOutcome::failed(error, &member.id));
+            }
+            if let Some(sync) = member.sync.take() {
+                let _ = sync.send(SyncOutcome::failed(error));
+            }
+        }
+    }
+
+    /// Marks the group deleted, answering anything still waiting.
+    pub fn kill(&mut self) {
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            self.forget(&id);
+        }
+        self.pending.clear();
+        self.offsets.clear();
+        self.state = GroupState::Dead;
+    }
+
+    /// Restores what the log recorded of the group at its last Stable or Empty point. Its
+    /// members must rejoin: the group comes back Empty at the recorded generation.
+    pub fn restore(&mut self, generation: i32, protocol_type: Option<String>) {
+        assert!(self.members.is_empty(), "restore happens before any join");
+        self.generation = generation;
+        self.protocol_type = protocol_type;
+    }
+
+    /// The state machine's invariants.
+    fn check(&self) {
+        if let Some(leader) = &self.leader {
+            assert!(self.members.contains_key(leader), "leader is a member");
+        }
+        for member in self.members.values() {
+            assert!(
+                member.join.is_none() || self.state == GroupState::PreparingRebalance,
+                "join waiters only while preparing a rebalance"
+            );
+            assert!(
+                member.sync.is_none() || self.state == GroupState::CompletingRebalance,
+                "sync waiters only while completing a rebalance"
+            );
+            if let Some(instance) = &member.instance_id {
+                assert_eq!(self.statics.get(instance), Some(&member.id));
+            }
+        }
+        assert!(self
+            .statics
+            .values()
+            .all(|id| self.members.contains_key(id)));
+        assert!(
+            self.state != GroupState::Empty || self.members.is_empty(),
+            "an empty group has no members"
+        );
+    }
+}
