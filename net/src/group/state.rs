@@ -854,3 +854,264 @@ impl Group {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const PARTITIONS: u8 = 6;
+
+    /// A client of the group, driven step by step the way a consumer behaves.
+    #[derive(Default)]
+    struct Client {
+        id: String,
+        generation: i32,
+        join: Option<oneshot::Receiver<JoinOutcome>>,
+        sync: Option<oneshot::Receiver<SyncOutcome>>,
+        in_group: bool,
+    }
+
+    fn join_request(id: &str) -> JoinRequest {
+        JoinRequest {
+            member_id: id.to_string(),
+            instance_id: None,
+            client_id: "sim".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(20),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            require_known_member_id: true,
+        }
+    }
+
+    /// The leader's assignment: partitions dealt round-robin over the members.
+    fn assign(members: &[(String, Option<String>, Bytes)]) -> Vec<(String, Bytes)> {
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _, _))| {
+                let mine: Vec<u8> = (0..PARTITIONS)
+                    .filter(|p| usize::from(*p) % members.len() == i)
+                    .collect();
+                (id.clone(), Bytes::from(mine))
+            })
+            .collect()
+    }
+
+    /// Random joins, syncs, heartbeats, leaves and clock jumps. In every generation each
+    /// partition has at most one owner, the state machine's own invariants hold after
+    /// every step (`check`), and committed offsets are never touched by membership.
+    #[test]
+    fn random_membership_never_gives_a_partition_two_owners() {
+        let mut settled = 0;
+        for seed in 0..40 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let settings = GroupSettings {
+                initial_rebalance_delay: Duration::from_millis(rng.gen_range(0..500)),
+                ..GroupSettings::default()
+            };
+            let mut group = Group::new("g".into());
+            let committed = Committed {
+                offset: 5,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp: 1,
+            };
+            group.offsets.insert(("t".into(), 0), committed.clone());
+            let mut now = Instant::now();
+            let mut clients: Vec<Client> = (0..4).map(|_| Client::default()).collect();
+            // generation → partition → owner
+            let mut owners: HashMap<i32, HashMap<u8, String>> = HashMap::new();
+            for _ in 0..400 {
+                let c = &mut clients[rng.gen_range(0..4)];
+                if let Some(rx) = &mut c.join {
+                    if let Ok(Some(outcome)) = rx.try_recv() {
+                        c.join = None;
+                        match outcome.error {
+                            Some(ResponseError::MemberIdRequired) => c.id = outcome.member_id,
+                            Some(_) => *c = Client::default(),
+                            None => {
+                                c.generation = outcome.generation;
+                                let (tx, rx) = oneshot::channel();
+                                let assignments = if outcome.leader == c.id {
+                                    assign(&outcome.members)
+                                } else {
+                                    Vec::new()
+                                };
+                                c.sync = Some(rx);
+                                let id = c.id.clone();
+                                group.sync(
+                                    &id,
+                                    None,
+                                    c.generation,
+                                    None,
+                                    None,
+                                    assignments,
+                                    tx,
+                                    now,
+                                );
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if let Some(rx) = &mut c.sync {
+                    if let Ok(Some(outcome)) = rx.try_recv() {
+                        c.sync = None;
+                        if outcome.error.is_none() {
+                            c.in_group = true;
+                            let owned = owners.entry(c.generation).or_default();
+                            for p in outcome.assignment.iter() {
+                                let previous = owned.insert(*p, c.id.clone());
+                                assert!(
+                                    previous.is_none() || previous.as_ref() == Some(&c.id),
+                                    "seed {seed}: partition {p} owned twice in generation {}",
+                                    c.generation
+                                );
+                            }
+                        } else {
+                            c.in_group = false;
+                        }
+                    }
+                    continue;
+                }
+                match rng.gen_range(0..10) {
+                    0..=3 => {
+                        let (tx, rx) = oneshot::channel();
+                        c.join = Some(rx);
+                        group.join(join_request(&c.id), tx, now, &settings);
+                    }
+                    4..=6 if c.in_group => match group.heartbeat(&c.id, None, c.generation, now) {
+                        None => {}
+                        Some(ResponseError::RebalanceInProgress) => {
+                            let (tx, rx) = oneshot::channel();
+                            c.join = Some(rx);
+                            group.join(join_request(&c.id), tx, now, &settings);
+                        }
+                        Some(_) => {
+                            *c = Client {
+                                id: String::new(),
+                                ..Client::default()
+                            }
+                        }
+                    },
+                    7 if c.in_group => {
+                        let id = std::mem::take(&mut c.id);
+                        group.leave(&id, None, now, &settings);
+                        *c = Client::default();
+                    }
+                    _ => {
+                        now += Duration::from_millis(rng.gen_range(0..3000));
+                        group.tick(now, &settings);
+                    }
+                }
+            }
+            assert_eq!(
+                group.offsets.get(&("t".into(), 0)),
+                Some(&committed),
+                "seed {seed}"
+            );
+            settled += owners.len();
+        }
+        // The runs must mostly reach assignments, or they prove nothing.
+        assert!(settled > 200, "only {settled} generations were assigned");
+    }
+
+    #[test]
+    fn a_static_member_rejoining_keeps_its_assignment_without_a_rebalance() {
+        let settings = GroupSettings {
+            initial_rebalance_delay: Duration::ZERO,
+            ..GroupSettings::default()
+        };
+        let now = Instant::now();
+        let mut group = Group::new("g".into());
+        let mut request = join_request("");
+        request.instance_id = Some("instance-1".into());
+        let (tx, mut rx) = oneshot::channel();
+        group.join(request, tx, now, &settings);
+        let joined = rx.try_recv().unwrap().unwrap();
+        assert_eq!(joined.error, None, "static members skip MEMBER_ID_REQUIRED");
+        let (tx, mut rx) = oneshot::channel();
+        let assignment = vec![(joined.member_id.clone(), Bytes::from_static(b"p0"))];
+        group.sync(
+            &joined.member_id,
+            Some("instance-1"),
+            joined.generation,
+            None,
+            None,
+            assignment,
+            tx,
+            now,
+        );
+        assert_eq!(rx.try_recv().unwrap().unwrap().assignment.as_ref(), b"p0");
+        assert_eq!(group.state, GroupState::Stable);
+
+        // The same instance restarts: a new member id, the same generation and assignment.
+        let mut request = join_request("");
+        request.instance_id = Some("instance-1".into());
+        let (tx, mut rx) = oneshot::channel();
+        group.join(request, tx, now, &settings);
+        let rejoined = rx.try_recv().unwrap().unwrap();
+        assert_eq!(rejoined.error, None);
+        assert_ne!(rejoined.member_id, joined.member_id);
+        assert_eq!(rejoined.generation, joined.generation);
+        assert_eq!(group.state, GroupState::Stable);
+        // The old incarnation is fenced.
+        assert_eq!(
+            group.heartbeat(
+                &joined.member_id,
+                Some("instance-1"),
+                joined.generation,
+                now
+            ),
+            Some(ResponseError::FencedInstanceId)
+        );
+        let (tx, mut rx) = oneshot::channel();
+        group.sync(
+            &rejoined.member_id,
+            Some("instance-1"),
+            rejoined.generation,
+            None,
+            None,
+            Vec::new(),
+            tx,
+            now,
+        );
+        assert_eq!(rx.try_recv().unwrap().unwrap().assignment.as_ref(), b"p0");
+    }
+
+    #[test]
+    fn the_protocol_most_members_prefer_among_common_ones_is_chosen() {
+        let settings = GroupSettings {
+            initial_rebalance_delay: Duration::from_secs(1),
+            ..GroupSettings::default()
+        };
+        let now = Instant::now();
+        let mut group = Group::new("g".into());
+        let prefs: [&[&str]; 3] = [
+            &["cooperative-sticky", "range"],
+            &["range", "cooperative-sticky"],
+            &["cooperative-sticky", "range", "roundrobin"],
+        ];
+        let mut receivers = Vec::new();
+        for protocols in prefs {
+            let mut request = join_request("");
+            request.require_known_member_id = false;
+            request.protocols = protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::new()))
+                .collect();
+            let (tx, rx) = oneshot::channel();
+            group.join(request, tx, now, &settings);
+            receivers.push(rx);
+        }
+        group.tick(now + Duration::from_secs(2), &settings);
+        for mut rx in receivers {
+            let outcome = rx.try_recv().unwrap().unwrap();
+            assert_eq!(outcome.protocol.as_deref(), Some("cooperative-sticky"));
+        }
+    }
+}
