@@ -4,23 +4,11 @@
 //! clients interoperate, and committed offsets survive a broker restart. The clients
 //! come from the test command's virtualenv (`.venv`, or `SPATE_TEST_PYTHON`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod support;
-use support::{free_port, serve_command, spawn_serving, Guard};
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("SPATE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: run the test command (scripts/test.sh), which creates it",
-        path.display()
-    );
-    path
-}
+use support::{free_port, python, serve_command, spawn_serving, Guard};
 
 /// A broker with a small offsets topic and no initial rebalance delay, logging next
 /// to `data`.

@@ -7,19 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::{free_port, serve_command, spawn_serving, Guard};
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("SPATE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: run the test command (scripts/test.sh), which creates it",
-        path.display()
-    );
-    path
-}
+use support::{free_port, python, serve_command, spawn_serving, Guard};
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py")

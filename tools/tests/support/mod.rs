@@ -1,6 +1,7 @@
 //! Helpers shared by the tests that run the `spate` binary.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 
 /// A child process that is killed when dropped, so that a failing test never leaves a
@@ -76,4 +77,17 @@ pub fn serve_command(data: &std::path::Path, port: u16) -> std::process::Command
         ])
         .arg(data);
     command
+}
+
+/// The Python of the test command's virtualenv (`.venv`), or `SPATE_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SPATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the test command (scripts/test.sh), which creates it",
+        path.display()
+    );
+    path
 }
