@@ -458,3 +458,58 @@ fn bad_joins_get_kafkas_errors() {
         ResponseError::UnknownMemberId.code()
     );
 }
+
+#[test]
+fn offsets_of_empty_groups_expire_and_stay_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = spate_net::group::GroupConfig {
+        offsets_partitions: 4,
+        initial_rebalance_delay: std::time::Duration::ZERO,
+        offsets_retention: std::time::Duration::from_millis(600),
+        offsets_retention_check: std::time::Duration::from_millis(100),
+        ..Default::default()
+    };
+    let broker = TestBroker::start_with(dir.path(), 2, groups);
+    let mut c = broker.client();
+    common::create(&mut c, "t", 2);
+    assert_eq!(commit(&mut c, 8, "idle", -1, "", "t", &[(0, 5)]), vec![0]);
+    // A group with a member keeps its offsets however old they are.
+    let joined = join(&mut c, "busy");
+    let (error, _) = sync(&mut c, "busy", joined.generation_id, &joined.member_id, &[]);
+    assert_eq!(error, 0);
+    assert_eq!(
+        commit(
+            &mut c,
+            8,
+            "busy",
+            joined.generation_id,
+            &joined.member_id,
+            "t",
+            &[(1, 9)]
+        ),
+        vec![0]
+    );
+    assert_eq!(fetch_v5(&mut c, "idle", "t", 2), vec![5, -1]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fetch_v5(&mut c, "idle", "t", 2) != vec![-1, -1] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets never expired"
+        );
+        assert_eq!(
+            heartbeat(&mut c, "busy", joined.generation_id, &joined.member_id),
+            0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(fetch_v5(&mut c, "busy", "t", 2), vec![-1, 9]);
+    let listed = c.send(4, &ListGroupsRequest::default());
+    let names: Vec<&str> = listed.groups.iter().map(|g| g.group_id.as_str()).collect();
+    assert_eq!(names, vec!["busy"], "the expired group is gone");
+    drop(c);
+    broker.stop();
+    let broker = TestBroker::start_with(dir.path(), 2, groups);
+    let mut c = broker.client();
+    // The expiry was written down: the old commit does not come back.
+    assert_eq!(fetch_v5(&mut c, "idle", "t", 2), vec![-1, -1]);
+}

@@ -39,10 +39,6 @@ use crate::node::Node;
 /// within this.
 const GROUP_TICK: Duration = Duration::from_millis(100);
 
-/// How often offsets past retention are looked for (Kafka's
-/// `offsets.retention.check.interval.ms` is 10 minutes).
-const OFFSETS_EXPIRY_CHECK: Duration = Duration::from_secs(60);
-
 /// Bytes read per step when replaying a partition.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
@@ -852,7 +848,7 @@ pub async fn run_timers(node: Rc<Node>) {
         }
         persist_changes(&node).await;
         since_expiry += GROUP_TICK;
-        if since_expiry >= OFFSETS_EXPIRY_CHECK {
+        if since_expiry >= node.config.groups.offsets_retention_check {
             since_expiry = Duration::ZERO;
             expire_offsets(&node).await;
         }

@@ -27,6 +27,8 @@ pub struct GroupConfig {
     /// `offsets.retention.minutes`: offsets of an empty group are dropped this long
     /// after their commit.
     pub offsets_retention: Duration,
+    /// `offsets.retention.check.interval.ms`: how often expired offsets are looked for.
+    pub offsets_retention_check: Duration,
     /// `group.initial.rebalance.delay.ms`.
     pub initial_rebalance_delay: Duration,
     /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
@@ -39,6 +41,7 @@ impl Default for GroupConfig {
         GroupConfig {
             offsets_partitions: 50,
             offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            offsets_retention_check: Duration::from_secs(600),
             initial_rebalance_delay: Duration::from_secs(3),
             min_session_timeout: Duration::from_secs(6),
             max_session_timeout: Duration::from_secs(30 * 60),

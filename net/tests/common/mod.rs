@@ -27,6 +27,20 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub fn start(data: &Path, shards: usize) -> TestBroker {
+        let groups = spate_net::group::GroupConfig {
+            offsets_partitions: 4,
+            initial_rebalance_delay: Duration::ZERO,
+            ..Default::default()
+        };
+        TestBroker::start_with(data, shards, groups)
+    }
+
+    /// A broker with these group settings.
+    pub fn start_with(
+        data: &Path,
+        shards: usize,
+        groups: spate_net::group::GroupConfig,
+    ) -> TestBroker {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,11 +55,7 @@ impl TestBroker {
             data_dir: data.to_path_buf(),
             default_partitions: 2,
             auto_create_topics: true,
-            groups: spate_net::group::GroupConfig {
-                offsets_partitions: 4,
-                initial_rebalance_delay: Duration::ZERO,
-                ..Default::default()
-            },
+            groups,
         };
         let broker = Broker::start(engine, server, stop.clone()).unwrap();
         for _ in 0..200 {
