@@ -1,7 +1,8 @@
 //! Consumer groups with stock clients (confluent-kafka, kafka-python) against
 //! `spate serve`: members share a topic with no partition owned twice and every record
 //! consumed once, a killed member's partitions move after its session timeout, mixed
-//! clients interoperate, and committed offsets survive a broker restart. The clients
+//! clients interoperate, a static member restarts without a rebalance, and committed
+//! offsets survive a broker restart. The clients
 //! come from the test command's virtualenv (`.venv`, or `SPATE_TEST_PYTHON`).
 
 use std::path::Path;
@@ -54,6 +55,7 @@ fn members_split_topics_and_clients_interoperate() {
     let broker = start(&data, port);
     run("split", port, &data);
     run("interop", port, &data);
+    run("static", port, &data);
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }
 

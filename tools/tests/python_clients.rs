@@ -38,17 +38,24 @@ fn start(data: &Path, port: u16) -> Guard {
     })
 }
 
-fn run_script(args: &[&str]) {
+/// Runs one command of `clients.py` against the broker whose data directory is `data`;
+/// on failure, shows its output and the broker's log.
+fn run_script(data: &Path, args: &[&str]) {
     let output = Command::new(python())
         .arg(script())
         .args(args)
         .output()
         .unwrap();
+    let log = data
+        .parent()
+        .expect("data dir has a parent")
+        .join("broker.log");
     assert!(
         output.status.success(),
-        "clients.py {args:?} failed:\n{}\n{}",
+        "clients.py {args:?} failed:\n{}\n{}\nbroker log:\n{}",
         String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(log).unwrap_or_default()
     );
 }
 
@@ -56,8 +63,9 @@ fn run_script(args: &[&str]) {
 fn confluent_kafka_and_kafka_python_round_trip_every_codec() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let broker = start(&dir.path().join("data"), port);
-    run_script(&["roundtrip", &port.to_string()]);
+    let data = dir.path().join("data");
+    let broker = start(&data, port);
+    run_script(&data, &["roundtrip", &port.to_string()]);
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }
 
@@ -67,11 +75,11 @@ fn topic_configs_partitions_and_log_append_time_through_admin_clients() {
     let data = dir.path().join("data");
     let port = free_port();
     let broker = start(&data, port);
-    run_script(&["configs", &port.to_string()]);
+    run_script(&data, &["configs", &port.to_string()]);
     // Configs and partition counts survive a restart.
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
     let broker = start(&data, port);
-    run_script(&["configs-after-restart", &port.to_string()]);
+    run_script(&data, &["configs-after-restart", &port.to_string()]);
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }
 
@@ -96,11 +104,14 @@ fn every_acks_all_acknowledgement_survives_kill_9() {
     broker.signal_and_wait(libc::SIGKILL);
     assert!(producer.wait().unwrap().success());
     let broker = start(&data, port);
-    run_script(&[
-        "verify",
-        &port.to_string(),
-        "crash",
-        acked.to_str().unwrap(),
-    ]);
+    run_script(
+        &data,
+        &[
+            "verify",
+            &port.to_string(),
+            "crash",
+            acked.to_str().unwrap(),
+        ],
+    );
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }

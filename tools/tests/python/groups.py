@@ -194,6 +194,33 @@ def interop(port):
         m.close()
 
 
+def static(port):
+    """Static members (group.instance.id): one restarts within its session timeout and
+    gets its partitions back with no rebalance; the other is never revoked."""
+    create(port, "static")
+    revoked = []
+
+    def start(instance):
+        m = Member(instance, consumer(port, "static-g", **{"group.instance.id": instance}), "confluent")
+        m.client.subscribe(["static"], on_revoke=lambda c, ps: revoked.append((instance, ps)))
+        return m
+
+    a, b = start("a"), start("b")
+    before = settle([a, b])
+    revoked.clear()
+    # A static member does not leave when it closes: its place waits for it.
+    a.close()
+    revoked.clear()
+    a = start("a")
+    after = settle([a, b])
+    check(after == before, f"assignments changed across the restart: {before} -> {after}")
+    check(revoked == [], f"the restart caused a rebalance: {revoked}")
+    produce(port, "static", 100)
+    consume_exactly([a, b], range(100))
+    a.close()
+    b.close()
+
+
 def member(port):
     """A member that consumes until it is killed (used by `kill`)."""
     c = consumer(port, "kill-g")
@@ -276,6 +303,7 @@ if __name__ == "__main__":
     {
         "split": split,
         "interop": interop,
+        "static": static,
         "member": member,
         "kill": kill,
         "commit": commit,
