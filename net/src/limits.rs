@@ -43,6 +43,14 @@ pub const SHARD_GROUPS_MAX: usize = 100_000;
 /// senders wait.
 pub const SHARD_GROUP_CALLS_INFLIGHT_MAX: usize = 4096;
 
+/// Longest group id, member id, instance id or protocol name accepted: Kafka's
+/// `__consumer_offsets` schemas give strings an i16 length. Longer ones are refused
+/// (INVALID_GROUP_ID, INVALID_REQUEST) before they reach the log.
+pub const GROUP_STRING_BYTES_MAX: usize = i16::MAX as usize;
+
+/// Longest client id kept in a generated member id (`<client id>-<random>`).
+pub const MEMBER_ID_CLIENT_PREFIX_BYTES_MAX: usize = 255;
+
 /// Largest metadata string stored with a committed offset (Kafka's
 /// `offset.metadata.max.bytes`).
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;

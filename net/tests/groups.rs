@@ -513,3 +513,28 @@ fn offsets_of_empty_groups_expire_and_stay_expired() {
     // The expiry was written down: the old commit does not come back.
     assert_eq!(fetch_v5(&mut c, "idle", "t", 2), vec![-1, -1]);
 }
+
+#[test]
+fn names_too_long_for_the_offsets_log_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), 2);
+    let mut c = broker.client();
+    common::create(&mut c, "t", 1);
+    // Flexible versions carry strings longer than the log's i16-prefixed schemas hold.
+    let long = "g".repeat(40_000);
+    assert_eq!(
+        c.send(6, &join_request(&long, "")).error_code,
+        ResponseError::InvalidGroupId.code()
+    );
+    assert_eq!(
+        commit(&mut c, 8, &long, -1, "", "t", &[(0, 1)]),
+        vec![ResponseError::InvalidGroupId.code()]
+    );
+    let mut request = join_request("g", "");
+    request.group_instance_id = Some(s(&long));
+    assert_eq!(c.send(6, &request).error_code, ResponseError::InvalidRequest.code());
+    let request = join_request("g", "").with_protocol_type(s(&long));
+    assert_eq!(c.send(6, &request).error_code, ResponseError::InvalidRequest.code());
+    // The broker is still serving.
+    assert_eq!(commit(&mut c, 8, "g", -1, "", "t", &[(0, 1)]), vec![0]);
+}

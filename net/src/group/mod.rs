@@ -49,6 +49,11 @@ impl Default for GroupConfig {
     }
 }
 
+/// Whether `group` may name a group: not empty, and short enough for the log's schemas.
+pub fn valid_group_id(group: &str) -> bool {
+    !group.is_empty() && group.len() <= crate::limits::GROUP_STRING_BYTES_MAX
+}
+
 /// A nullable string field that exists from version `since`, as an owned string.
 pub fn field_since(
     value: &Option<kafka_protocol::protocol::StrBytes>,

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 
-use crate::limits::GROUP_MEMBERS_MAX;
+use crate::limits::{GROUP_MEMBERS_MAX, MEMBER_ID_CLIENT_PREFIX_BYTES_MAX};
 
 /// Where a group is in its rebalance cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +215,11 @@ impl Group {
     }
 
     fn new_member_id(&self, client_id: &str) -> String {
-        format!("{client_id}-{:032x}", rand::random::<u128>())
+        let mut end = client_id.len().min(MEMBER_ID_CLIENT_PREFIX_BYTES_MAX);
+        while !client_id.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}-{:032x}", &client_id[..end], rand::random::<u128>())
     }
 
     /// Handles a JoinGroup. The answer goes to `reply`, now or when the rebalance

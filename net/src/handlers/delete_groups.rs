@@ -10,13 +10,14 @@ use kafka_protocol::messages::delete_groups_response::{
 use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::route;
+use crate::group::valid_group_id;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
 pub async fn handle(node: &Rc<Node>, body: &DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(body.groups_names.len());
     for id in &body.groups_names {
-        let error = if id.is_empty() {
+        let error = if !valid_group_id(id) {
             Some(ResponseError::InvalidGroupId)
         } else {
             match route(node, id, GroupCall::Delete).await {

@@ -11,6 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::route;
+use crate::group::valid_group_id;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
@@ -21,7 +22,7 @@ pub async fn handle(
 ) -> DescribeGroupsResponse {
     let mut groups = Vec::with_capacity(body.groups.len());
     for id in &body.groups {
-        let described = if id.is_empty() {
+        let described = if !valid_group_id(id) {
             Err(ResponseError::InvalidGroupId)
         } else {
             match route(node, id, GroupCall::Describe).await {

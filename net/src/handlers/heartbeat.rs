@@ -8,13 +8,13 @@ use kafka_protocol::messages::heartbeat_response::HeartbeatResponse;
 use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::route;
-use crate::group::field_since;
+use crate::group::{field_since, valid_group_id};
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
 pub async fn handle(node: &Rc<Node>, body: &HeartbeatRequest, version: i16) -> HeartbeatResponse {
     let group = body.group_id.to_string();
-    let error = if group.is_empty() {
+    let error = if !valid_group_id(&group) {
         Some(ResponseError::InvalidGroupId)
     } else {
         let call = GroupCall::Heartbeat {

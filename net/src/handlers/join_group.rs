@@ -11,9 +11,10 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::route;
-use crate::group::field_since;
 use crate::group::state::{JoinOutcome, JoinRequest};
+use crate::group::{field_since, valid_group_id};
 use crate::group::{GroupAnswer, GroupCall};
+use crate::limits::GROUP_STRING_BYTES_MAX;
 use crate::node::Node;
 
 /// A timeout from the wire; negative values count as zero (and are then refused).
@@ -88,7 +89,7 @@ pub async fn handle(
     client_host: &str,
 ) -> JoinGroupResponse {
     let group = body.group_id.to_string();
-    if group.is_empty() {
+    if !valid_group_id(&group) {
         let outcome = JoinOutcome {
             error: Some(ResponseError::InvalidGroupId),
             generation: -1,
@@ -97,7 +98,21 @@ pub async fn handle(
         };
         return response(outcome, version);
     }
-    let call = GroupCall::Join(request(body, version, client_id, client_host));
+    let request = request(body, version, client_id, client_host);
+    let too_long = |s: &str| s.len() > GROUP_STRING_BYTES_MAX;
+    if too_long(&request.member_id)
+        || request.instance_id.as_deref().is_some_and(too_long)
+        || too_long(&request.protocol_type)
+        || request.protocols.iter().any(|(name, _)| too_long(name))
+    {
+        let outcome = JoinOutcome {
+            error: Some(ResponseError::InvalidRequest),
+            generation: -1,
+            ..JoinOutcome::default()
+        };
+        return response(outcome, version);
+    }
+    let call = GroupCall::Join(request);
     match route(node, &group, call).await {
         GroupAnswer::Join(outcome) => response(outcome, version),
         GroupAnswer::Error(error) => response(

@@ -9,6 +9,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::route;
+use crate::group::valid_group_id;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
@@ -38,7 +39,7 @@ pub async fn handle(node: &Rc<Node>, body: &LeaveGroupRequest, version: i16) -> 
         vec![(body.member_id.to_string(), None)]
     };
     let group = body.group_id.to_string();
-    let errors = if group.is_empty() {
+    let errors = if !valid_group_id(&group) {
         vec![Some(ResponseError::InvalidGroupId); members.len()]
     } else {
         match route(node, &group, GroupCall::Leave(members.clone())).await {

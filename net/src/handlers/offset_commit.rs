@@ -12,8 +12,8 @@ use kafka_protocol::ResponseError;
 use spate_engine::Timestamp;
 
 use crate::group::coordinator::{route, CommitCall};
-use crate::group::field_since;
 use crate::group::state::Committed;
+use crate::group::{field_since, valid_group_id};
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
@@ -48,7 +48,7 @@ pub async fn handle(
         .collect();
     let count = offsets.len();
     let group = body.group_id.to_string();
-    let errors = if group.is_empty() {
+    let errors = if !valid_group_id(&group) {
         vec![Some(ResponseError::InvalidGroupId); count]
     } else {
         let call = GroupCall::Commit(CommitCall {

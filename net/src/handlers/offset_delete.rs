@@ -10,6 +10,7 @@ use kafka_protocol::messages::offset_delete_response::{
 use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::route;
+use crate::group::valid_group_id;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
@@ -24,7 +25,7 @@ pub async fn handle(node: &Rc<Node>, body: &OffsetDeleteRequest) -> OffsetDelete
         })
         .collect();
     let group = body.group_id.to_string();
-    let answer = if group.is_empty() {
+    let answer = if !valid_group_id(&group) {
         GroupAnswer::Error(Some(ResponseError::InvalidGroupId))
     } else {
         route(node, &group, GroupCall::OffsetDelete(partitions)).await

@@ -16,6 +16,7 @@ use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::route;
 use crate::group::state::Committed;
+use crate::group::valid_group_id;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
@@ -26,7 +27,7 @@ type TopicCommits = (String, Vec<(i32, Option<Committed>)>);
 type Fetched = Result<Vec<TopicCommits>, ResponseError>;
 
 async fn fetch(node: &Rc<Node>, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Fetched {
-    if group.is_empty() {
+    if !valid_group_id(group) {
         return Err(ResponseError::InvalidGroupId);
     }
     let partitions = topics.map(|topics| {

@@ -9,8 +9,8 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::group::coordinator::{route, SyncCall};
-use crate::group::field_since;
 use crate::group::state::SyncOutcome;
+use crate::group::{field_since, valid_group_id};
 use crate::group::{GroupAnswer, GroupCall};
 use crate::node::Node;
 
@@ -28,7 +28,7 @@ fn response(outcome: SyncOutcome, version: i16) -> SyncGroupResponse {
 
 pub async fn handle(node: &Rc<Node>, body: &SyncGroupRequest, version: i16) -> SyncGroupResponse {
     let group = body.group_id.to_string();
-    if group.is_empty() {
+    if !valid_group_id(&group) {
         let outcome = SyncOutcome {
             error: Some(ResponseError::InvalidGroupId),
             ..SyncOutcome::default()
