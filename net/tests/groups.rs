@@ -532,9 +532,15 @@ fn names_too_long_for_the_offsets_log_are_refused() {
     );
     let mut request = join_request("g", "");
     request.group_instance_id = Some(s(&long));
-    assert_eq!(c.send(6, &request).error_code, ResponseError::InvalidRequest.code());
+    assert_eq!(
+        c.send(6, &request).error_code,
+        ResponseError::InvalidRequest.code()
+    );
     let request = join_request("g", "").with_protocol_type(s(&long));
-    assert_eq!(c.send(6, &request).error_code, ResponseError::InvalidRequest.code());
+    assert_eq!(
+        c.send(6, &request).error_code,
+        ResponseError::InvalidRequest.code()
+    );
     // The broker is still serving.
     assert_eq!(commit(&mut c, 8, "g", -1, "", "t", &[(0, 1)]), vec![0]);
 }

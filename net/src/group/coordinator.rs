@@ -307,7 +307,7 @@ pub async fn call_here(node: &Rc<Node>, group: String, call: GroupCall) -> Group
         }
         GroupCall::List => unreachable!("handled above"),
     };
-    persist_changes(node).await;
+    persist_changes(node, Some(&group)).await;
     answer
 }
 
@@ -335,7 +335,7 @@ async fn join(node: &Rc<Node>, group: &str, request: JoinRequest) -> GroupAnswer
             .or_insert_with(|| Group::new(group.to_string()));
         entry.join(request, reply, Instant::now(), &coordinator.settings);
     }
-    persist_changes(node).await;
+    persist_changes(node, Some(group)).await;
     GroupAnswer::Join(answer.await.unwrap_or_else(|_| JoinOutcome {
         error: Some(ResponseError::CoordinatorNotAvailable),
         generation: -1,
@@ -366,7 +366,7 @@ async fn sync(node: &Rc<Node>, group: &str, sync: SyncCall) -> GroupAnswer {
             Instant::now(),
         );
     }
-    persist_changes(node).await;
+    persist_changes(node, Some(group)).await;
     GroupAnswer::Sync(answer.await.unwrap_or_else(|_| SyncOutcome {
         error: Some(ResponseError::CoordinatorNotAvailable),
         ..SyncOutcome::default()
@@ -677,13 +677,18 @@ async fn append(
         })
 }
 
-/// Appends the metadata of every group that became Stable or Empty.
-async fn persist_changes(node: &Rc<Node>) {
+/// Appends the metadata of the groups that became Stable or Empty: `group` only (after a
+/// call, which changes no other group), or all of them (after the timers ran).
+async fn persist_changes(node: &Rc<Node>, group: Option<&str>) {
     let changed: Vec<(i32, Bytes, Bytes)> = {
         let partitions = offsets_partitions(node);
         let mut groups = node.groups.groups.borrow_mut();
-        groups
-            .values_mut()
+        let candidates: Vec<&mut Group> = match group {
+            Some(id) => groups.get_mut(id).into_iter().collect(),
+            None => groups.values_mut().collect(),
+        };
+        candidates
+            .into_iter()
             .filter_map(|g| g.take_changed().then_some(g))
             .map(|g| {
                 (
@@ -846,7 +851,7 @@ pub async fn run_timers(node: Rc<Node>) {
                 group.tick(now, &settings);
             }
         }
-        persist_changes(&node).await;
+        persist_changes(&node, None).await;
         since_expiry += GROUP_TICK;
         if since_expiry >= node.config.groups.offsets_retention_check {
             since_expiry = Duration::ZERO;
