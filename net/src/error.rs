@@ -14,8 +14,10 @@ pub enum NetError {
     UnsupportedVersion { api: i16, version: i16 },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("could not encode the response: {0}")]
+    #[error("could not encode the message: {0}")]
     Encode(String),
+    #[error("cannot reach a broker at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
 }
 
 impl From<glommio::GlommioError<()>> for NetError {

@@ -15,6 +15,7 @@
 
 pub mod alloc;
 pub mod broker;
+pub mod client;
 pub mod codec;
 pub mod controller;
 pub mod error;

@@ -1,9 +1,12 @@
 //! # spate
 //!
-//! The one command-line tool of Spate. `spate serve` runs a broker; the client
-//! subcommands (topic, produce, consume, group, log, cluster, bench) join it as the
-//! broker gains the APIs they need.
+//! The one command-line tool of Spate. `spate serve` runs a broker; `group` and `cluster`
+//! talk to any Kafka-compatible broker through `spate_net::client`. The other client
+//! subcommands (topic, produce, consume, log, bench) are to come.
 
+mod client_args;
+mod cluster;
+mod group;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,12 +29,26 @@ struct Cli {
 enum Command {
     /// Run a broker.
     Serve(serve::ServeArgs),
+    /// Consumer groups: list, describe with lag, delete, reset offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// The cluster: its id, brokers, controller and supported API versions.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Cluster id, brokers, controller, and the API versions the broker accepts.
+    Info(client_args::ClientArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Group(command) => group::run(command),
+        Command::Cluster(ClusterCommand::Info(args)) => cluster::info(&args),
     };
     if let Err(message) = outcome {
         eprintln!("error: {message}");

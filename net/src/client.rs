@@ -1,0 +1,169 @@
+//! A small blocking Kafka client, for the `spate` command line and the benchmarks.
+//!
+//! One connection, one request at a time: administration does not need more. On connect
+//! it asks the broker which API versions it supports (ApiVersions v0, which every broker
+//! answers), and `send` refuses a version the broker did not offer, so a caller gets a
+//! clear error instead of a closed connection. Frames larger than
+//! `RESPONSE_FRAME_BYTES_MAX` are refused before anything is allocated for them.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+
+use crate::error::{NetError, Result};
+
+/// Largest response frame the client reads (a Fetch answer is bounded by its request's
+/// `max_bytes`; this is far above what the tools ask for).
+pub const RESPONSE_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// A connection to one broker.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    address: String,
+    client_id: String,
+    correlation_id: i32,
+    /// API key → (min, max) version the broker accepts.
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+impl Client {
+    /// Connects to `address` (`host:port`) and learns the broker's API versions. Every
+    /// read and write on the connection gives up after `timeout`.
+    pub fn connect(address: &str, client_id: &str, timeout: Duration) -> Result<Client> {
+        let unreachable = |reason: String| NetError::Unreachable {
+            address: address.to_string(),
+            reason,
+        };
+        let resolved = address
+            .to_socket_addrs()
+            .map_err(|e| unreachable(e.to_string()))?
+            .next()
+            .ok_or_else(|| unreachable("the name resolves to no address".into()))?;
+        let stream = TcpStream::connect_timeout(&resolved, timeout)
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let mut client = Client {
+            stream,
+            address: address.to_string(),
+            client_id: client_id.to_string(),
+            correlation_id: 0,
+            versions: HashMap::from([(ApiKey::ApiVersions as i16, (0, 0))]),
+        };
+        let offered = client.send(0, &ApiVersionsRequest::default())?;
+        if offered.error_code != 0 {
+            return Err(NetError::Malformed(format!(
+                "{address} answered ApiVersions with error {}",
+                offered.error_code
+            )));
+        }
+        client.versions = offered
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(client)
+    }
+
+    /// The address this client connected to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The versions of `key` the broker accepts, if any.
+    pub fn supported(&self, key: ApiKey) -> Option<(i16, i16)> {
+        self.versions.get(&(key as i16)).copied()
+    }
+
+    /// The highest version of `key` that both the broker and `wanted` (inclusive
+    /// range) allow.
+    pub fn version(&self, key: ApiKey, wanted: (i16, i16)) -> Result<i16> {
+        let (min, max) = self.supported(key).ok_or(NetError::UnsupportedVersion {
+            api: key as i16,
+            version: wanted.1,
+        })?;
+        let version = max.min(wanted.1);
+        if version < min.max(wanted.0) {
+            return Err(NetError::UnsupportedVersion {
+                api: key as i16,
+                version: wanted.1,
+            });
+        }
+        Ok(version)
+    }
+
+    /// Sends `request` at `version` and waits for its response.
+    pub fn send<R: Request>(&mut self, version: i16, request: &R) -> Result<R::Response> {
+        let key = ApiKey::try_from(R::KEY).map_err(|()| NetError::UnknownApi(R::KEY))?;
+        match self.versions.get(&R::KEY) {
+            Some((min, max)) if (*min..=*max).contains(&version) => {}
+            _ => {
+                return Err(NetError::UnsupportedVersion {
+                    api: R::KEY,
+                    version,
+                })
+            }
+        }
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[0; 4]);
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_string(self.client_id.clone())))
+            .encode(&mut frame, key.request_header_version(version))
+            .map_err(|e| NetError::Encode(e.to_string()))?;
+        request
+            .encode(&mut frame, version)
+            .map_err(|e| NetError::Encode(e.to_string()))?;
+        let length = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        self.stream.write_all(&frame)?;
+
+        let mut length = [0u8; 4];
+        self.stream.read_exact(&mut length)?;
+        let length = i32::from_be_bytes(length);
+        let size = usize::try_from(length)
+            .ok()
+            .filter(|&n| n <= RESPONSE_FRAME_BYTES_MAX)
+            .ok_or(NetError::FrameTooLarge {
+                size: i64::from(length),
+                max: RESPONSE_FRAME_BYTES_MAX,
+            })?;
+        let mut body = vec![0u8; size];
+        self.stream.read_exact(&mut body)?;
+        let mut body = bytes::Bytes::from(body);
+        // ApiVersions answers with header v0 whatever the request version (KIP-511).
+        let header_version = if key == ApiKey::ApiVersions {
+            0
+        } else {
+            key.response_header_version(version)
+        };
+        let malformed = |e: anyhow::Error| {
+            NetError::Malformed(format!("undecodable {key:?} v{version} response: {e}"))
+        };
+        let header = ResponseHeader::decode(&mut body, header_version).map_err(malformed)?;
+        if header.correlation_id != self.correlation_id {
+            return Err(NetError::Malformed(format!(
+                "response for request {} while waiting for {}",
+                header.correlation_id, self.correlation_id
+            )));
+        }
+        let response = R::Response::decode(&mut body, version).map_err(malformed)?;
+        if body.has_remaining() {
+            return Err(NetError::Malformed(format!(
+                "{} bytes left after a {key:?} v{version} response",
+                body.remaining()
+            )));
+        }
+        Ok(response)
+    }
+}

@@ -1,0 +1,137 @@
+//! What every client subcommand shares: which broker to talk to, how to print, and how
+//! Kafka's errors read to a person.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use kafka_protocol::ResponseError;
+use spate_net::client::Client;
+
+/// How long a request may take before the command gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Text,
+    /// One JSON document, for scripts; its fields are listed in each command's help.
+    Json,
+}
+
+/// Connection and output options of every client subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Broker to talk to, `host:port`; of a comma-separated list, the first is used.
+    #[arg(
+        short = 'b',
+        long,
+        env = "SPATE_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+impl ClientArgs {
+    /// A connection to the first broker listed.
+    pub fn connect(&self) -> Result<Client, String> {
+        let first = self.brokers.split(',').next().unwrap_or_default().trim();
+        connect_to(first)
+    }
+}
+
+/// A connection to `address`.
+pub fn connect_to(address: &str) -> Result<Client, String> {
+    Client::connect(address, "spate-cli", REQUEST_TIMEOUT).map_err(|e| e.to_string())
+}
+
+/// Kafka's name for an error code, as its tools print it (`UNKNOWN_TOPIC_OR_PARTITION`).
+pub fn kafka_name(error: ResponseError) -> String {
+    let camel = format!("{error:?}");
+    let mut name = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// The error an error code stands for, if it is one.
+pub fn error_of(code: i16) -> Option<ResponseError> {
+    if code == 0 {
+        return None;
+    }
+    Some(ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError))
+}
+
+/// `what` failed with `code`, as one sentence with Kafka's error name.
+pub fn failure(what: &str, code: i16) -> String {
+    match error_of(code) {
+        Some(error) => format!("{what} ({})", kafka_name(error)),
+        None => what.to_string(),
+    }
+}
+
+/// Prints one line on stdout. A closed stdout (`spate … | head`) ends the command
+/// quietly, as it does for other Unix tools, instead of a panic.
+pub fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Prints rows as columns aligned under `header`.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        say(padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints a JSON document on one line.
+pub fn print_json(value: &serde_json::Value) {
+    say(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_are_kafkas() {
+        assert_eq!(
+            kafka_name(ResponseError::UnknownTopicOrPartition),
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+        assert_eq!(kafka_name(ResponseError::NonEmptyGroup), "NON_EMPTY_GROUP");
+        assert_eq!(
+            failure("group \"g\" is not empty", 68),
+            "group \"g\" is not empty (NON_EMPTY_GROUP)"
+        );
+        assert_eq!(error_of(0), None);
+    }
+}

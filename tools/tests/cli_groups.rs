@@ -1,0 +1,272 @@
+//! `spate group` and `spate cluster` end to end against `spate serve`: describe with lag,
+//! every reset target (dry run and executed), refusals on a live group (kcat holds a
+//! membership), an unknown topic and an unreachable broker, and delete.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod support;
+use support::{free_port, serve_command, spawn_serving, Guard};
+
+fn start(data: &Path, port: u16) -> Guard {
+    spawn_serving(
+        serve_command(data, port)
+            .args([
+                "--offsets-partitions",
+                "4",
+                "--group-initial-rebalance-delay-ms",
+                "0",
+            ])
+            .stderr(Stdio::null()),
+        port,
+    )
+}
+
+fn spate(port: u16, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .args(["-b", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn ok(port: u16, args: &[&str]) -> String {
+    let out = spate(port, args);
+    assert!(
+        out.status.success(),
+        "spate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail and returns its one-line error.
+fn fails(port: u16, args: &[&str]) -> String {
+    let out = spate(port, args);
+    assert!(!out.status.success(), "spate {args:?} succeeded");
+    assert!(out.stdout.is_empty() || args.contains(&"delete"));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn json(port: u16, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["--format", "json"]);
+    serde_json::from_str(&ok(port, &args)).unwrap()
+}
+
+/// Resets group `g` on topic `cli` to `target`, committing.
+fn reset(port: u16, target: &[&str]) {
+    let mut args = vec!["group", "reset-offsets", "g", "--topic", "cli", "--execute"];
+    args.extend(target);
+    ok(port, &args);
+}
+
+/// (committed, log end, lag) of partition 0 of `cli` for `group`.
+fn offsets(port: u16, group: &str) -> (Value, i64, Value) {
+    let described = json(port, &["group", "describe", group]);
+    let row = &described["offsets"][0];
+    assert_eq!(row["topic"], "cli");
+    (
+        row["committed"].clone(),
+        row["log_end"].as_i64().unwrap(),
+        row["lag"].clone(),
+    )
+}
+
+fn produce(port: u16, count: usize) {
+    let mut kcat = Command::new("kcat")
+        .args([
+            "-b",
+            &format!("127.0.0.1:{port}"),
+            "-P",
+            "-t",
+            "cli",
+            "-p",
+            "0",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("kcat is installed");
+    let lines: String = (0..count).map(|i| format!("record-{i}\n")).collect();
+    kcat.stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(kcat.wait().unwrap().success());
+}
+
+/// Waits until `group`'s state is `state`.
+fn wait_for_state(port: u16, group: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let described = json(port, &["group", "describe", group]);
+        if described["state"] == state {
+            return described;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} never became {state}: {described}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn groups_are_described_reset_and_deleted_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = start(&dir.path().join("data"), port);
+
+    let info = json(port, &["cluster", "info"]);
+    assert!(!info["cluster_id"].as_str().unwrap().is_empty());
+    assert_eq!(info["brokers"][0]["port"], i64::from(port));
+    assert!(info["apis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["api"] == "JoinGroup"));
+
+    produce(port, 30);
+    // A dry run commits nothing.
+    let plan = ok(
+        port,
+        &[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "cli",
+            "--to-offset",
+            "3",
+        ],
+    );
+    assert!(plan.contains("dry run"), "{plan}");
+    assert_eq!(json(port, &["group", "describe", "g"])["state"], "Dead");
+
+    reset(port, &["--to-offset", "3"]);
+    assert_eq!(offsets(port, "g"), (Value::from(3), 30, Value::from(27)));
+    reset(port, &["--shift-by", "-2"]);
+    assert_eq!(offsets(port, "g").0, 1);
+    reset(port, &["--to-offset", "99"]);
+    assert_eq!(
+        offsets(port, "g"),
+        (Value::from(30), 30, Value::from(0)),
+        "clamped to the log end"
+    );
+    reset(port, &["--to-earliest"]);
+    assert_eq!(offsets(port, "g").0, 0);
+    reset(port, &["--to-datetime", "2100-01-01T00:00:00Z"]);
+    assert_eq!(
+        offsets(port, "g").0,
+        30,
+        "no record after the time: the log end"
+    );
+    reset(port, &["--to-datetime", "2000-01-01T00:00:00+01:00"]);
+    assert_eq!(offsets(port, "g").0, 0);
+    let table = ok(port, &["group", "describe", "g"]);
+    assert!(
+        table.contains("LOG-END-OFFSET") && table.contains("cli"),
+        "{table}"
+    );
+
+    // kcat's balanced consumer is a live member: resets and deletes are refused.
+    let kcat = Kill(
+        Command::new("kcat")
+            .args([
+                "-b",
+                &format!("127.0.0.1:{port}"),
+                "-G",
+                "live",
+                "cli",
+                "-q",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kcat is installed"),
+    );
+    let live = wait_for_state(port, "live", "Stable");
+    assert_eq!(live["members"].as_array().unwrap().len(), 1);
+    assert_eq!(live["members"][0]["assignment"][0]["topic"], "cli");
+    let error = fails(
+        port,
+        &[
+            "group",
+            "reset-offsets",
+            "live",
+            "--topic",
+            "cli",
+            "--to-earliest",
+            "--execute",
+        ],
+    );
+    assert!(error.contains("active member"), "{error}");
+    let error = fails(port, &["group", "delete", "live"]);
+    assert!(error.contains("NON_EMPTY_GROUP"), "{error}");
+    // SIGTERM: kcat leaves the group on its way out.
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(kcat.0.id() as i32, libc::SIGTERM) };
+    wait_for_state(port, "live", "Empty");
+    drop(kcat);
+    ok(port, &["group", "delete", "live"]);
+    let listed = json(port, &["group", "list"]);
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["g"]);
+
+    // Clear errors, no stack traces.
+    let error = fails(
+        port,
+        &[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "nope",
+            "--to-earliest",
+        ],
+    );
+    assert!(error.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{error}");
+    let error = fails(
+        port,
+        &[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "cli",
+            "--to-datetime",
+            "soon",
+        ],
+    );
+    assert!(error.contains("RFC 3339"), "{error}");
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["group", "list", "-b", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach a broker"));
+
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}
