@@ -90,6 +90,43 @@ pub fn say(line: impl std::fmt::Display) {
     }
 }
 
+/// Reports one outcome per named thing (`kind`: topic, group), `(name, error)`, and
+/// fails if any failed: with its error when there is one thing, else with a count (each
+/// error printed first). JSON: `[{kind: name, "error": message or null}]`.
+pub fn report(
+    format: Format,
+    done: &str,
+    kind: &str,
+    outcomes: &[(String, Option<String>)],
+) -> Result<(), String> {
+    let single = outcomes.len() == 1;
+    match format {
+        Format::Json => print_json(&serde_json::json!(outcomes
+            .iter()
+            .map(|(name, error)| serde_json::json!({kind: name, "error": error}))
+            .collect::<Vec<_>>())),
+        Format::Text => {
+            for (name, error) in outcomes {
+                match error {
+                    None => say(format!("{done} {name}")),
+                    Some(e) if !single => eprintln!("error: {e}"),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let failed: Vec<&String> = outcomes.iter().filter_map(|(_, e)| e.as_ref()).collect();
+    match failed.as_slice() {
+        [] => Ok(()),
+        [only] if single => Err((*only).clone()),
+        _ => Err(format!(
+            "{} of {} {kind}s failed",
+            failed.len(),
+            outcomes.len()
+        )),
+    }
+}
+
 /// Prints rows as columns aligned under `header`.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -19,24 +19,19 @@ use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
-use kafka_protocol::messages::list_offsets_request::{
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-};
-use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequest;
-use kafka_protocol::messages::{ApiKey, BrokerId, GroupId, TopicName};
+use kafka_protocol::messages::{ApiKey, GroupId};
 use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
 use spate_net::client::Client;
 
-use crate::client_args::{connect_to, failure, print_json, print_table, say, ClientArgs, Format};
-
-/// ListOffsets' special timestamps.
-const LATEST: i64 = -1;
-const EARLIEST: i64 = -2;
+use crate::client_args::{
+    connect_to, failure, print_json, print_table, report, say, ClientArgs, Format,
+};
+use crate::lookup::{offsets_at, partitions_of, topic_name, EARLIEST, LATEST};
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
@@ -108,10 +103,6 @@ pub fn run(command: GroupCommand) -> Result<(), String> {
 
 fn group_id(group: &str) -> GroupId {
     GroupId(StrBytes::from_string(group.to_string()))
-}
-
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 /// A connection to `group`'s coordinator.
@@ -263,62 +254,6 @@ fn committed(client: &mut Client, group: &str) -> Result<BTreeMap<(String, i32),
     Ok(out)
 }
 
-/// The offset of each partition at `timestamp` (LATEST, EARLIEST or a time in ms).
-fn offsets_at(
-    client: &mut Client,
-    partitions: &BTreeSet<(String, i32)>,
-    timestamp: i64,
-) -> Result<BTreeMap<(String, i32), i64>, String> {
-    let version = client
-        .version(ApiKey::ListOffsets, (1, 7))
-        .map_err(|e| e.to_string())?;
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (topic, p) in partitions {
-        by_topic.entry(topic).or_default().push(*p);
-    }
-    let topics = by_topic
-        .iter()
-        .map(|(topic, ps)| {
-            ListOffsetsTopic::default()
-                .with_name(topic_name(topic))
-                .with_partitions(
-                    ps.iter()
-                        .map(|p| {
-                            ListOffsetsPartition::default()
-                                .with_partition_index(*p)
-                                .with_timestamp(timestamp)
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    let answered = client
-        .send(
-            version,
-            &ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(topics),
-        )
-        .map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    for topic in &answered.topics {
-        for p in &topic.partitions {
-            if p.error_code != 0 {
-                return Err(failure(
-                    &format!(
-                        "could not read the offsets of {}-{}",
-                        topic.name.as_str(),
-                        p.partition_index
-                    ),
-                    p.error_code,
-                ));
-            }
-            out.insert((topic.name.to_string(), p.partition_index), p.offset);
-        }
-    }
-    Ok(out)
-}
-
 /// A member: id, client id, host, and its assigned partitions.
 type MemberInfo = (String, String, String, Vec<(String, i32)>);
 
@@ -451,70 +386,7 @@ fn delete(args: &ClientArgs, groups: &[String]) -> Result<(), String> {
             (code != 0).then(|| failure(&format!("could not delete group \"{group}\""), code)),
         ));
     }
-    match args.format {
-        Format::Json => print_json(&json!(results
-            .iter()
-            .map(|(g, e)| json!({"group": g, "error": e}))
-            .collect::<Vec<_>>())),
-        Format::Text => {
-            for (group, error) in &results {
-                match error {
-                    None => say(format!("deleted group {group}")),
-                    Some(e) => eprintln!("error: {e}"),
-                }
-            }
-        }
-    }
-    match results.iter().find_map(|(_, e)| e.clone()) {
-        Some(_) => Err(format!(
-            "{} of {} groups could not be deleted",
-            results.iter().filter(|(_, e)| e.is_some()).count(),
-            results.len()
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Every partition of `topics`, from Metadata; an unknown topic is an error.
-fn partitions_of(
-    client: &mut Client,
-    topics: &[String],
-) -> Result<BTreeSet<(String, i32)>, String> {
-    let version = client
-        .version(ApiKey::Metadata, (1, 9))
-        .map_err(|e| e.to_string())?;
-    let version = version.max(4);
-    // Looking a topic up must not create it (the default from v4).
-    let request = MetadataRequest::default()
-        .with_allow_auto_topic_creation(false)
-        .with_topics(Some(
-            topics
-                .iter()
-                .map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t))))
-                .collect(),
-        ));
-    let metadata = client.send(version, &request).map_err(|e| e.to_string())?;
-    let mut out = BTreeSet::new();
-    for topic in &metadata.topics {
-        let name = topic
-            .name
-            .as_ref()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        if topic.error_code != 0 {
-            return Err(failure(
-                &format!("topic \"{name}\" is not available"),
-                topic.error_code,
-            ));
-        }
-        out.extend(
-            topic
-                .partitions
-                .iter()
-                .map(|p| (name.clone(), p.partition_index)),
-        );
-    }
-    Ok(out)
+    report(args.format, "deleted group", "group", &results)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time (`2026-01-02T03:04:05Z`, with

@@ -1,13 +1,15 @@
 //! # spate
 //!
-//! The one command-line tool of Spate. `spate serve` runs a broker; `group` and `cluster`
-//! talk to any Kafka-compatible broker through `spate_net::client`. The other client
-//! subcommands (topic, produce, consume, log, bench) are to come.
+//! The one command-line tool of Spate. `spate serve` runs a broker; `topic`, `group` and
+//! `cluster` talk to any Kafka-compatible broker through `spate_net::client`. The other
+//! client subcommands (produce, consume, log, bench) are to come.
 
 mod client_args;
 mod cluster;
 mod group;
+mod lookup;
 mod serve;
+mod topic;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run a broker.
     Serve(serve::ServeArgs),
+    /// Topics: create, list, describe, delete, alter configs, add partitions.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
     /// Consumer groups: list, describe with lag, delete, reset offsets.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -48,6 +53,7 @@ fn main() {
     let outcome = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Group(command) => group::run(command),
+        Command::Topic(command) => topic::run(command),
         Command::Cluster(ClusterCommand::Info(args)) => cluster::info(&args),
     };
     if let Err(message) = outcome {

@@ -1,6 +1,8 @@
-//! `spate group` and `spate cluster` end to end against `spate serve`: describe with lag,
-//! every reset target (dry run and executed), refusals on a live group (kcat holds a
-//! membership), an unknown topic and an unreachable broker, and delete.
+//! The client subcommands end to end against `spate serve`: `spate topic` (create, list,
+//! describe, alter-config, add-partitions, delete, and their refusals), `spate cluster
+//! info`, and `spate group`: describe with lag, every reset target (dry run and
+//! executed), refusals on a live group (kcat holds a membership), an unknown topic and an
+//! unreachable broker, and delete.
 
 use std::io::Write;
 use std::path::Path;
@@ -268,5 +270,115 @@ fn groups_are_described_reset_and_deleted_from_the_command_line() {
     assert!(!unreachable.status.success());
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach a broker"));
 
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}
+
+#[test]
+fn topics_are_created_described_altered_grown_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = start(&dir.path().join("data"), port);
+    let created = ok(
+        port,
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "-c",
+            "retention.ms=60000",
+        ],
+    );
+    assert_eq!(created.trim(), "created topic orders");
+    let error = fails(port, &["topic", "create", "orders"]);
+    assert!(error.contains("TOPIC_ALREADY_EXISTS"), "{error}");
+    assert_eq!(error.lines().count(), 1, "one line: {error}");
+    let error = fails(port, &["topic", "create", "bad", "-c", "retention.ms"]);
+    assert!(error.contains("expected key=value"), "{error}");
+
+    let listed = json(port, &["topic", "list"]);
+    assert_eq!(
+        listed,
+        serde_json::json!([{"topic": "orders", "partitions": 3, "internal": false}])
+    );
+
+    produce(port, 5);
+    let described = json(port, &["topic", "describe", "cli"]);
+    assert_eq!(described["partitions"][0]["log_end"], 5);
+    assert_eq!(described["partitions"][0]["leader"], 1);
+    let described = json(port, &["topic", "describe", "orders"]);
+    assert_eq!(described["partitions"].as_array().unwrap().len(), 3);
+    let config = |d: &Value, key: &str| {
+        d["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == key)
+            .map(|c| {
+                (
+                    c["value"].as_str().unwrap().to_string(),
+                    c["source"].as_str().unwrap().to_string(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        config(&described, "retention.ms"),
+        ("60000".into(), "topic".into())
+    );
+    assert_eq!(config(&described, "segment.bytes").1, "default");
+
+    ok(
+        port,
+        &[
+            "topic",
+            "alter-config",
+            "orders",
+            "--set",
+            "segment.bytes=1048576",
+            "--delete",
+            "retention.ms",
+        ],
+    );
+    let described = json(port, &["topic", "describe", "orders"]);
+    assert_eq!(
+        config(&described, "segment.bytes"),
+        ("1048576".into(), "topic".into())
+    );
+    assert_eq!(config(&described, "retention.ms").1, "default");
+    let error = fails(
+        port,
+        &[
+            "topic",
+            "alter-config",
+            "orders",
+            "--set",
+            "retention.ms=soon",
+        ],
+    );
+    assert!(error.contains("INVALID_CONFIG"), "{error}");
+
+    ok(port, &["topic", "add-partitions", "orders", "--total", "5"]);
+    assert_eq!(
+        json(port, &["topic", "describe", "orders"])["partitions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    let error = fails(port, &["topic", "add-partitions", "orders", "--total", "2"]);
+    assert!(error.contains("INVALID_PARTITIONS"), "{error}");
+
+    let out = spate(port, &["topic", "delete", "orders", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted topic orders"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("UNKNOWN_TOPIC_OR_PARTITION") && err.contains("1 of 2 topics failed"),
+        "{err}"
+    );
+    let error = fails(port, &["topic", "describe", "orders"]);
+    assert!(error.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{error}");
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }

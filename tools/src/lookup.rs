@@ -1,0 +1,119 @@
+//! Lookups several subcommands share: a topic's partitions, and offsets by time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use spate_net::client::Client;
+
+use crate::client_args::failure;
+
+/// ListOffsets' special timestamps.
+pub const LATEST: i64 = -1;
+pub const EARLIEST: i64 = -2;
+
+pub fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// The offset of each partition at `timestamp` (LATEST, EARLIEST or a time in ms).
+pub fn offsets_at(
+    client: &mut Client,
+    partitions: &BTreeSet<(String, i32)>,
+    timestamp: i64,
+) -> Result<BTreeMap<(String, i32), i64>, String> {
+    let version = client
+        .version(ApiKey::ListOffsets, (1, 7))
+        .map_err(|e| e.to_string())?;
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (topic, p) in partitions {
+        by_topic.entry(topic).or_default().push(*p);
+    }
+    let topics = by_topic
+        .iter()
+        .map(|(topic, ps)| {
+            ListOffsetsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(
+                    ps.iter()
+                        .map(|p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(*p)
+                                .with_timestamp(timestamp)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let answered = client
+        .send(
+            version,
+            &ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(topics),
+        )
+        .map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for topic in &answered.topics {
+        for p in &topic.partitions {
+            if p.error_code != 0 {
+                return Err(failure(
+                    &format!(
+                        "could not read the offsets of {}-{}",
+                        topic.name.as_str(),
+                        p.partition_index
+                    ),
+                    p.error_code,
+                ));
+            }
+            out.insert((topic.name.to_string(), p.partition_index), p.offset);
+        }
+    }
+    Ok(out)
+}
+
+/// Every partition of `topics`, from Metadata; an unknown topic is an error.
+pub fn partitions_of(
+    client: &mut Client,
+    topics: &[String],
+) -> Result<BTreeSet<(String, i32)>, String> {
+    let version = client
+        .version(ApiKey::Metadata, (1, 9))
+        .map_err(|e| e.to_string())?;
+    let version = version.max(4);
+    // Looking a topic up must not create it (the default from v4).
+    let request = MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(Some(
+            topics
+                .iter()
+                .map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t))))
+                .collect(),
+        ));
+    let metadata = client.send(version, &request).map_err(|e| e.to_string())?;
+    let mut out = BTreeSet::new();
+    for topic in &metadata.topics {
+        let name = topic
+            .name
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        if topic.error_code != 0 {
+            return Err(failure(
+                &format!("topic \"{name}\" is not available"),
+                topic.error_code,
+            ));
+        }
+        out.extend(
+            topic
+                .partitions
+                .iter()
+                .map(|p| (name.clone(), p.partition_index)),
+        );
+    }
+    Ok(out)
+}
