@@ -1,12 +1,13 @@
 //! # spate
 //!
 //! The one command-line tool of Spate. `spate serve` runs a broker; `topic`, `group` and
-//! `cluster` talk to any Kafka-compatible broker through `spate_net::client`. The other
-//! client subcommands (produce, consume, log, bench) are to come.
+//! `cluster` talk to any Kafka-compatible broker through `spate_net::client`; `log`
+//! reads a data directory offline. `produce`, `consume` and `bench` are to come.
 
 mod client_args;
 mod cluster;
 mod group;
+mod log;
 mod lookup;
 mod serve;
 mod topic;
@@ -34,6 +35,9 @@ enum Command {
     /// Topics: create, list, describe, delete, alter configs, add partitions.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
+    /// Offline inspection: decode segment files, verify a data directory.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Consumer groups: list, describe with lag, delete, reset offsets.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -54,6 +58,7 @@ fn main() {
         Command::Serve(args) => serve::run(args),
         Command::Group(command) => group::run(command),
         Command::Topic(command) => topic::run(command),
+        Command::Log(command) => log::run(command),
         Command::Cluster(ClusterCommand::Info(args)) => cluster::info(&args),
     };
     if let Err(message) = outcome {
