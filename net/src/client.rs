@@ -101,6 +101,16 @@ impl Client {
 
     /// Sends `request` at `version` and waits for its response.
     pub fn send<R: Request>(&mut self, version: i16, request: &R) -> Result<R::Response> {
+        let key = self.write(version, request)?;
+        self.read::<R>(key, version)
+    }
+
+    /// Sends a request that gets no response (a Produce with acks=0).
+    pub fn send_without_response<R: Request>(&mut self, version: i16, request: &R) -> Result<()> {
+        self.write(version, request).map(drop)
+    }
+
+    fn write<R: Request>(&mut self, version: i16, request: &R) -> Result<ApiKey> {
         let key = ApiKey::try_from(R::KEY).map_err(|()| NetError::UnknownApi(R::KEY))?;
         match self.versions.get(&R::KEY) {
             Some((min, max)) if (*min..=*max).contains(&version) => {}
@@ -127,7 +137,10 @@ impl Client {
         let length = (frame.len() - 4) as i32;
         frame[..4].copy_from_slice(&length.to_be_bytes());
         self.stream.write_all(&frame)?;
+        Ok(key)
+    }
 
+    fn read<R: Request>(&mut self, key: ApiKey, version: i16) -> Result<R::Response> {
         let mut length = [0u8; 4];
         self.stream.read_exact(&mut length)?;
         let length = i32::from_be_bytes(length);

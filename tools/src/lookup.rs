@@ -8,6 +8,7 @@ use kafka_protocol::messages::list_offsets_request::{
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use spate_net::client::Client;
 
 use crate::client_args::failure;
@@ -103,10 +104,12 @@ pub fn partitions_of(
             .map(|n| n.to_string())
             .unwrap_or_default();
         if topic.error_code != 0 {
-            return Err(failure(
-                &format!("topic \"{name}\" is not available"),
-                topic.error_code,
-            ));
+            let what = if topic.error_code == ResponseError::UnknownTopicOrPartition.code() {
+                format!("topic \"{name}\" does not exist")
+            } else {
+                format!("topic \"{name}\" is not available")
+            };
+            return Err(failure(&what, topic.error_code));
         }
         out.extend(
             topic

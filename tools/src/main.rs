@@ -2,13 +2,15 @@
 //!
 //! The one command-line tool of Spate. `spate serve` runs a broker; `topic`, `group` and
 //! `cluster` talk to any Kafka-compatible broker through `spate_net::client`; `log`
-//! reads a data directory offline. `produce`, `consume` and `bench` are to come.
+//! reads a data directory offline; `produce` writes lines as records. `consume` and
+//! `bench` are to come.
 
 mod client_args;
 mod cluster;
 mod group;
 mod log;
 mod lookup;
+mod produce;
 mod serve;
 mod topic;
 
@@ -35,6 +37,8 @@ enum Command {
     /// Topics: create, list, describe, delete, alter configs, add partitions.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
+    /// Produce one record per line of stdin or a file.
+    Produce(produce::ProduceArgs),
     /// Offline inspection: decode segment files, verify a data directory.
     #[command(subcommand)]
     Log(log::LogCommand),
@@ -59,6 +63,7 @@ fn main() {
         Command::Group(command) => group::run(command),
         Command::Topic(command) => topic::run(command),
         Command::Log(command) => log::run(command),
+        Command::Produce(args) => produce::run(&args),
         Command::Cluster(ClusterCommand::Info(args)) => cluster::info(&args),
     };
     if let Err(message) = outcome {

@@ -1,0 +1,316 @@
+//! `spate produce TOPIC`: one record per line of stdin (or `--file`), as
+//! `kafka-console-producer.sh` does.
+//!
+//! With `--key-separator`, each line is `key<SEP>value`. Keyed records go to the
+//! partition Kafka's Java client would pick (murmur2 of the key), unkeyed ones fill a
+//! batch per partition in turn; `--partition` overrides both. Records are sent in
+//! batches of up to `BATCH_RECORDS_MAX` records or `BATCH_BYTES_MAX` bytes per partition,
+//! one request at a time. A summary (records, bytes, rate) goes to stderr at the end.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use clap::{Args, ValueEnum};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use spate_net::client::Client;
+
+use crate::client_args::{failure, ClientArgs};
+use crate::lookup::{partitions_of, topic_name};
+
+/// Most records in one batch.
+const BATCH_RECORDS_MAX: usize = 1000;
+/// Most key and value bytes in one batch (well under Kafka's default `max.message.bytes`).
+const BATCH_BYTES_MAX: usize = 512 * 1024;
+
+/// Record compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    topic: String,
+    /// Read records from this file instead of stdin.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// Acknowledgements: all (-1), 1 or 0.
+    #[arg(long, default_value = "all", value_parser = ["all", "-1", "1", "0"])]
+    acks: String,
+    #[arg(long, value_enum, default_value_t = Codec::None)]
+    compression: Codec,
+    /// Send every record to this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// A header added to every record, `key=value` (repeatable).
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Kafka's murmur2, as its Java client hashes keys to partitions.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition of a keyed record among `partitions`.
+fn keyed_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+/// Records waiting to be sent, by partition.
+struct Pending {
+    batches: Vec<Vec<Record>>,
+    bytes: Vec<usize>,
+}
+
+struct Sender<'a> {
+    client: Client,
+    version: i16,
+    topic: &'a str,
+    acks: i16,
+    compression: Compression,
+    sent_records: u64,
+    sent_bytes: u64,
+}
+
+impl Sender<'_> {
+    fn send(&mut self, pending: &mut Pending) -> Result<(), String> {
+        let mut partition_data = Vec::new();
+        for (p, records) in pending.batches.iter_mut().enumerate() {
+            if records.is_empty() {
+                continue;
+            }
+            let mut buf = BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: self.compression,
+            };
+            RecordBatchEncoder::encode(&mut buf, records.iter(), &options)
+                .map_err(|e| format!("cannot encode a batch: {e}"))?;
+            self.sent_records += records.len() as u64;
+            self.sent_bytes += pending.bytes[p] as u64;
+            records.clear();
+            pending.bytes[p] = 0;
+            partition_data.push(
+                PartitionProduceData::default()
+                    .with_index(p as i32)
+                    .with_records(Some(buf.freeze())),
+            );
+        }
+        if partition_data.is_empty() {
+            return Ok(());
+        }
+        let request = ProduceRequest::default()
+            .with_transactional_id(None)
+            .with_acks(self.acks)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(self.topic))
+                .with_partition_data(partition_data)]);
+        if self.acks == 0 {
+            return self
+                .client
+                .send_without_response(self.version, &request)
+                .map_err(|e| e.to_string());
+        }
+        let answered = self
+            .client
+            .send(self.version, &request)
+            .map_err(|e| e.to_string())?;
+        for topic in &answered.responses {
+            for p in &topic.partition_responses {
+                if p.error_code != 0 {
+                    let detail = p
+                        .error_message
+                        .as_ref()
+                        .map(|m| format!(": {}", m.as_str()))
+                        .unwrap_or_default();
+                    return Err(failure(
+                        &format!("could not produce to {}-{}{detail}", self.topic, p.index),
+                        p.error_code,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("invalid header \"{text}\": expected key=value")),
+    }
+}
+
+pub fn run(args: &ProduceArgs) -> Result<(), String> {
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| pair(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let input: Box<dyn BufRead> = match &args.file {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut client = args.client.connect()?;
+    let partitions = partitions_of(&mut client, std::slice::from_ref(&args.topic))?.len() as i32;
+    if let Some(p) = args.partition {
+        if !(0..partitions).contains(&p) {
+            return Err(format!(
+                "topic \"{}\" has no partition {p} (it has {partitions})",
+                args.topic
+            ));
+        }
+    }
+    let version = client
+        .version(ApiKey::Produce, (3, 9))
+        .map_err(|e| e.to_string())?;
+    let mut sender = Sender {
+        client,
+        version,
+        topic: &args.topic,
+        acks: if args.acks == "all" {
+            -1
+        } else {
+            args.acks.parse().expect("clap checked it")
+        },
+        compression: match args.compression {
+            Codec::None => Compression::None,
+            Codec::Gzip => Compression::Gzip,
+            Codec::Snappy => Compression::Snappy,
+            Codec::Lz4 => Compression::Lz4,
+            Codec::Zstd => Compression::Zstd,
+        },
+        sent_records: 0,
+        sent_bytes: 0,
+    };
+    let mut pending = Pending {
+        batches: (0..partitions).map(|_| Vec::new()).collect(),
+        bytes: vec![0; partitions as usize],
+    };
+    let started = Instant::now();
+    let mut sticky = 0;
+    for (number, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| format!("cannot read line {}: {e}", number + 1))?;
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(k.to_string()), v.to_string()),
+                None => {
+                    return Err(format!(
+                        "line {} has no key separator \"{sep}\"",
+                        number + 1
+                    ))
+                }
+            },
+            None => (None, line),
+        };
+        let partition = match (args.partition, &key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => keyed_partition(k.as_bytes(), partitions),
+            (None, None) => sticky,
+        } as usize;
+        let mut record = Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: pending.batches[partition].len() as i64,
+            sequence: pending.batches[partition].len() as i32 - 1,
+            timestamp: spate_engine::Timestamp::now().0,
+            key: key.map(Bytes::from),
+            value: Some(Bytes::from(value)),
+            headers: Default::default(),
+        };
+        for (k, v) in &headers {
+            record.headers.insert(
+                StrBytes::from_string(k.clone()),
+                Some(Bytes::from(v.clone())),
+            );
+        }
+        pending.bytes[partition] +=
+            record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len);
+        pending.batches[partition].push(record);
+        let full = pending.batches[partition].len() >= BATCH_RECORDS_MAX
+            || pending.bytes[partition] >= BATCH_BYTES_MAX;
+        if full {
+            sender.send(&mut pending)?;
+            sticky = (sticky + 1) % partitions;
+        }
+    }
+    sender.send(&mut pending)?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-6);
+    eprintln!(
+        "produced {} records ({} bytes) to {} in {seconds:.2} s ({:.0} records/s)",
+        sender.sent_records,
+        sender.sent_bytes,
+        args.topic,
+        sender.sent_records as f64 / seconds
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors from Kafka's own `UtilsTest.testMurmur2`.
+    #[test]
+    fn murmur2_matches_kafkas() {
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+        assert!((0..7).contains(&keyed_partition(b"any key", 7)));
+    }
+}
