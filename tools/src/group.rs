@@ -17,21 +17,15 @@ use clap::{Args, Subcommand};
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
-use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequest;
 use kafka_protocol::messages::{ApiKey, GroupId};
 use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
 use spate_net::client::Client;
 
-use crate::client_args::{
-    connect_to, failure, print_json, print_table, report, say, ClientArgs, Format,
-};
-use crate::lookup::{offsets_at, partitions_of, topic_name, EARLIEST, LATEST};
+use crate::client_args::{failure, print_json, print_table, report, say, ClientArgs, Format};
+use crate::lookup::{commit_offsets, coordinator_of, offsets_at, partitions_of, EARLIEST, LATEST};
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
@@ -107,27 +101,7 @@ fn group_id(group: &str) -> GroupId {
 
 /// A connection to `group`'s coordinator.
 fn coordinator(args: &ClientArgs, group: &str) -> Result<Client, String> {
-    let mut client = args.connect()?;
-    let version = client
-        .version(ApiKey::FindCoordinator, (1, 3))
-        .map_err(|e| e.to_string())?;
-    let found = client
-        .send(
-            version,
-            &FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.into())),
-        )
-        .map_err(|e| e.to_string())?;
-    if found.error_code != 0 {
-        return Err(failure(
-            &format!("no coordinator for group \"{group}\""),
-            found.error_code,
-        ));
-    }
-    let address = format!("{}:{}", found.host.as_str(), found.port);
-    if address == client.address() {
-        return Ok(client);
-    }
-    connect_to(&address)
+    coordinator_of(args.connect()?, group)
 }
 
 fn list(args: &ClientArgs) -> Result<(), String> {
@@ -172,7 +146,7 @@ fn list(args: &ClientArgs) -> Result<(), String> {
 
 /// A member's partitions, from its consumer-protocol assignment (i16 version, then an
 /// array of topic name and partition array); empty if it is not one.
-fn assigned_partitions(assignment: &[u8]) -> Vec<(String, i32)> {
+pub(crate) fn assigned_partitions(assignment: &[u8]) -> Vec<(String, i32)> {
     fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, tail) = (buf.get(..n)?, buf.get(n..)?);
         *buf = tail;
@@ -391,7 +365,7 @@ fn delete(args: &ClientArgs, groups: &[String]) -> Result<(), String> {
 
 /// Milliseconds since the epoch of an RFC 3339 time (`2026-01-02T03:04:05Z`, with
 /// optional fraction and `±HH:MM` offset).
-fn parse_rfc3339(text: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
     let bad = || None::<i64>;
     let (date, rest) = text.split_once(['T', 't', ' '])?;
     let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
@@ -519,48 +493,13 @@ fn commit(
     group: &str,
     offsets: &BTreeMap<(String, i32), i64>,
 ) -> Result<(), String> {
-    let version = client
-        .version(ApiKey::OffsetCommit, (2, 8))
-        .map_err(|e| e.to_string())?;
-    let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-    for ((topic, p), offset) in offsets {
-        by_topic.entry(topic).or_default().push(
-            OffsetCommitRequestPartition::default()
-                .with_partition_index(*p)
-                .with_committed_offset(*offset)
-                .with_committed_metadata(Some(StrBytes::default())),
-        );
+    match commit_offsets(client, group, -1, "", offsets)? {
+        0 => Ok(()),
+        code => Err(failure(
+            &format!("could not commit the offsets of group \"{group}\""),
+            code,
+        )),
     }
-    let request = OffsetCommitRequest::default()
-        .with_group_id(group_id(group))
-        .with_generation_id_or_member_epoch(-1)
-        .with_member_id(StrBytes::default())
-        .with_topics(
-            by_topic
-                .into_iter()
-                .map(|(t, ps)| {
-                    OffsetCommitRequestTopic::default()
-                        .with_name(topic_name(t))
-                        .with_partitions(ps)
-                })
-                .collect(),
-        );
-    let answered = client.send(version, &request).map_err(|e| e.to_string())?;
-    for topic in &answered.topics {
-        for p in &topic.partitions {
-            if p.error_code != 0 {
-                return Err(failure(
-                    &format!(
-                        "could not commit the offset of {}-{} for group \"{group}\"",
-                        topic.name.as_str(),
-                        p.partition_index
-                    ),
-                    p.error_code,
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,16 +2,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
-use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::{ApiKey, BrokerId, GroupId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_net::client::Client;
 
-use crate::client_args::failure;
+use crate::client_args::{connect_to, failure};
 
 /// ListOffsets' special timestamps.
 pub const LATEST: i64 = -1;
@@ -119,4 +123,77 @@ pub fn partitions_of(
         );
     }
     Ok(out)
+}
+
+/// Commits `offsets` for `group` as member `member` of `generation` (-1 and "" for a
+/// client managing its own assignment). Returns the first error code, or 0.
+pub fn commit_offsets(
+    client: &mut Client,
+    group: &str,
+    generation: i32,
+    member: &str,
+    offsets: &BTreeMap<(String, i32), i64>,
+) -> Result<i16, String> {
+    let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+    for ((topic, p), offset) in offsets {
+        by_topic.entry(topic).or_default().push(
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(*p)
+                .with_committed_offset(*offset)
+                .with_committed_metadata(Some(StrBytes::default())),
+        );
+    }
+    if by_topic.is_empty() {
+        return Ok(0);
+    }
+    let version = client
+        .version(ApiKey::OffsetCommit, (2, 8))
+        .map_err(|e| e.to_string())?;
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(StrBytes::from_string(member.to_string()))
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    OffsetCommitRequestTopic::default()
+                        .with_name(topic_name(t))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        );
+    let answered = client.send(version, &request).map_err(|e| e.to_string())?;
+    Ok(answered
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.error_code)
+        .find(|c| *c != 0)
+        .unwrap_or(0))
+}
+
+/// A connection to `group`'s coordinator.
+/// Talks to it over `client` if that is the coordinator.
+pub fn coordinator_of(mut client: Client, group: &str) -> Result<Client, String> {
+    let version = client
+        .version(ApiKey::FindCoordinator, (1, 3))
+        .map_err(|e| e.to_string())?;
+    let found = client
+        .send(
+            version,
+            &FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.into())),
+        )
+        .map_err(|e| e.to_string())?;
+    if found.error_code != 0 {
+        return Err(failure(
+            &format!("no coordinator for group \"{group}\""),
+            found.error_code,
+        ));
+    }
+    let address = format!("{}:{}", found.host.as_str(), found.port);
+    if address == client.address() {
+        return Ok(client);
+    }
+    connect_to(&address)
 }

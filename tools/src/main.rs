@@ -2,11 +2,12 @@
 //!
 //! The one command-line tool of Spate. `spate serve` runs a broker; `topic`, `group` and
 //! `cluster` talk to any Kafka-compatible broker through `spate_net::client`; `log`
-//! reads a data directory offline; `produce` writes lines as records. `consume` and
-//! `bench` are to come.
+//! reads a data directory offline; `produce` and `consume` are the console producer and
+//! consumer. `bench` is to come.
 
 mod client_args;
 mod cluster;
+mod consume;
 mod group;
 mod log;
 mod lookup;
@@ -37,6 +38,8 @@ enum Command {
     /// Topics: create, list, describe, delete, alter configs, add partitions.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
+    /// Print records of topics, alone or as a member of a consumer group.
+    Consume(consume::ConsumeArgs),
     /// Produce one record per line of stdin or a file.
     Produce(produce::ProduceArgs),
     /// Offline inspection: decode segment files, verify a data directory.
@@ -64,6 +67,7 @@ fn main() {
         Command::Topic(command) => topic::run(command),
         Command::Log(command) => log::run(command),
         Command::Produce(args) => produce::run(&args),
+        Command::Consume(args) => consume::run(&args),
         Command::Cluster(ClusterCommand::Info(args)) => cluster::info(&args),
     };
     if let Err(message) = outcome {

@@ -463,3 +463,249 @@ fn segments_are_dumped_and_verified_offline_and_damage_is_reported() {
         "{error}"
     );
 }
+
+/// Runs `spate` with `input` on stdin; returns stdout, asserting success.
+fn ok_with_input(port: u16, args: &[&str], input: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .args(["-b", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "spate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// kcat's view of a topic: `partition|key|value|headers` per record.
+fn kcat_read(port: u16, topic: &str) -> Vec<String> {
+    let out = Command::new("kcat")
+        .args([
+            "-b",
+            &format!("127.0.0.1:{port}"),
+            "-C",
+            "-t",
+            topic,
+            "-e",
+            "-q",
+        ])
+        .args(["-f", "%p|%k|%s|%h\n"])
+        .output()
+        .expect("kcat is installed");
+    assert!(out.status.success());
+    sorted_lines(&String::from_utf8(out.stdout).unwrap())
+}
+
+const SAME_AS_KCAT: &str = "{partition}|{key}|{value}|{headers}";
+
+#[test]
+fn produce_and_consume_agree_with_kcat_and_groups_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = start(&dir.path().join("data"), port);
+    ok(port, &["topic", "create", "mine", "--partitions", "3"]);
+    ok(port, &["topic", "create", "theirs", "--partitions", "3"]);
+
+    // What spate produces, kcat reads back identically.
+    let lines: String = (0..60)
+        .map(|i| format!("key-{}:value-{i}\n", i % 7))
+        .collect();
+    ok_with_input(
+        port,
+        &[
+            "produce",
+            "mine",
+            "--key-separator",
+            ":",
+            "--header",
+            "source=spate",
+            "--compression",
+            "lz4",
+        ],
+        &lines,
+    );
+    let seen = kcat_read(port, "mine");
+    assert_eq!(seen.len(), 60);
+    assert!(
+        seen.iter().all(|l| l.ends_with("|source=spate")),
+        "{seen:?}"
+    );
+    let consumed = ok(
+        port,
+        &[
+            "consume",
+            "mine",
+            "--from-beginning",
+            "-e",
+            "--format",
+            SAME_AS_KCAT,
+        ],
+    );
+    assert_eq!(sorted_lines(&consumed), seen);
+    // A key always lands in one partition.
+    let mut partition_of = std::collections::HashMap::new();
+    for line in &seen {
+        let mut fields = line.split('|');
+        let (p, k) = (fields.next().unwrap(), fields.next().unwrap());
+        assert_eq!(
+            *partition_of.entry(k.to_string()).or_insert(p.to_string()),
+            p
+        );
+    }
+
+    // What kcat produces, spate consume prints identically.
+    let mut kcat = Command::new("kcat")
+        .args([
+            "-b",
+            &format!("127.0.0.1:{port}"),
+            "-P",
+            "-t",
+            "theirs",
+            "-K",
+            ":",
+            "-H",
+            "h1=v1",
+            "-H",
+            "h2=v2",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: String = (0..40).map(|i| format!("k{i}:v{i}\n")).collect();
+    kcat.stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(kcat.wait().unwrap().success());
+    let seen = kcat_read(port, "theirs");
+    assert_eq!(seen.len(), 40);
+    let consumed = ok(
+        port,
+        &[
+            "consume",
+            "theirs",
+            "--from-beginning",
+            "-e",
+            "--format",
+            SAME_AS_KCAT,
+        ],
+    );
+    assert_eq!(sorted_lines(&consumed), seen);
+    let json_lines = ok(
+        port,
+        &[
+            "consume",
+            "theirs",
+            "--offset",
+            "earliest",
+            "--partition",
+            "0",
+            "-n",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
+    let first: Value = serde_json::from_str(json_lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["partition"], 0);
+    assert_eq!(
+        first["headers"],
+        serde_json::json!([{"h1": "v1"}, {"h2": "v2"}])
+    );
+    assert_eq!(json_lines.lines().count(), 2);
+
+    // As a group member: everything once, committed, then nothing new.
+    let all = ok(
+        port,
+        &[
+            "consume",
+            "mine",
+            "--group",
+            "readers",
+            "--from-beginning",
+            "-e",
+        ],
+    );
+    assert_eq!(all.lines().count(), 60);
+    let described = json(port, &["group", "describe", "readers"]);
+    assert!(
+        described["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["lag"] == 0),
+        "{described}"
+    );
+    assert_eq!(
+        ok(
+            port,
+            &[
+                "consume",
+                "mine",
+                "--group",
+                "readers",
+                "--from-beginning",
+                "-e"
+            ]
+        ),
+        ""
+    );
+
+    // Following until Ctrl-C: it commits what it printed and leaves the group.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "consume",
+            "theirs",
+            "--group",
+            "followers",
+            "--from-beginning",
+        ])
+        .args(["-b", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_state(port, "followers", "Stable");
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let mut printed = String::new();
+    std::io::Read::read_to_string(follower.stdout.as_mut().unwrap(), &mut printed).unwrap();
+    assert!(follower.wait().unwrap().success());
+    assert_eq!(printed.lines().count(), 40);
+    let described = json(port, &["group", "describe", "followers"]);
+    assert_eq!(described["state"], "Empty", "it left the group");
+    assert!(
+        described["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["lag"] == 0),
+        "{described}"
+    );
+
+    let error = fails(port, &["consume", "nope", "-e"]);
+    assert!(
+        error.contains("does not exist (UNKNOWN_TOPIC_OR_PARTITION)"),
+        "{error}"
+    );
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}

@@ -1,0 +1,675 @@
+//! `spate consume TOPIC…`: print records, as `kafka-console-consumer.sh` does.
+//!
+//! Without `--group` it reads the chosen partitions (all, or `--partition`) from the
+//! chosen start (`--from-beginning`, `--offset`, `--from-time`; the log end by default).
+//! With `--group` it joins the consumer group (classic protocol, range assignor), starts
+//! from the group's committed offsets (or the chosen start where there are none),
+//! heartbeats between fetches, commits every `COMMIT_INTERVAL` and on exit, and rejoins
+//! when the group rebalances. It follows the log until Ctrl-C (or SIGTERM), `-n COUNT`
+//! records, or with `--exit-at-end` the end of every partition; then it commits and
+//! leaves the group.
+//!
+//! Output: `--format` is a template with `{key}`, `{value}`, `{partition}`, `{offset}`,
+//! `{timestamp}`, `{headers}` and `{topic}` (default `{value}`), or `json` for one JSON
+//! object per record: `{"topic", "partition", "offset", "timestamp", "key", "value",
+//! "headers"}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use clap::Args;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
+use kafka_protocol::messages::join_group_request::{JoinGroupRequest, JoinGroupRequestProtocol};
+use kafka_protocol::messages::leave_group_request::LeaveGroupRequest;
+use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequest, OffsetFetchRequestTopic};
+use kafka_protocol::messages::sync_group_request::{SyncGroupRequest, SyncGroupRequestAssignment};
+use kafka_protocol::messages::{ApiKey, BrokerId, GroupId};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::ResponseError;
+use serde_json::json;
+use spate_net::client::Client;
+
+use crate::client_args::{connect_to, failure, say};
+use crate::lookup::{
+    commit_offsets, coordinator_of, offsets_at, partitions_of, topic_name, EARLIEST, LATEST,
+};
+
+/// Bytes asked for per partition and per fetch.
+const FETCH_PARTITION_BYTES: i32 = 1 << 20;
+const FETCH_BYTES: i32 = 8 << 20;
+/// How long a fetch waits for data; also bounds how late a heartbeat or Ctrl-C is seen.
+const FETCH_WAIT_MS: i32 = 500;
+const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+const SESSION_TIMEOUT_MS: i32 = 10_000;
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+const REBALANCE_TIMEOUT_MS: i32 = 30_000;
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    #[arg(required = true)]
+    topics: Vec<String>,
+    /// Start at the log start (where a group has no committed offset).
+    #[arg(long, conflicts_with_all = ["offset", "from_time"])]
+    from_beginning: bool,
+    /// Start at this offset, `earliest` or `latest`.
+    #[arg(long, value_name = "N|earliest|latest", conflicts_with = "from_time")]
+    offset: Option<String>,
+    /// Start at the first record at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    from_time: Option<String>,
+    /// Read only this partition (not with --group).
+    #[arg(long, conflicts_with = "group")]
+    partition: Option<i32>,
+    /// Join this consumer group and commit its offsets.
+    #[arg(long)]
+    group: Option<String>,
+    /// Stop after this many records.
+    #[arg(short = 'n', long = "count")]
+    count: Option<u64>,
+    /// Stop at the end of every partition instead of following.
+    #[arg(short = 'e', long)]
+    exit_at_end: bool,
+    /// `json`, or a template of {key} {value} {partition} {offset} {timestamp} {headers} {topic}.
+    #[arg(long, default_value = "{value}")]
+    format: String,
+    /// Broker to talk to, `host:port`; of a comma-separated list, the first is used.
+    #[arg(
+        short = 'b',
+        long,
+        env = "SPATE_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    brokers: String,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C and SIGTERM ask the loop to stop, commit and leave.
+fn catch_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// Where each partition starts when nothing was committed.
+fn starts(
+    client: &mut Client,
+    args: &ConsumeArgs,
+    partitions: &BTreeSet<(String, i32)>,
+) -> Result<BTreeMap<(String, i32), i64>, String> {
+    if partitions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if let Some(time) = &args.from_time {
+        let ms = crate::group::parse_rfc3339(time).ok_or_else(|| {
+            format!("invalid time \"{time}\": expected RFC 3339, e.g. 2026-01-02T03:04:05Z")
+        })?;
+        let at = offsets_at(client, partitions, ms)?;
+        let ends = offsets_at(client, partitions, LATEST)?;
+        return Ok(at
+            .into_iter()
+            .map(|(tp, o)| {
+                let end = ends[&tp];
+                (tp, if o < 0 { end } else { o })
+            })
+            .collect());
+    }
+    match (args.offset.as_deref(), args.from_beginning) {
+        (Some("earliest"), _) | (None, true) => offsets_at(client, partitions, EARLIEST),
+        (Some("latest"), _) | (None, false) => offsets_at(client, partitions, LATEST),
+        (Some(n), _) => {
+            let n: i64 = n.parse().map_err(|_| {
+                format!("invalid offset \"{n}\": expected a number, earliest or latest")
+            })?;
+            let first = offsets_at(client, partitions, EARLIEST)?;
+            let last = offsets_at(client, partitions, LATEST)?;
+            Ok(partitions
+                .iter()
+                .map(|tp| (tp.clone(), n.clamp(first[tp], last[tp])))
+                .collect())
+        }
+    }
+}
+
+/// Prints records and counts them.
+struct Printer {
+    template: Option<String>,
+    printed: u64,
+    limit: Option<u64>,
+}
+
+fn text(b: Option<&Bytes>) -> String {
+    b.map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+impl Printer {
+    fn done(&self) -> bool {
+        self.limit.is_some_and(|n| self.printed >= n)
+    }
+
+    fn print(&mut self, topic: &str, partition: i32, record: &kafka_protocol::records::Record) {
+        let headers: Vec<(String, String)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), text(v.as_ref())))
+            .collect();
+        let line = match &self.template {
+            None => json!({
+                "topic": topic, "partition": partition, "offset": record.offset, "timestamp": record.timestamp,
+                "key": record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                "value": record.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                "headers": headers.iter().map(|(k, v)| json!({k: v})).collect::<Vec<_>>(),
+            })
+            .to_string(),
+            Some(t) => t
+                .replace("{key}", &text(record.key.as_ref()))
+                .replace("{value}", &text(record.value.as_ref()))
+                .replace("{partition}", &partition.to_string())
+                .replace("{offset}", &record.offset.to_string())
+                .replace("{timestamp}", &record.timestamp.to_string())
+                .replace("{topic}", topic)
+                .replace("{headers}", &headers.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
+        };
+        say(line);
+        self.printed += 1;
+    }
+}
+
+/// The complete batches at the start of a fetched record set (a fetch may end mid-batch).
+fn complete_batches(mut records: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while records.len() >= 12 {
+        let len = i32::from_be_bytes(records[8..12].try_into().expect("4 bytes"));
+        let Some(size) = usize::try_from(len)
+            .ok()
+            .map(|l| l + 12)
+            .filter(|s| *s <= records.len())
+        else {
+            break;
+        };
+        out.push(records.split_to(size));
+    }
+    out
+}
+
+/// Fetches once from every partition at its position; prints and advances. Returns
+/// whether every partition is at its end.
+fn fetch_once(
+    client: &mut Client,
+    version: i16,
+    positions: &mut BTreeMap<(String, i32), i64>,
+    printer: &mut Printer,
+) -> Result<bool, String> {
+    let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    for ((topic, p), offset) in positions.iter() {
+        by_topic.entry(topic).or_default().push(
+            FetchPartition::default()
+                .with_partition(*p)
+                .with_fetch_offset(*offset)
+                .with_partition_max_bytes(FETCH_PARTITION_BYTES),
+        );
+    }
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(FETCH_WAIT_MS)
+        .with_min_bytes(1)
+        .with_max_bytes(FETCH_BYTES)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    FetchTopic::default()
+                        .with_topic(topic_name(t))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        );
+    let answered = client.send(version, &request).map_err(|e| e.to_string())?;
+    if answered.error_code != 0 {
+        return Err(failure("fetch failed", answered.error_code));
+    }
+    let mut at_end = true;
+    for topic in &answered.responses {
+        let name = topic.topic.to_string();
+        for p in &topic.partitions {
+            let key = (name.clone(), p.partition_index);
+            if p.error_code != 0 {
+                return Err(failure(
+                    &format!("cannot read {name}-{}", p.partition_index),
+                    p.error_code,
+                ));
+            }
+            let Some(position) = positions.get_mut(&key) else {
+                continue;
+            };
+            for mut batch in complete_batches(p.records.clone().unwrap_or_default()) {
+                let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| {
+                    format!("undecodable batch from {name}-{}: {e}", p.partition_index)
+                })?;
+                let from = *position;
+                for record in set.records.iter().filter(|r| r.offset >= from) {
+                    if printer.done() {
+                        return Ok(true);
+                    }
+                    *position = record.offset + 1;
+                    if !record.control {
+                        printer.print(&name, p.partition_index, record);
+                    }
+                }
+            }
+            if *position < p.high_watermark {
+                at_end = false;
+            }
+        }
+    }
+    Ok(at_end)
+}
+
+pub fn run(args: &ConsumeArgs) -> Result<(), String> {
+    catch_signals();
+    let address = args
+        .brokers
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut client = connect_to(&address)?;
+    let template = (args.format != "json").then(|| args.format.clone());
+    let mut printer = Printer {
+        template,
+        printed: 0,
+        limit: args.count,
+    };
+    let version = client
+        .version(ApiKey::Fetch, (4, 12))
+        .map_err(|e| e.to_string())?;
+    match &args.group {
+        None => {
+            let mut partitions = partitions_of(&mut client, &args.topics)?;
+            if let Some(p) = args.partition {
+                partitions.retain(|(_, q)| *q == p);
+                if partitions.is_empty() {
+                    return Err(format!("no partition {p} in {}", args.topics.join(", ")));
+                }
+            }
+            let mut positions = starts(&mut client, args, &partitions)?;
+            while !STOP.load(Ordering::Relaxed) && !printer.done() {
+                let at_end = fetch_once(&mut client, version, &mut positions, &mut printer)?;
+                if at_end && args.exit_at_end {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        Some(group) => consume_in_group(
+            Member::join(&address, group, args)?,
+            &mut client,
+            version,
+            args,
+            &mut printer,
+        ),
+    }
+}
+
+/// A consumer group member: its coordinator connection, id and generation.
+struct Member {
+    coordinator: Client,
+    group: String,
+    id: String,
+    generation: i32,
+}
+
+fn group_id(group: &str) -> GroupId {
+    GroupId(StrBytes::from_string(group.to_string()))
+}
+
+/// ConsumerProtocolSubscription v0: the topics.
+fn subscription(topics: &[String]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(0);
+    b.put_i32(topics.len() as i32);
+    for t in topics {
+        b.put_i16(t.len() as i16);
+        b.put_slice(t.as_bytes());
+    }
+    b.put_i32(-1);
+    b.freeze()
+}
+
+/// The topics of a ConsumerProtocolSubscription; empty if it cannot be read.
+fn subscribed(mut b: &[u8]) -> Vec<String> {
+    let mut topics = Vec::new();
+    if b.len() < 6 {
+        return topics;
+    }
+    b.advance(2);
+    let count = b.get_i32();
+    for _ in 0..count.max(0) {
+        if b.len() < 2 {
+            break;
+        }
+        let len = b.get_i16().max(0) as usize;
+        if b.len() < len {
+            break;
+        }
+        topics.push(String::from_utf8_lossy(&b[..len]).into_owned());
+        b.advance(len);
+    }
+    topics
+}
+
+/// ConsumerProtocolAssignment v0 of these partitions.
+fn assignment(partitions: &BTreeMap<String, Vec<i32>>) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(0);
+    b.put_i32(partitions.len() as i32);
+    for (t, ps) in partitions {
+        b.put_i16(t.len() as i16);
+        b.put_slice(t.as_bytes());
+        b.put_i32(ps.len() as i32);
+        for p in ps {
+            b.put_i32(*p);
+        }
+    }
+    b.put_i32(-1);
+    b.freeze()
+}
+
+/// Kafka's range assignor: for each topic, consecutive ranges of partitions to the
+/// members subscribed to it, in member-id order, the first ones taking one more.
+fn range_assign(
+    members: &[(String, Vec<String>)],
+    partitions: &BTreeMap<String, i32>,
+) -> BTreeMap<String, BTreeMap<String, Vec<i32>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<i32>>> = members
+        .iter()
+        .map(|(m, _)| (m.clone(), BTreeMap::new()))
+        .collect();
+    for (topic, count) in partitions {
+        let mut subscribers: Vec<&String> = members
+            .iter()
+            .filter(|(_, ts)| ts.contains(topic))
+            .map(|(m, _)| m)
+            .collect();
+        subscribers.sort();
+        if subscribers.is_empty() {
+            continue;
+        }
+        let (each, extra) = (
+            *count as usize / subscribers.len(),
+            *count as usize % subscribers.len(),
+        );
+        let mut next = 0;
+        for (i, m) in subscribers.iter().enumerate() {
+            let n = each + usize::from(i < extra);
+            let mine: Vec<i32> = (next..next + n).map(|p| p as i32).collect();
+            next += n;
+            if !mine.is_empty() {
+                out.get_mut(*m).expect("member").insert(topic.clone(), mine);
+            }
+        }
+    }
+    out
+}
+
+impl Member {
+    fn join(
+        bootstrap: &str,
+        group: &str,
+        args: &ConsumeArgs,
+    ) -> Result<(Member, BTreeSet<(String, i32)>), String> {
+        let coordinator = coordinator_of(connect_to(bootstrap)?, group)?;
+        let mut member = Member {
+            coordinator,
+            group: group.to_string(),
+            id: String::new(),
+            generation: -1,
+        };
+        let assigned = member.rejoin(args)?;
+        Ok((member, assigned))
+    }
+
+    /// Joins (again) and returns this member's partitions.
+    fn rejoin(&mut self, args: &ConsumeArgs) -> Result<BTreeSet<(String, i32)>, String> {
+        let metadata = subscription(&args.topics);
+        let joined = loop {
+            let request = JoinGroupRequest::default()
+                .with_group_id(group_id(&self.group))
+                .with_session_timeout_ms(SESSION_TIMEOUT_MS)
+                .with_rebalance_timeout_ms(REBALANCE_TIMEOUT_MS)
+                .with_member_id(StrBytes::from_string(self.id.clone()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(metadata.clone())]);
+            let joined = self
+                .coordinator
+                .send(5, &request)
+                .map_err(|e| e.to_string())?;
+            match ResponseError::try_from_code(joined.error_code) {
+                Some(ResponseError::MemberIdRequired) => self.id = joined.member_id.to_string(),
+                Some(ResponseError::UnknownMemberId) => self.id.clear(),
+                Some(_) => {
+                    return Err(failure(
+                        &format!("could not join group \"{}\"", self.group),
+                        joined.error_code,
+                    ))
+                }
+                None => break joined,
+            }
+        };
+        self.id = joined.member_id.to_string();
+        self.generation = joined.generation_id;
+        let assignments = if joined.leader == joined.member_id {
+            let members: Vec<(String, Vec<String>)> = joined
+                .members
+                .iter()
+                .map(|m| (m.member_id.to_string(), subscribed(&m.metadata)))
+                .collect();
+            let topics: Vec<String> = members
+                .iter()
+                .flat_map(|(_, ts)| ts.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let partitions = partitions_of(&mut self.coordinator, &topics)?;
+            let mut counts: BTreeMap<String, i32> = BTreeMap::new();
+            for (t, _) in &partitions {
+                *counts.entry(t.clone()).or_default() += 1;
+            }
+            range_assign(&members, &counts)
+                .iter()
+                .map(|(m, ps)| {
+                    SyncGroupRequestAssignment::default()
+                        .with_member_id(StrBytes::from_string(m.clone()))
+                        .with_assignment(assignment(ps))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let synced = self
+            .coordinator
+            .send(
+                3,
+                &SyncGroupRequest::default()
+                    .with_group_id(group_id(&self.group))
+                    .with_generation_id(self.generation)
+                    .with_member_id(StrBytes::from_string(self.id.clone()))
+                    .with_assignments(assignments),
+            )
+            .map_err(|e| e.to_string())?;
+        if synced.error_code == ResponseError::RebalanceInProgress.code() {
+            return self.rejoin(args);
+        }
+        if synced.error_code != 0 {
+            return Err(failure(
+                &format!("could not sync with group \"{}\"", self.group),
+                synced.error_code,
+            ));
+        }
+        Ok(crate::group::assigned_partitions(&synced.assignment)
+            .into_iter()
+            .collect())
+    }
+
+    fn committed(
+        &mut self,
+        partitions: &BTreeSet<(String, i32)>,
+    ) -> Result<BTreeMap<(String, i32), i64>, String> {
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (t, p) in partitions {
+            by_topic.entry(t).or_default().push(*p);
+        }
+        let request = OffsetFetchRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_topics(Some(
+                by_topic
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetFetchRequestTopic::default()
+                            .with_name(topic_name(t))
+                            .with_partition_indexes(ps)
+                    })
+                    .collect(),
+            ));
+        let fetched = self
+            .coordinator
+            .send(5, &request)
+            .map_err(|e| e.to_string())?;
+        if fetched.error_code != 0 {
+            return Err(failure(
+                "could not read the committed offsets",
+                fetched.error_code,
+            ));
+        }
+        Ok(fetched
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.committed_offset >= 0)
+                    .map(move |p| ((t.name.to_string(), p.partition_index), p.committed_offset))
+            })
+            .collect())
+    }
+
+    fn commit(&mut self, positions: &BTreeMap<(String, i32), i64>) -> Result<i16, String> {
+        commit_offsets(
+            &mut self.coordinator,
+            &self.group,
+            self.generation,
+            &self.id,
+            positions,
+        )
+    }
+
+    fn heartbeat(&mut self) -> Result<i16, String> {
+        let request = HeartbeatRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_generation_id(self.generation)
+            .with_member_id(StrBytes::from_string(self.id.clone()));
+        Ok(self
+            .coordinator
+            .send(3, &request)
+            .map_err(|e| e.to_string())?
+            .error_code)
+    }
+
+    fn leave(&mut self) {
+        let request = LeaveGroupRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_member_id(StrBytes::from_string(self.id.clone()));
+        let _ = self.coordinator.send(1, &request);
+    }
+
+    /// Positions of `assigned`: committed offsets, else the chosen start.
+    fn positions(
+        &mut self,
+        client: &mut Client,
+        args: &ConsumeArgs,
+        assigned: &BTreeSet<(String, i32)>,
+    ) -> Result<BTreeMap<(String, i32), i64>, String> {
+        let committed = self.committed(assigned)?;
+        let missing: BTreeSet<(String, i32)> = assigned
+            .iter()
+            .filter(|tp| !committed.contains_key(*tp))
+            .cloned()
+            .collect();
+        let mut positions = starts(client, args, &missing)?;
+        positions.extend(committed);
+        Ok(positions)
+    }
+}
+
+/// Consumes as a member of a group until told to stop; then commits and leaves.
+fn consume_in_group(
+    (mut member, assigned): (Member, BTreeSet<(String, i32)>),
+    client: &mut Client,
+    version: i16,
+    args: &ConsumeArgs,
+    printer: &mut Printer,
+) -> Result<(), String> {
+    {
+        let mut positions = member.positions(client, args, &assigned)?;
+        let (mut last_commit, mut last_beat) = (Instant::now(), Instant::now());
+        let outcome = loop {
+            if STOP.load(Ordering::Relaxed) || printer.done() {
+                break Ok(());
+            }
+            let at_end = if positions.is_empty() {
+                std::thread::sleep(Duration::from_millis(FETCH_WAIT_MS as u64));
+                true
+            } else {
+                match fetch_once(client, version, &mut positions, printer) {
+                    Ok(at_end) => at_end,
+                    Err(e) => break Err(e),
+                }
+            };
+            if at_end && args.exit_at_end {
+                break Ok(());
+            }
+            if last_commit.elapsed() >= COMMIT_INTERVAL {
+                member.commit(&positions)?;
+                last_commit = Instant::now();
+            }
+            if last_beat.elapsed() >= HEARTBEAT_INTERVAL {
+                last_beat = Instant::now();
+                match ResponseError::try_from_code(member.heartbeat()?) {
+                    None => {}
+                    Some(ResponseError::RebalanceInProgress) => {
+                        member.commit(&positions)?;
+                        let assigned = member.rejoin(args)?;
+                        positions = member.positions(client, args, &assigned)?;
+                    }
+                    Some(e) => {
+                        break Err(failure(
+                            &format!("lost the membership of group \"{}\"", member.group),
+                            e.code(),
+                        ))
+                    }
+                }
+            }
+        };
+        let committed = member.commit(&positions);
+        member.leave();
+        outcome?;
+        match committed? {
+            0 => Ok(()),
+            code => Err(failure("could not commit the final offsets", code)),
+        }
+    }
+}
