@@ -8,6 +8,10 @@
 //! to every shard, answering only once all of them hold it, so a client that created a
 //! topic sees it on any connection afterwards. Requests on every shard read their own
 //! snapshot with no locks.
+//!
+//! The same mesh carries consumer-group requests to the shard that coordinates the
+//! group (`ControlMessage::Group`, see `group`); each runs there as its own task, at most
+//! `SHARD_GROUP_CALLS_INFLIGHT_MAX` at once, since a join waits for a whole rebalance.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
