@@ -146,6 +146,14 @@ struct Printer {
     template: Option<String>,
     printed: u64,
     limit: Option<u64>,
+    /// Progress towards `limit`, on a terminal's stderr.
+    progress: indicatif::ProgressBar,
+}
+
+impl Drop for Printer {
+    fn drop(&mut self) {
+        self.progress.finish_and_clear();
+    }
 }
 
 fn text(b: Option<&Bytes>) -> String {
@@ -181,7 +189,8 @@ impl Printer {
                 .replace("{topic}", topic)
                 .replace("{headers}", &headers.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
         };
-        say(line);
+        self.progress.suspend(|| say(line));
+        self.progress.inc(1);
         self.printed += 1;
     }
 }
@@ -291,6 +300,9 @@ pub fn run(args: &ConsumeArgs) -> Result<(), String> {
         template,
         printed: 0,
         limit: args.count,
+        progress: args.count.map_or_else(indicatif::ProgressBar::hidden, |n| {
+            crate::progress::bar(n, "records")
+        }),
     };
     let version = client
         .version(ApiKey::Fetch, (4, 12))

@@ -12,6 +12,7 @@ mod group;
 mod log;
 mod lookup;
 mod produce;
+mod progress;
 mod serve;
 mod topic;
 

@@ -189,13 +189,19 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
         .iter()
         .map(|h| pair(h))
         .collect::<Result<Vec<_>, _>>()?;
-    let input: Box<dyn BufRead> = match &args.file {
-        Some(path) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdin().lock()),
+    let (input, size): (Box<dyn BufRead>, Option<u64>) = match &args.file {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let size = file.metadata().map(|m| m.len()).ok();
+            (Box::new(std::io::BufReader::new(file)), size)
+        }
+        None => (Box::new(std::io::stdin().lock()), None),
     };
+    // Only a file has a known size to show progress against.
+    let progress = size.map_or_else(indicatif::ProgressBar::hidden, |s| {
+        crate::progress::bar(s, "bytes")
+    });
     let mut client = args.client.connect()?;
     let partitions = partitions_of(&mut client, std::slice::from_ref(&args.topic))?.len() as i32;
     if let Some(p) = args.partition {
@@ -236,6 +242,7 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
     let mut sticky = 0;
     for (number, line) in input.lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read line {}: {e}", number + 1))?;
+        progress.inc(line.len() as u64 + 1);
         let (key, value) = match &args.key_separator {
             Some(sep) => match line.split_once(sep.as_str()) {
                 Some((k, v)) => (Some(k.to_string()), v.to_string()),
@@ -284,6 +291,7 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
         }
     }
     sender.send(&mut pending)?;
+    progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64().max(1e-6);
     eprintln!(
         "produced {} records ({} bytes) to {} in {seconds:.2} s ({:.0} records/s)",
