@@ -683,14 +683,19 @@ fn produce_and_consume_agree_with_kcat_and_groups_resume() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_state(port, "followers", "Stable");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Read until all 40 records are out, then interrupt it.
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(follower.stdout.take().unwrap()));
+    for _ in 0..40 {
+        lines
+            .next()
+            .expect("the follower printed 40 records")
+            .unwrap();
+    }
     // SAFETY: a signal to our own child process.
     unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
-    let mut printed = String::new();
-    std::io::Read::read_to_string(follower.stdout.as_mut().unwrap(), &mut printed).unwrap();
+    assert_eq!(lines.count(), 0, "nothing more was printed");
     assert!(follower.wait().unwrap().success());
-    assert_eq!(printed.lines().count(), 40);
     let described = json(port, &["group", "describe", "followers"]);
     assert_eq!(described["state"], "Empty", "it left the group");
     assert!(
