@@ -10,7 +10,7 @@
 //! leaves the group.
 //!
 //! Output: `--format` is a template with `{key}`, `{value}`, `{partition}`, `{offset}`,
-//! `{timestamp}`, `{headers}` and `{topic}` (default `{value}`), or `json` for one JSON
+//! `{timestamp}`, `{headers}` and `{topic}` (default, and `text`: `{value}`), or `json` for one JSON
 //! object per record: `{"topic", "partition", "offset", "timestamp", "key", "value",
 //! "headers"}`.
 
@@ -295,7 +295,11 @@ pub fn run(args: &ConsumeArgs) -> Result<(), String> {
         .trim()
         .to_string();
     let mut client = connect_to(&address)?;
-    let template = (args.format != "json").then(|| args.format.clone());
+    let template = match args.format.as_str() {
+        "json" => None,
+        "text" => Some("{value}".to_string()),
+        template => Some(template.to_string()),
+    };
     let mut printer = Printer {
         template,
         printed: 0,

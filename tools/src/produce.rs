@@ -5,7 +5,8 @@
 //! partition Kafka's Java client would pick (murmur2 of the key), unkeyed ones fill a
 //! batch per partition in turn; `--partition` overrides both. Records are sent in
 //! batches of up to `BATCH_RECORDS_MAX` records or `BATCH_BYTES_MAX` bytes per partition,
-//! one request at a time. A summary (records, bytes, rate) goes to stderr at the end.
+//! one request at a time. A summary (records, bytes, rate) goes to stderr at the end, or
+//! with `--format json` to stdout as `{"topic", "records", "bytes", "seconds"}`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use kafka_protocol::records::{
 };
 use spate_net::client::Client;
 
-use crate::client_args::{failure, ClientArgs};
+use crate::client_args::{failure, print_json, ClientArgs, Format};
 use crate::lookup::{partitions_of, topic_name};
 
 /// Most records in one batch.
@@ -293,13 +294,19 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
     sender.send(&mut pending)?;
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64().max(1e-6);
-    eprintln!(
-        "produced {} records ({} bytes) to {} in {seconds:.2} s ({:.0} records/s)",
-        sender.sent_records,
-        sender.sent_bytes,
-        args.topic,
-        sender.sent_records as f64 / seconds
-    );
+    match args.client.format {
+        Format::Json => print_json(&serde_json::json!({
+            "topic": args.topic, "records": sender.sent_records,
+            "bytes": sender.sent_bytes, "seconds": seconds,
+        })),
+        Format::Text => eprintln!(
+            "produced {} records ({} bytes) to {} in {seconds:.2} s ({:.0} records/s)",
+            sender.sent_records,
+            sender.sent_bytes,
+            args.topic,
+            sender.sent_records as f64 / seconds
+        ),
+    }
     Ok(())
 }
 

@@ -707,6 +707,29 @@ fn produce_and_consume_agree_with_kcat_and_groups_resume() {
         "{described}"
     );
 
+    // Machine-readable summary, and the plain value format.
+    ok(port, &["topic", "create", "plain"]);
+    let summary = ok_with_input(port, &["produce", "plain", "--format", "json"], "a\nb\n");
+    let summary: Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(
+        (summary["records"].as_u64(), summary["bytes"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        ok(
+            port,
+            &[
+                "consume",
+                "plain",
+                "--from-beginning",
+                "-e",
+                "--format",
+                "text"
+            ]
+        ),
+        "a\nb\n"
+    );
+
     let error = fails(port, &["consume", "nope", "-e"]);
     assert!(
         error.contains("does not exist (UNKNOWN_TOPIC_OR_PARTITION)"),
