@@ -16,10 +16,7 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, Respon
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
 use crate::error::{NetError, Result};
-
-/// Largest response frame the client reads (a Fetch answer is bounded by its request's
-/// `max_bytes`; this is far above what the tools ask for).
-pub const RESPONSE_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+use crate::limits::RESPONSE_FRAME_BYTES_MAX;
 
 /// A connection to one broker.
 #[derive(Debug)]

@@ -30,6 +30,10 @@ pub const CONTROL_CHANNEL_CAPACITY: usize = 64;
 /// not committed, address space (see `alloc`).
 pub const RESERVED_ALLOCATION_BYTES_MIN: usize = 1 << 30;
 
+/// Largest response frame the blocking client (`client`) reads. A Fetch answer is
+/// bounded by its request's `max_bytes`; this is far above what the tools ask for.
+pub const RESPONSE_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 /// Most members one consumer group may have (Kafka's `group.max.size`); a join past it
 /// gets GROUP_MAX_SIZE_REACHED.
 pub const GROUP_MEMBERS_MAX: usize = 1000;

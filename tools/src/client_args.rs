@@ -48,6 +48,14 @@ pub fn connect_to(address: &str) -> Result<Client, String> {
     Client::connect(address, "spate-cli", REQUEST_TIMEOUT).map_err(|e| e.to_string())
 }
 
+/// Splits `key=value`; `what` names it in the error (config, header).
+pub fn key_value(text: &str, what: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("invalid {what} \"{text}\": expected key=value")),
+    }
+}
+
 /// Kafka's name for an error code, as its tools print it (`UNKNOWN_TOPIC_OR_PARTITION`).
 pub fn kafka_name(error: ResponseError) -> String {
     let camel = format!("{error:?}");

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Args;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
@@ -32,6 +32,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use serde_json::json;
 use spate_net::client::Client;
+use spate_net::group::consumer_protocol;
 
 use crate::client_args::{connect_to, failure, say};
 use crate::lookup::{
@@ -351,58 +352,6 @@ fn group_id(group: &str) -> GroupId {
     GroupId(StrBytes::from_string(group.to_string()))
 }
 
-/// ConsumerProtocolSubscription v0: the topics.
-fn subscription(topics: &[String]) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_i16(0);
-    b.put_i32(topics.len() as i32);
-    for t in topics {
-        b.put_i16(t.len() as i16);
-        b.put_slice(t.as_bytes());
-    }
-    b.put_i32(-1);
-    b.freeze()
-}
-
-/// The topics of a ConsumerProtocolSubscription; empty if it cannot be read.
-fn subscribed(mut b: &[u8]) -> Vec<String> {
-    let mut topics = Vec::new();
-    if b.len() < 6 {
-        return topics;
-    }
-    b.advance(2);
-    let count = b.get_i32();
-    for _ in 0..count.max(0) {
-        if b.len() < 2 {
-            break;
-        }
-        let len = b.get_i16().max(0) as usize;
-        if b.len() < len {
-            break;
-        }
-        topics.push(String::from_utf8_lossy(&b[..len]).into_owned());
-        b.advance(len);
-    }
-    topics
-}
-
-/// ConsumerProtocolAssignment v0 of these partitions.
-fn assignment(partitions: &BTreeMap<String, Vec<i32>>) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_i16(0);
-    b.put_i32(partitions.len() as i32);
-    for (t, ps) in partitions {
-        b.put_i16(t.len() as i16);
-        b.put_slice(t.as_bytes());
-        b.put_i32(ps.len() as i32);
-        for p in ps {
-            b.put_i32(*p);
-        }
-    }
-    b.put_i32(-1);
-    b.freeze()
-}
-
 /// Kafka's range assignor: for each topic, consecutive ranges of partitions to the
 /// members subscribed to it, in member-id order, the first ones taking one more.
 fn range_assign(
@@ -459,7 +408,7 @@ impl Member {
 
     /// Joins (again) and returns this member's partitions.
     fn rejoin(&mut self, args: &ConsumeArgs) -> Result<BTreeSet<(String, i32)>, String> {
-        let metadata = subscription(&args.topics);
+        let metadata = consumer_protocol::encode_subscription(&args.topics);
         let joined = loop {
             let request = JoinGroupRequest::default()
                 .with_group_id(group_id(&self.group))
@@ -492,7 +441,12 @@ impl Member {
             let members: Vec<(String, Vec<String>)> = joined
                 .members
                 .iter()
-                .map(|m| (m.member_id.to_string(), subscribed(&m.metadata)))
+                .map(|m| {
+                    (
+                        m.member_id.to_string(),
+                        consumer_protocol::subscription_topics(&m.metadata).unwrap_or_default(),
+                    )
+                })
                 .collect();
             let topics: Vec<String> = members
                 .iter()
@@ -510,7 +464,7 @@ impl Member {
                 .map(|(m, ps)| {
                     SyncGroupRequestAssignment::default()
                         .with_member_id(StrBytes::from_string(m.clone()))
-                        .with_assignment(assignment(ps))
+                        .with_assignment(consumer_protocol::encode_assignment(ps))
                 })
                 .collect()
         } else {

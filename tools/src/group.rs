@@ -23,6 +23,7 @@ use kafka_protocol::messages::{ApiKey, GroupId};
 use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
 use spate_net::client::Client;
+use spate_net::group::consumer_protocol;
 
 use crate::client_args::{failure, print_json, print_table, report, say, ClientArgs, Format};
 use crate::lookup::{commit_offsets, coordinator_of, offsets_at, partitions_of, EARLIEST, LATEST};
@@ -144,31 +145,9 @@ fn list(args: &ClientArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A member's partitions, from its consumer-protocol assignment (i16 version, then an
-/// array of topic name and partition array); empty if it is not one.
+/// A member's partitions, from its consumer-protocol assignment; empty if it is not one.
 pub(crate) fn assigned_partitions(assignment: &[u8]) -> Vec<(String, i32)> {
-    fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, tail) = (buf.get(..n)?, buf.get(n..)?);
-        *buf = tail;
-        Some(head)
-    }
-    fn parse(mut buf: &[u8]) -> Option<Vec<(String, i32)>> {
-        take(&mut buf, 2)?;
-        let topics = i32::from_be_bytes(take(&mut buf, 4)?.try_into().ok()?);
-        let mut out = Vec::new();
-        for _ in 0..topics.max(0) {
-            let len = i16::from_be_bytes(take(&mut buf, 2)?.try_into().ok()?);
-            let name =
-                String::from_utf8(take(&mut buf, usize::try_from(len).ok()?)?.to_vec()).ok()?;
-            let count = i32::from_be_bytes(take(&mut buf, 4)?.try_into().ok()?);
-            for _ in 0..count.max(0) {
-                let p = i32::from_be_bytes(take(&mut buf, 4)?.try_into().ok()?);
-                out.push((name.clone(), p));
-            }
-        }
-        Some(out)
-    }
-    parse(assignment).unwrap_or_default()
+    consumer_protocol::assignment_partitions(assignment).unwrap_or_default()
 }
 
 fn describe_group(client: &mut Client, group: &str) -> Result<DescribedGroup, String> {

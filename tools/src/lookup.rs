@@ -25,7 +25,8 @@ pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-/// The offset of each partition at `timestamp` (LATEST, EARLIEST or a time in ms).
+/// The offset of each partition at `timestamp`; every partition asked for is in the
+/// answer, or this is an error. (LATEST, EARLIEST or a time in ms).
 pub fn offsets_at(
     client: &mut Client,
     partitions: &BTreeSet<(String, i32)>,
@@ -77,6 +78,12 @@ pub fn offsets_at(
             }
             out.insert((topic.name.to_string(), p.partition_index), p.offset);
         }
+    }
+    // Callers index the answer by every partition they asked for.
+    if let Some((topic, p)) = partitions.iter().find(|tp| !out.contains_key(*tp)) {
+        return Err(format!(
+            "the broker did not answer the offsets of {topic}-{p}"
+        ));
     }
     Ok(out)
 }

@@ -24,7 +24,7 @@ use kafka_protocol::records::{
 };
 use spate_net::client::Client;
 
-use crate::client_args::{failure, print_json, ClientArgs, Format};
+use crate::client_args::{failure, key_value, print_json, ClientArgs, Format};
 use crate::lookup::{partitions_of, topic_name};
 
 /// Most records in one batch.
@@ -177,18 +177,11 @@ impl Sender<'_> {
     }
 }
 
-fn pair(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("invalid header \"{text}\": expected key=value")),
-    }
-}
-
 pub fn run(args: &ProduceArgs) -> Result<(), String> {
     let headers = args
         .headers
         .iter()
-        .map(|h| pair(h))
+        .map(|h| key_value(h, "header"))
         .collect::<Result<Vec<_>, _>>()?;
     let (input, size): (Box<dyn BufRead>, Option<u64>) = match &args.file {
         Some(path) => {

@@ -32,7 +32,9 @@ use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
 use spate_net::client::Client;
 
-use crate::client_args::{failure, print_json, print_table, report, say, ClientArgs, Format};
+use crate::client_args::{
+    failure, key_value, print_json, print_table, report, say, ClientArgs, Format,
+};
 use crate::lookup::{offsets_at, topic_name, EARLIEST, LATEST};
 
 /// Kafka's resource type for topics in the config APIs.
@@ -124,14 +126,6 @@ fn s(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_string())
 }
 
-/// Splits `key=value`.
-fn pair(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("invalid config \"{text}\": expected key=value")),
-    }
-}
-
 fn outcome(
     topic: &str,
     what: &str,
@@ -156,7 +150,7 @@ fn create(
 ) -> Result<(), String> {
     let configs = configs
         .iter()
-        .map(|c| pair(c))
+        .map(|c| key_value(c, "config"))
         .collect::<Result<Vec<_>, _>>()?;
     let mut client = args.connect()?;
     let version = client
@@ -406,7 +400,11 @@ fn alter(args: &ClientArgs, name: &str, set: &[String], delete: &[String]) -> Re
     const SET: i8 = 0;
     const DELETE: i8 = 1;
     let mut configs = Vec::new();
-    for (k, v) in set.iter().map(|c| pair(c)).collect::<Result<Vec<_>, _>>()? {
+    for (k, v) in set
+        .iter()
+        .map(|c| key_value(c, "config"))
+        .collect::<Result<Vec<_>, _>>()?
+    {
         configs.push(
             AlterableConfig::default()
                 .with_name(s(&k))

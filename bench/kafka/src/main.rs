@@ -95,8 +95,8 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) => {
-                if let (Some((epoch, histogram)), Some(payload)) = (&self.acks, m.payload()) {
-                    let sent = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                let sent = m.payload().and_then(sent_at);
+                if let (Some((epoch, histogram)), Some(sent)) = (&self.acks, sent) {
                     let now = epoch.elapsed().as_micros() as u64;
                     if sent >= WARMUP.as_micros() as u64 {
                         let mut h = histogram.lock().unwrap();
@@ -148,6 +148,11 @@ fn producer(
 }
 
 /// Sends one record, waiting for queue room.
+/// The send time (µs since the run's epoch) a latency record carries in its first 8 bytes.
+fn sent_at(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
 fn send(producer: &BaseProducer<Deliveries>, topic: &str, payload: &[u8]) {
     let mut record = BaseRecord::<(), [u8]>::to(topic).payload(payload);
     loop {
@@ -313,9 +318,10 @@ fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64,
                 let Some(message) = consumer.poll(Duration::from_millis(100)) else {
                     continue;
                 };
-                let message = message.expect("consume");
-                let payload = message.payload().expect("payload");
-                let sent = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                // A record this run did not write (too short to carry a send time) is skipped.
+                let Some(sent) = message.ok().and_then(|m| m.payload().and_then(sent_at)) else {
+                    continue;
+                };
                 let now = epoch.elapsed().as_micros() as u64;
                 if sent >= WARMUP.as_micros() as u64 {
                     histogram.saturating_record(now.saturating_sub(sent).max(1));

@@ -27,9 +27,10 @@ use kafka_protocol::records::{
 use kafka_protocol::ResponseError;
 use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, Timestamp, TopicPartition};
 
+use super::consumer_protocol;
 use super::records::{self, Entry};
 use super::state::SyncOutcome;
-use super::state::{Committed, Group, GroupSettings, GroupState, JoinOutcome, JoinRequest};
+use super::state::{Committed, Group, GroupState, JoinOutcome, JoinRequest};
 use super::{partition_for, GroupConfig, OFFSETS_TOPIC};
 use crate::controller::TopicSpec;
 use crate::limits::{OFFSET_METADATA_BYTES_MAX, SHARD_GROUPS_MAX, SHARD_GROUP_CALLS_INFLIGHT_MAX};
@@ -122,7 +123,8 @@ pub struct Coordinator {
     loading: Semaphore,
     /// Bounds calls from other shards running here (`SHARD_GROUP_CALLS_INFLIGHT_MAX`).
     pub remote_calls: Rc<Semaphore>,
-    settings: GroupSettings,
+    /// Timeouts and delays (the offsets settings are read from the node's config).
+    settings: GroupConfig,
     /// Set at shutdown: waiting requests were answered, new ones are refused.
     closed: Cell<bool>,
 }
@@ -138,11 +140,7 @@ impl Coordinator {
             loaded: RefCell::new(HashSet::new()),
             loading: Semaphore::new(1),
             remote_calls: Rc::new(Semaphore::new(SHARD_GROUP_CALLS_INFLIGHT_MAX as u64)),
-            settings: GroupSettings {
-                initial_rebalance_delay: config.initial_rebalance_delay,
-                min_session_timeout: config.min_session_timeout,
-                max_session_timeout: config.max_session_timeout,
-            },
+            settings: config,
             closed: Cell::new(false),
         }
     }
@@ -552,30 +550,6 @@ async fn delete(node: &Rc<Node>, group: &str, partition: i32) -> Option<Response
     None
 }
 
-/// The topics a consumer-protocol member subscribes to, from its metadata (Kafka's
-/// ConsumerProtocolSubscription: i16 version, then an array of topic names). `None` if
-/// the metadata cannot be read.
-fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
-    let mut buf = metadata;
-    let take = |buf: &mut &[u8], n: usize| -> Option<Vec<u8>> {
-        if buf.len() < n {
-            return None;
-        }
-        let (head, tail) = buf.split_at(n);
-        *buf = tail;
-        Some(head.to_vec())
-    };
-    take(&mut buf, 2)?;
-    let count = i32::from_be_bytes(take(&mut buf, 4)?.try_into().ok()?);
-    let mut topics = Vec::new();
-    for _ in 0..count.max(0) {
-        let len = i16::from_be_bytes(take(&mut buf, 2)?.try_into().ok()?);
-        let name = take(&mut buf, usize::try_from(len).ok()?)?;
-        topics.push(String::from_utf8(name).ok()?);
-    }
-    Some(topics)
-}
-
 async fn offset_delete(
     node: &Rc<Node>,
     group: &str,
@@ -593,7 +567,7 @@ async fn offset_delete(
         let subscribed: Option<HashSet<String>> = g
             .members
             .values()
-            .map(|m| subscribed_topics(&m.metadata(&protocol)))
+            .map(|m| consumer_protocol::subscription_topics(&m.metadata(&protocol)))
             .try_fold(HashSet::new(), |mut all, topics| {
                 all.extend(topics?);
                 Some(all)

@@ -8,6 +8,7 @@
 //! (`records`) and acknowledged once durable; on restart a coordinator replays its
 //! partitions before it answers for their groups (`coordinator`).
 
+pub mod consumer_protocol;
 pub mod coordinator;
 pub mod records;
 pub mod state;

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 
+use super::GroupConfig;
 use crate::limits::{GROUP_MEMBERS_MAX, MEMBER_ID_CLIENT_PREFIX_BYTES_MAX};
 
 /// Where a group is in its rebalance cycle.
@@ -41,27 +42,6 @@ impl GroupState {
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
             GroupState::Dead => "Dead",
-        }
-    }
-}
-
-/// Coordinator-wide settings the state machine needs.
-#[derive(Clone, Copy, Debug)]
-pub struct GroupSettings {
-    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty
-    /// group waits for more members.
-    pub initial_rebalance_delay: Duration,
-    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
-    pub min_session_timeout: Duration,
-    pub max_session_timeout: Duration,
-}
-
-impl Default for GroupSettings {
-    fn default() -> Self {
-        GroupSettings {
-            initial_rebalance_delay: Duration::from_secs(3),
-            min_session_timeout: Duration::from_secs(6),
-            max_session_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -229,7 +209,7 @@ impl Group {
         request: JoinRequest,
         reply: oneshot::Sender<JoinOutcome>,
         now: Instant,
-        settings: &GroupSettings,
+        settings: &GroupConfig,
     ) {
         let error = if self.state == GroupState::Dead {
             Some(ResponseError::CoordinatorNotAvailable)
@@ -278,7 +258,7 @@ impl Group {
         request: JoinRequest,
         reply: oneshot::Sender<JoinOutcome>,
         now: Instant,
-        settings: &GroupSettings,
+        settings: &GroupConfig,
     ) {
         if let Some(instance) = &request.instance_id {
             if let Some(old) = self.statics.get(instance).cloned() {
@@ -305,7 +285,7 @@ impl Group {
         request: JoinRequest,
         reply: oneshot::Sender<JoinOutcome>,
         now: Instant,
-        settings: &GroupSettings,
+        settings: &GroupConfig,
     ) {
         let id = request.member_id.clone();
         if self.pending.remove(&id).is_some() {
@@ -346,7 +326,7 @@ impl Group {
         request: JoinRequest,
         reply: oneshot::Sender<JoinOutcome>,
         now: Instant,
-        settings: &GroupSettings,
+        settings: &GroupConfig,
     ) {
         let mut member = self
             .members
@@ -392,7 +372,7 @@ impl Group {
         request: JoinRequest,
         reply: oneshot::Sender<JoinOutcome>,
         now: Instant,
-        settings: &GroupSettings,
+        settings: &GroupConfig,
     ) {
         if self.members.is_empty() {
             self.protocol_type = Some(request.protocol_type.clone());
@@ -443,7 +423,7 @@ impl Group {
         None
     }
 
-    fn prepare_rebalance(&mut self, now: Instant, settings: &GroupSettings) {
+    fn prepare_rebalance(&mut self, now: Instant, settings: &GroupConfig) {
         if self.state == GroupState::CompletingRebalance {
             for member in self.members.values_mut() {
                 if let Some(sync) = member.sync.take() {
@@ -609,7 +589,7 @@ impl Group {
     }
 
     /// Removes a member that left or expired, and rebalances the rest.
-    fn remove_member(&mut self, id: &str, now: Instant, settings: &GroupSettings) {
+    fn remove_member(&mut self, id: &str, now: Instant, settings: &GroupConfig) {
         self.forget(id);
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
@@ -733,7 +713,7 @@ impl Group {
         member_id: &str,
         instance_id: Option<&str>,
         now: Instant,
-        settings: &GroupSettings,
+        settings: &GroupConfig,
     ) -> Option<ResponseError> {
         let id = match (member_id, instance_id) {
             ("", Some(instance)) => match self.statics.get(instance) {
@@ -782,7 +762,7 @@ impl Group {
     }
 
     /// Expires sessions and pending member ids, and completes an overdue join.
-    pub fn tick(&mut self, now: Instant, settings: &GroupSettings) {
+    pub fn tick(&mut self, now: Instant, settings: &GroupConfig) {
         self.pending.retain(|_, expires| *expires > now);
         let expired: Vec<String> = self
             .members
@@ -913,9 +893,9 @@ mod tests {
         let mut settled = 0;
         for seed in 0..40 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let settings = GroupSettings {
+            let settings = GroupConfig {
                 initial_rebalance_delay: Duration::from_millis(rng.gen_range(0..500)),
-                ..GroupSettings::default()
+                ..GroupConfig::default()
             };
             let mut group = Group::new("g".into());
             let committed = Committed {
@@ -1026,9 +1006,9 @@ mod tests {
 
     #[test]
     fn a_static_member_rejoining_keeps_its_assignment_without_a_rebalance() {
-        let settings = GroupSettings {
+        let settings = GroupConfig {
             initial_rebalance_delay: Duration::ZERO,
-            ..GroupSettings::default()
+            ..GroupConfig::default()
         };
         let now = Instant::now();
         let mut group = Group::new("g".into());
@@ -1089,9 +1069,9 @@ mod tests {
 
     #[test]
     fn the_protocol_most_members_prefer_among_common_ones_is_chosen() {
-        let settings = GroupSettings {
+        let settings = GroupConfig {
             initial_rebalance_delay: Duration::from_secs(1),
-            ..GroupSettings::default()
+            ..GroupConfig::default()
         };
         let now = Instant::now();
         let mut group = Group::new("g".into());
