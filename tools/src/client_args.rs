@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use kafka_protocol::ResponseError;
+pub use spate_net::client::errors::failure;
 use spate_net::client::Client;
 
 /// How long a request may take before the command gives up.
@@ -53,35 +53,6 @@ pub fn key_value(text: &str, what: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("invalid {what} \"{text}\": expected key=value")),
-    }
-}
-
-/// Kafka's name for an error code, as its tools print it (`UNKNOWN_TOPIC_OR_PARTITION`).
-pub fn kafka_name(error: ResponseError) -> String {
-    let camel = format!("{error:?}");
-    let mut name = String::with_capacity(camel.len() + 8);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
-}
-
-/// The error an error code stands for, if it is one.
-pub fn error_of(code: i16) -> Option<ResponseError> {
-    if code == 0 {
-        return None;
-    }
-    Some(ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError))
-}
-
-/// `what` failed with `code`, as one sentence with Kafka's error name.
-pub fn failure(what: &str, code: i16) -> String {
-    match error_of(code) {
-        Some(error) => format!("{what} ({})", kafka_name(error)),
-        None => what.to_string(),
     }
 }
 

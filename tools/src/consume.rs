@@ -35,7 +35,7 @@ use spate_net::client::Client;
 use spate_net::group::consumer_protocol;
 
 use crate::client_args::{connect_to, failure, say};
-use crate::lookup::{
+use spate_net::client::lookup::{
     commit_offsets, coordinator_of, offsets_at, partitions_of, topic_name, EARLIEST, LATEST,
 };
 

@@ -26,7 +26,9 @@ use spate_net::client::Client;
 use spate_net::group::consumer_protocol;
 
 use crate::client_args::{failure, print_json, print_table, report, say, ClientArgs, Format};
-use crate::lookup::{commit_offsets, coordinator_of, offsets_at, partitions_of, EARLIEST, LATEST};
+use spate_net::client::lookup::{
+    commit_offsets, coordinator_of, offsets_at, partitions_of, EARLIEST, LATEST,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {

@@ -10,7 +10,6 @@ mod cluster;
 mod consume;
 mod group;
 mod log;
-mod lookup;
 mod produce;
 mod progress;
 mod serve;

@@ -25,7 +25,7 @@ use kafka_protocol::records::{
 use spate_net::client::Client;
 
 use crate::client_args::{failure, key_value, print_json, ClientArgs, Format};
-use crate::lookup::{partitions_of, topic_name};
+use spate_net::client::lookup::{partitions_of, topic_name};
 
 /// Most records in one batch.
 const BATCH_RECORDS_MAX: usize = 1000;
@@ -64,38 +64,6 @@ pub struct ProduceArgs {
     headers: Vec<String>,
     #[command(flatten)]
     client: ClientArgs,
-}
-
-/// Kafka's murmur2, as its Java client hashes keys to partitions.
-pub fn murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = SEED ^ data.len() as u32;
-    let chunks = data.chunks_exact(4);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    if !tail.is_empty() {
-        for (i, b) in tail.iter().enumerate().rev() {
-            h ^= u32::from(*b) << (8 * i);
-        }
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
-
-/// The partition of a keyed record among `partitions`.
-fn keyed_partition(key: &[u8], partitions: i32) -> i32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions
 }
 
 /// Records waiting to be sent, by partition.
@@ -251,7 +219,9 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
         };
         let partition = match (args.partition, &key) {
             (Some(p), _) => p,
-            (None, Some(k)) => keyed_partition(k.as_bytes(), partitions),
+            (None, Some(k)) => {
+                spate_net::client::partitioner::keyed_partition(k.as_bytes(), partitions)
+            }
             (None, None) => sticky,
         } as usize;
         let mut record = Record {
@@ -306,19 +276,4 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Vectors from Kafka's own `UtilsTest.testMurmur2`.
-    #[test]
-    fn murmur2_matches_kafkas() {
-        assert_eq!(murmur2(b"21"), -973932308);
-        assert_eq!(murmur2(b"foobar"), -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-            -58897971
-        );
-        assert_eq!(murmur2(b"abc"), 479470107);
-        assert!((0..7).contains(&keyed_partition(b"any key", 7)));
-    }
 }

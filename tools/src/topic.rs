@@ -35,7 +35,7 @@ use spate_net::client::Client;
 use crate::client_args::{
     failure, key_value, print_json, print_table, report, say, ClientArgs, Format,
 };
-use crate::lookup::{offsets_at, topic_name, EARLIEST, LATEST};
+use spate_net::client::lookup::{offsets_at, topic_name, EARLIEST, LATEST};
 
 /// Kafka's resource type for topics in the config APIs.
 const RESOURCE_TOPIC: i8 = 2;

@@ -1,4 +1,5 @@
-//! A small blocking Kafka client, for the `spate` command line and the benchmarks.
+//! A small blocking Kafka client, for the `spate` command line and the benchmarks, and
+//! the pieces any client needs: request framing, error names, lookups, the partitioner.
 //!
 //! One connection, one request at a time: administration does not need more. On connect
 //! it asks the broker which API versions it supports (ApiVersions v0, which every broker
@@ -18,12 +19,17 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use crate::error::{NetError, Result};
 use crate::limits::RESPONSE_FRAME_BYTES_MAX;
 
+pub mod errors;
+pub mod lookup;
+pub mod partitioner;
+
 /// A connection to one broker.
 #[derive(Debug)]
 pub struct Client {
     stream: TcpStream,
     address: String,
     client_id: String,
+    timeout: Duration,
     correlation_id: i32,
     /// API key → (min, max) version the broker accepts.
     versions: HashMap<i16, (i16, i16)>,
@@ -51,6 +57,7 @@ impl Client {
             stream,
             address: address.to_string(),
             client_id: client_id.to_string(),
+            timeout,
             correlation_id: 0,
             versions: HashMap::from([(ApiKey::ApiVersions as i16, (0, 0))]),
         };
@@ -67,6 +74,11 @@ impl Client {
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
         Ok(client)
+    }
+
+    /// A new connection to `address` with this client's id and timeout.
+    pub fn connect_like(&self, address: &str) -> Result<Client> {
+        Client::connect(address, &self.client_id, self.timeout)
     }
 
     /// The address this client connected to.
@@ -108,7 +120,6 @@ impl Client {
     }
 
     fn write<R: Request>(&mut self, version: i16, request: &R) -> Result<ApiKey> {
-        let key = ApiKey::try_from(R::KEY).map_err(|()| NetError::UnknownApi(R::KEY))?;
         match self.versions.get(&R::KEY) {
             Some((min, max)) if (*min..=*max).contains(&version) => {}
             _ => {
@@ -120,19 +131,13 @@ impl Client {
         }
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let mut frame = BytesMut::new();
-        frame.extend_from_slice(&[0; 4]);
-        RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_string(self.client_id.clone())))
-            .encode(&mut frame, key.request_header_version(version))
-            .map_err(|e| NetError::Encode(e.to_string()))?;
-        request
-            .encode(&mut frame, version)
-            .map_err(|e| NetError::Encode(e.to_string()))?;
-        let length = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&length.to_be_bytes());
+        let key = encode_request(
+            &mut frame,
+            version,
+            self.correlation_id,
+            &self.client_id,
+            request,
+        )?;
         self.stream.write_all(&frame)?;
         Ok(key)
     }
@@ -140,40 +145,84 @@ impl Client {
     fn read<R: Request>(&mut self, key: ApiKey, version: i16) -> Result<R::Response> {
         let mut length = [0u8; 4];
         self.stream.read_exact(&mut length)?;
-        let length = i32::from_be_bytes(length);
-        let size = usize::try_from(length)
-            .ok()
-            .filter(|&n| n <= RESPONSE_FRAME_BYTES_MAX)
-            .ok_or(NetError::FrameTooLarge {
-                size: i64::from(length),
-                max: RESPONSE_FRAME_BYTES_MAX,
-            })?;
+        let size = frame_size(length)?;
         let mut body = vec![0u8; size];
         self.stream.read_exact(&mut body)?;
-        let mut body = bytes::Bytes::from(body);
-        // ApiVersions answers with header v0 whatever the request version (KIP-511).
-        let header_version = if key == ApiKey::ApiVersions {
-            0
-        } else {
-            key.response_header_version(version)
-        };
-        let malformed = |e: anyhow::Error| {
-            NetError::Malformed(format!("undecodable {key:?} v{version} response: {e}"))
-        };
-        let header = ResponseHeader::decode(&mut body, header_version).map_err(malformed)?;
-        if header.correlation_id != self.correlation_id {
+        let (correlation_id, response) =
+            decode_response::<R>(bytes::Bytes::from(body), key, version)?;
+        if correlation_id != self.correlation_id {
             return Err(NetError::Malformed(format!(
-                "response for request {} while waiting for {}",
-                header.correlation_id, self.correlation_id
-            )));
-        }
-        let response = R::Response::decode(&mut body, version).map_err(malformed)?;
-        if body.has_remaining() {
-            return Err(NetError::Malformed(format!(
-                "{} bytes left after a {key:?} v{version} response",
-                body.remaining()
+                "response for request {correlation_id} while waiting for {}",
+                self.correlation_id
             )));
         }
         Ok(response)
     }
+}
+
+/// Appends to `frame` one whole request frame (length prefix, header, body) and returns
+/// the request's API key. Shared by this client and the benchmark's asynchronous one.
+pub fn encode_request<R: Request>(
+    frame: &mut BytesMut,
+    version: i16,
+    correlation_id: i32,
+    client_id: &str,
+    request: &R,
+) -> Result<ApiKey> {
+    let key = ApiKey::try_from(R::KEY).map_err(|()| NetError::UnknownApi(R::KEY))?;
+    let start = frame.len();
+    frame.extend_from_slice(&[0; 4]);
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())))
+        .encode(frame, key.request_header_version(version))
+        .map_err(|e| NetError::Encode(e.to_string()))?;
+    request
+        .encode(frame, version)
+        .map_err(|e| NetError::Encode(e.to_string()))?;
+    let length = (frame.len() - start - 4) as i32;
+    frame[start..start + 4].copy_from_slice(&length.to_be_bytes());
+    Ok(key)
+}
+
+/// The size of a response frame from its 4-byte length prefix, refusing sizes past
+/// `RESPONSE_FRAME_BYTES_MAX` before anything is allocated for them.
+pub fn frame_size(prefix: [u8; 4]) -> Result<usize> {
+    let length = i32::from_be_bytes(prefix);
+    usize::try_from(length)
+        .ok()
+        .filter(|&n| n <= RESPONSE_FRAME_BYTES_MAX)
+        .ok_or(NetError::FrameTooLarge {
+            size: i64::from(length),
+            max: RESPONSE_FRAME_BYTES_MAX,
+        })
+}
+
+/// Decodes a response frame's body (after the length prefix) to a request of `key` at
+/// `version`: its correlation id and the response, which must use every byte.
+pub fn decode_response<R: Request>(
+    mut body: bytes::Bytes,
+    key: ApiKey,
+    version: i16,
+) -> Result<(i32, R::Response)> {
+    // ApiVersions answers with header v0 whatever the request version (KIP-511).
+    let header_version = if key == ApiKey::ApiVersions {
+        0
+    } else {
+        key.response_header_version(version)
+    };
+    let malformed = |e: anyhow::Error| {
+        NetError::Malformed(format!("undecodable {key:?} v{version} response: {e}"))
+    };
+    let header = ResponseHeader::decode(&mut body, header_version).map_err(malformed)?;
+    let response = R::Response::decode(&mut body, version).map_err(malformed)?;
+    if body.has_remaining() {
+        return Err(NetError::Malformed(format!(
+            "{} bytes left after a {key:?} v{version} response",
+            body.remaining()
+        )));
+    }
+    Ok((header.correlation_id, response))
 }

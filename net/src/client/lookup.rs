@@ -1,7 +1,10 @@
-//! Lookups several subcommands share: a topic's partitions, and offsets by time.
+//! Lookups the command line and the benchmark harness share: a topic's partitions,
+//! offsets by time, a group's coordinator, committing offsets.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::errors::failure;
+use super::Client;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
@@ -13,9 +16,6 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::{ApiKey, BrokerId, GroupId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use spate_net::client::Client;
-
-use crate::client_args::{connect_to, failure};
 
 /// ListOffsets' special timestamps.
 pub const LATEST: i64 = -1;
@@ -202,5 +202,5 @@ pub fn coordinator_of(mut client: Client, group: &str) -> Result<Client, String>
     if address == client.address() {
         return Ok(client);
     }
-    connect_to(&address)
+    client.connect_like(&address).map_err(|e| e.to_string())
 }
