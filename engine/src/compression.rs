@@ -38,6 +38,30 @@ pub fn decompress(codec: Compression, input: &[u8], max_out: usize) -> Result<Ve
     }
 }
 
+/// Compresses a records section with `codec`, as a producer does: gzip, raw snappy (which
+/// Kafka's brokers and librdkafka read), the LZ4 frame format, zstd at its default level.
+pub fn compress(codec: Compression, input: &[u8]) -> Result<Vec<u8>, BatchError> {
+    use std::io::Write;
+    match codec {
+        Compression::None => Ok(input.to_vec()),
+        Compression::Gzip => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(input).map_err(|e| malformed(codec, e))?;
+            encoder.finish().map_err(|e| malformed(codec, e))
+        }
+        Compression::Snappy => snap::raw::Encoder::new()
+            .compress_vec(input)
+            .map_err(|e| malformed(codec, e)),
+        Compression::Lz4 => {
+            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            encoder.write_all(input).map_err(|e| malformed(codec, e))?;
+            encoder.finish().map_err(|e| malformed(codec, e))
+        }
+        Compression::Zstd => zstd::bulk::compress(input, 0).map_err(|e| malformed(codec, e)),
+    }
+}
+
 /// Reads all of `reader`, refusing output past `max_out`.
 fn bounded(codec: Compression, reader: impl Read, max_out: usize) -> Result<Vec<u8>, BatchError> {
     let mut out = Vec::new();

@@ -23,6 +23,10 @@
 //!     61     …  records
 //! ```
 
+mod build;
+
+pub use build::{for_each_record, BatchBuilder, ProducerFields, RecordView};
+
 use crate::error::BatchError;
 use crate::limits::{COMPRESSED_RECORDS_PER_BYTE_MAX, DECOMPRESSED_BATCH_BYTES_MAX};
 use crate::types::{LeaderEpoch, Offset, Timestamp};
@@ -372,61 +376,19 @@ pub struct SimpleRecord<'a> {
     pub value: Option<&'a [u8]>,
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        if z < 0x80 {
-            out.push(z as u8);
-            return;
-        }
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
-    match bytes {
-        None => put_varint(out, -1),
-        Some(b) => {
-            put_varint(out, b.len() as i64);
-            out.extend_from_slice(b);
-        }
-    }
-}
-
 /// Encodes records as one uncompressed v2 batch with CreateTime timestamps
 /// `base_timestamp + i`, no producer id, base offset 0: what a simple producer sends.
 /// Used by the benchmark harness and tests.
 pub fn encode_uncompressed(base_timestamp: i64, records: &[SimpleRecord<'_>]) -> Vec<u8> {
     assert!(!records.is_empty(), "a batch has at least one record");
-    let mut out = vec![0u8; HEADER_BYTES];
-    let mut body = Vec::new();
+    let mut builder = BatchBuilder::new();
     for (i, record) in records.iter().enumerate() {
-        body.clear();
-        body.push(0); // record attributes
-        put_varint(&mut body, i as i64); // timestamp delta
-        put_varint(&mut body, i as i64); // offset delta
-        put_bytes(&mut body, record.key);
-        put_bytes(&mut body, record.value);
-        put_varint(&mut body, 0); // header count
-        put_varint(&mut out, body.len() as i64);
-        out.extend_from_slice(&body);
+        builder.push(base_timestamp + i as i64, record.key, record.value);
     }
-    let count = records.len() as i32;
-    let length = (out.len() - LOG_OVERHEAD) as i32;
-    out[8..12].copy_from_slice(&length.to_be_bytes());
-    out[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
-    out[MAGIC_AT] = 2;
-    out[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&(count - 1).to_be_bytes());
-    out[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8].copy_from_slice(&base_timestamp.to_be_bytes());
-    let max_timestamp = base_timestamp + i64::from(count) - 1;
-    out[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp.to_be_bytes());
-    out[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&(-1i64).to_be_bytes());
-    out[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&(-1i16).to_be_bytes());
-    out[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
-    out[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
-    let crc = crc32c::crc32c(&out[CRC_START..]);
-    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    let mut out = Vec::with_capacity(builder.size_uncompressed());
+    builder
+        .finish(Compression::None, None, &mut out)
+        .expect("an uncompressed batch of fewer than 2^31 bytes");
     out
 }
 
