@@ -132,22 +132,3 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 pub fn print_json(value: &serde_json::Value) {
     say(value);
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_names_are_kafkas() {
-        assert_eq!(
-            kafka_name(ResponseError::UnknownTopicOrPartition),
-            "UNKNOWN_TOPIC_OR_PARTITION"
-        );
-        assert_eq!(kafka_name(ResponseError::NonEmptyGroup), "NON_EMPTY_GROUP");
-        assert_eq!(
-            failure("group \"g\" is not empty", 68),
-            "group \"g\" is not empty (NON_EMPTY_GROUP)"
-        );
-        assert_eq!(error_of(0), None);
-    }
-}

@@ -20,13 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Args;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
 use kafka_protocol::messages::join_group_request::{JoinGroupRequest, JoinGroupRequestProtocol};
 use kafka_protocol::messages::leave_group_request::LeaveGroupRequest;
 use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequest, OffsetFetchRequestTopic};
 use kafka_protocol::messages::sync_group_request::{SyncGroupRequest, SyncGroupRequestAssignment};
-use kafka_protocol::messages::{ApiKey, BrokerId, GroupId};
+use kafka_protocol::messages::{ApiKey, GroupId};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
@@ -221,30 +220,12 @@ fn fetch_once(
     positions: &mut BTreeMap<(String, i32), i64>,
     printer: &mut Printer,
 ) -> Result<bool, String> {
-    let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-    for ((topic, p), offset) in positions.iter() {
-        by_topic.entry(topic).or_default().push(
-            FetchPartition::default()
-                .with_partition(*p)
-                .with_fetch_offset(*offset)
-                .with_partition_max_bytes(FETCH_PARTITION_BYTES),
-        );
-    }
-    let request = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(FETCH_WAIT_MS)
-        .with_min_bytes(1)
-        .with_max_bytes(FETCH_BYTES)
-        .with_topics(
-            by_topic
-                .into_iter()
-                .map(|(t, ps)| {
-                    FetchTopic::default()
-                        .with_topic(topic_name(t))
-                        .with_partitions(ps)
-                })
-                .collect(),
-        );
+    let request = spate_net::client::lookup::fetch_request(
+        positions.iter().map(|((t, p), o)| (t.as_str(), *p, *o)),
+        FETCH_WAIT_MS,
+        FETCH_BYTES,
+        FETCH_PARTITION_BYTES,
+    );
     let answered = client.send(version, &request).map_err(|e| e.to_string())?;
     if answered.error_code != 0 {
         return Err(failure("fetch failed", answered.error_code));

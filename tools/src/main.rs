@@ -3,7 +3,7 @@
 //! The one command-line tool of Spate. `spate serve` runs a broker; `topic`, `group` and
 //! `cluster` talk to any Kafka-compatible broker through `spate_net::client`; `log`
 //! reads a data directory offline; `produce` and `consume` are the console producer and
-//! consumer. `bench` is to come.
+//! consumer. `bench` is the benchmark harness of `spate_bench`.
 
 mod client_args;
 mod cluster;
@@ -51,6 +51,9 @@ enum Command {
     /// The cluster: its id, brokers, controller and supported API versions.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Benchmarks: load against any Kafka broker, machine ceilings, comparisons, charts.
+    #[command(subcommand)]
+    Bench(spate_bench::BenchCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,6 +72,7 @@ fn main() {
         Command::Produce(args) => produce::run(&args),
         Command::Consume(args) => consume::run(&args),
         Command::Cluster(ClusterCommand::Info(args)) => cluster::info(&args),
+        Command::Bench(command) => spate_bench::cli::run(command).map_err(|e| e.to_string()),
     };
     if let Err(message) = outcome {
         eprintln!("error: {message}");

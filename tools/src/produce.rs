@@ -272,8 +272,3 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}

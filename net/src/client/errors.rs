@@ -41,10 +41,12 @@ mod tests {
             kafka_name(ResponseError::UnknownTopicOrPartition),
             "UNKNOWN_TOPIC_OR_PARTITION"
         );
+        assert_eq!(kafka_name(ResponseError::NonEmptyGroup), "NON_EMPTY_GROUP");
         assert_eq!(
-            failure("no topic", 3),
-            "no topic (UNKNOWN_TOPIC_OR_PARTITION)"
+            failure("group \"g\" is not empty", 68),
+            "group \"g\" is not empty (NON_EMPTY_GROUP)"
         );
         assert_eq!(failure("fine", 0), "fine");
+        assert_eq!(error_of(0), None);
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::errors::failure;
 use super::Client;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
@@ -13,6 +14,7 @@ use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataReques
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::MetadataResponse;
 use kafka_protocol::messages::{ApiKey, BrokerId, GroupId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -88,11 +90,8 @@ pub fn offsets_at(
     Ok(out)
 }
 
-/// Every partition of `topics`, from Metadata; an unknown topic is an error.
-pub fn partitions_of(
-    client: &mut Client,
-    topics: &[String],
-) -> Result<BTreeSet<(String, i32)>, String> {
+/// The broker's Metadata answer for `topics`, asked so that it creates none of them.
+pub fn metadata_of(client: &mut Client, topics: &[String]) -> Result<MetadataResponse, String> {
     let version = client
         .version(ApiKey::Metadata, (1, 9))
         .map_err(|e| e.to_string())?;
@@ -106,7 +105,15 @@ pub fn partitions_of(
                 .map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t))))
                 .collect(),
         ));
-    let metadata = client.send(version, &request).map_err(|e| e.to_string())?;
+    client.send(version, &request).map_err(|e| e.to_string())
+}
+
+/// Every partition of `topics`, from Metadata; an unknown topic is an error.
+pub fn partitions_of(
+    client: &mut Client,
+    topics: &[String],
+) -> Result<BTreeSet<(String, i32)>, String> {
+    let metadata = metadata_of(client, topics)?;
     let mut out = BTreeSet::new();
     for topic in &metadata.topics {
         let name = topic
@@ -203,4 +210,45 @@ pub fn coordinator_of(mut client: Client, group: &str) -> Result<Client, String>
         return Ok(client);
     }
     client.connect_like(&address).map_err(|e| e.to_string())
+}
+
+/// A consumer's Fetch of `positions` (topic, partition, next offset): no fetch session,
+/// read-uncommitted, answered once any byte is there or after `max_wait_ms`.
+pub fn fetch_request<'a>(
+    positions: impl IntoIterator<Item = (&'a str, i32, i64)>,
+    max_wait_ms: i32,
+    max_bytes: i32,
+    partition_max_bytes: i32,
+) -> FetchRequest {
+    let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    for (topic, partition, offset) in positions {
+        by_topic.entry(topic).or_default().push(
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(offset)
+                .with_last_fetched_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(partition_max_bytes),
+        );
+    }
+    FetchRequest::default()
+        .with_cluster_id(None)
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    FetchTopic::default()
+                        .with_topic(topic_name(t))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        )
 }

@@ -86,6 +86,17 @@ impl Client {
         &self.address
     }
 
+    /// Every API the broker offers: (key, min version, max version), by key.
+    pub fn api_versions(&self) -> Vec<(i16, i16, i16)> {
+        let mut all: Vec<_> = self
+            .versions
+            .iter()
+            .map(|(k, (lo, hi))| (*k, *lo, *hi))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// The versions of `key` the broker accepts, if any.
     pub fn supported(&self, key: ApiKey) -> Option<(i16, i16)> {
         self.versions.get(&(key as i16)).copied()

@@ -1,0 +1,248 @@
+//! The results of a run as one JSON document: every parameter, the environment, the
+//! broker, the counts, the latency percentiles and spectra, and the per-second
+//! timeline. `spate bench plot` and `compare` read these documents back, so everything
+//! a chart needs is in them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::Baseline;
+use crate::latency::{Percentiles, Recorder, SpectrumPoint};
+use crate::setup::BrokerInfo;
+use crate::tally::{ConsumeTally, ProduceTally};
+use crate::workload::Workload;
+
+/// What a run exercised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Producers only.
+    Produce,
+    /// Consumers only, on topics already written.
+    Consume,
+    /// Producers at a rate and consumers at the tail; end-to-end latency.
+    E2e,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub tool: String,
+    pub mode: Mode,
+    /// A name for legends and tables (the broker address unless given).
+    pub label: String,
+    pub started_at_unix_ms: u64,
+    /// Ctrl-C ended the run early; the figures cover what ran.
+    pub interrupted: bool,
+    pub workload: Workload,
+    pub broker: BrokerInfo,
+    pub environment: Environment,
+    /// The seconds the throughput figures divide by.
+    pub measured_seconds: f64,
+    pub produce: Option<ProduceResult>,
+    pub consume: Option<ConsumeResult>,
+    pub timeline: Vec<Second>,
+    pub ack_spectrum: Vec<SpectrumPoint>,
+    pub e2e_spectrum: Vec<SpectrumPoint>,
+    pub baseline: Option<Baseline>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProduceResult {
+    /// Records due by the end of the load (open loop); made, flat out.
+    pub due: u64,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub fatal: Vec<String>,
+    /// Acknowledged records and record-batch bytes per second over the measured time.
+    pub records_per_s: f64,
+    pub mb_per_s: f64,
+    /// From the due time (coordinated omission corrected when open loop).
+    pub ack_latency: Percentiles,
+    /// From the time the request was written, for comparison.
+    pub ack_latency_from_send: Percentiles,
+    pub open_loop: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsumeResult {
+    pub consumed: u64,
+    /// Record-batch bytes fetched.
+    pub bytes: u64,
+    pub records_per_s: f64,
+    pub mb_per_s: f64,
+    pub errors: BTreeMap<String, u64>,
+    /// Records without this harness's due-time stamp (end to end only).
+    pub unstamped: u64,
+    pub e2e_latency: Option<Percentiles>,
+}
+
+/// One second of the run after the warm-up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    pub second: u32,
+    pub acknowledged: u64,
+    pub acknowledged_bytes: u64,
+    pub produce_errors: u64,
+    pub consumed: u64,
+    pub consumed_bytes: u64,
+    pub ack_p50_us: Option<u64>,
+    pub ack_p99_us: Option<u64>,
+    pub ack_max_us: Option<u64>,
+    pub e2e_p50_us: Option<u64>,
+    pub e2e_p99_us: Option<u64>,
+    pub e2e_max_us: Option<u64>,
+}
+
+/// The machine the load generator ran on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub hostname: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub load_generator_cores: usize,
+}
+
+impl Environment {
+    pub fn here(load_generator_cores: usize) -> Environment {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let cpu_model = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Environment {
+            hostname: read("/proc/sys/kernel/hostname"),
+            cpu_model,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            load_generator_cores,
+        }
+    }
+}
+
+/// The tallies of a run, merged, and what it needs to be summarised.
+#[derive(Debug)]
+pub struct Tallies {
+    pub produce: Option<ProduceTally>,
+    pub consume: Option<ConsumeTally>,
+}
+
+/// The figures of a run from its tallies.
+#[derive(Debug)]
+pub struct Summary<'a> {
+    pub tallies: &'a Tallies,
+    pub measured_seconds: f64,
+}
+
+impl Summary<'_> {
+    pub fn produce(&self) -> Option<ProduceResult> {
+        let t = self.tallies.produce.as_ref()?;
+        let measured = t.timeline.total_within(self.measured_seconds);
+        Some(ProduceResult {
+            due: t.due,
+            sent: t.sent,
+            acknowledged: t.acknowledged,
+            failed: t.failed,
+            errors: t.errors.clone(),
+            fatal: t.fatal.clone(),
+            records_per_s: per_second(measured.records as f64, self.measured_seconds),
+            mb_per_s: per_second(measured.bytes as f64 / 1e6, self.measured_seconds),
+            ack_latency: t.ack.corrected(),
+            ack_latency_from_send: t.ack.uncorrected(),
+            open_loop: false,
+        })
+    }
+
+    pub fn consume(&self) -> Option<ConsumeResult> {
+        let t = self.tallies.consume.as_ref()?;
+        let measured = t.timeline.total_within(self.measured_seconds);
+        Some(ConsumeResult {
+            consumed: t.consumed,
+            bytes: t.bytes,
+            records_per_s: per_second(measured.records as f64, self.measured_seconds),
+            mb_per_s: per_second(measured.bytes as f64 / 1e6, self.measured_seconds),
+            errors: t.errors.clone(),
+            unstamped: t.unstamped,
+            e2e_latency: (t.e2e.count() > 0).then(|| t.e2e.corrected()),
+        })
+    }
+
+    pub fn timeline(&self) -> Vec<Second> {
+        let empty_p = Vec::new();
+        let empty_c = Vec::new();
+        let (p_secs, ack) = match &self.tallies.produce {
+            Some(t) => (&t.timeline.seconds, Some(&t.ack)),
+            None => (&empty_p, None),
+        };
+        let (c_secs, e2e) = match &self.tallies.consume {
+            Some(t) => (&t.timeline.seconds, Some(&t.e2e)),
+            None => (&empty_c, None),
+        };
+        let seconds =
+            (self.measured_seconds.ceil() as usize).min(p_secs.len().max(c_secs.len()).max(1));
+        let at = |r: Option<&Recorder>, s: usize, q: f64| {
+            r.and_then(|r| r.seconds().get(s))
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    if q >= 1.0 {
+                        h.max()
+                    } else {
+                        h.value_at_quantile(q)
+                    }
+                })
+        };
+        (0..seconds)
+            .map(|s| {
+                let p = p_secs.get(s).copied().unwrap_or_default();
+                let c = c_secs.get(s).copied().unwrap_or_default();
+                Second {
+                    second: s as u32,
+                    acknowledged: p.records,
+                    acknowledged_bytes: p.bytes,
+                    produce_errors: p.errors,
+                    consumed: c.records,
+                    consumed_bytes: c.bytes,
+                    ack_p50_us: at(ack, s, 0.5),
+                    ack_p99_us: at(ack, s, 0.99),
+                    ack_max_us: at(ack, s, 1.0),
+                    e2e_p50_us: at(e2e, s, 0.5),
+                    e2e_p99_us: at(e2e, s, 0.99),
+                    e2e_max_us: at(e2e, s, 1.0),
+                }
+            })
+            .collect()
+    }
+}
+
+fn per_second(amount: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        (amount / seconds * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+impl RunResult {
+    pub fn read(path: &std::path::Path) -> crate::error::Result<RunResult> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::BenchError::io(format!(
+            "cannot read {}",
+            path.display()
+        )))?;
+        serde_json::from_str(&text).map_err(|e| {
+            crate::error::BenchError::Usage(format!(
+                "{} is not a spate bench result: {e}",
+                path.display()
+            ))
+        })
+    }
+}
