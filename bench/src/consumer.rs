@@ -26,6 +26,7 @@ use crate::conn::Conn;
 use crate::limits::{
     DRAIN_TIMEOUT, FETCH_BYTES_MAX, FETCH_PARTITION_BYTES_MAX, FETCH_WAIT_MS, SETUP_TIMEOUT,
 };
+use crate::membership::Membership;
 use crate::payload::stamp_of;
 use crate::schedule::Clock;
 use crate::setup::{PartitionLayout, Versions};
@@ -64,6 +65,8 @@ pub struct ConsumerSpec {
     pub until: Until,
     /// Read each record's due time for end-to-end latency.
     pub stamped: bool,
+    /// In a consumer group, the member that says which of `assigned` to read.
+    pub membership: Option<Arc<Membership>>,
     pub live: Arc<Live>,
 }
 
@@ -72,6 +75,14 @@ struct Position {
     partition: i32,
     next: i64,
     end: Option<i64>,
+    /// Whether this consumer reads it now (always, without a group).
+    assigned: bool,
+}
+
+impl Position {
+    fn wanted(&self) -> bool {
+        self.assigned && self.end.is_none_or(|end| self.next < end)
+    }
 }
 
 pub async fn run(spec: ConsumerSpec) -> ConsumeTally {
@@ -86,6 +97,7 @@ pub async fn run(spec: ConsumerSpec) -> ConsumeTally {
                 partition: a.layout.partition,
                 next: a.start,
                 end: a.end,
+                assigned: spec.membership.is_none(),
             });
     }
     let spec = Rc::new(spec);
@@ -93,6 +105,9 @@ pub async fn run(spec: ConsumerSpec) -> ConsumeTally {
         .into_iter()
         .map(|(leader, positions)| fetch_loop(spec.clone(), leader, positions, tally.clone()));
     futures::future::join_all(loops).await;
+    if let Some(membership) = &spec.membership {
+        membership.finish();
+    }
     let result = tally.borrow().clone();
     result
 }
@@ -106,7 +121,25 @@ async fn fetch_loop(
     let client_id = format!("spate-bench-consumer-{}", spec.index);
     let mut conn: Option<Rc<Conn>> = None;
     let mut producers_done_at: Option<u64> = None;
-    while !done(&spec, &positions, &mut producers_done_at) {
+    let mut generation = 0;
+    while !done(&spec, &positions, &mut producers_done_at, generation) {
+        if let Some(membership) = &spec.membership {
+            if let Some(why) = membership.failure() {
+                count_error(&tally, &why);
+                return;
+            }
+            if membership.generation() != generation {
+                generation = membership.generation();
+                let mine = membership.partitions();
+                for p in &mut positions {
+                    p.assigned = mine.contains(&(p.topic.clone(), p.partition));
+                }
+            }
+        }
+        if !positions.iter().any(Position::wanted) {
+            glommio::timer::sleep(RETRY_PAUSE).await;
+            continue;
+        }
         let usable = conn.as_ref().filter(|c| c.broken().is_none()).cloned();
         let c = match usable {
             Some(c) => c,
@@ -150,16 +183,22 @@ async fn fetch_loop(
     }
 }
 
-fn done(spec: &ConsumerSpec, positions: &[Position], producers_done_at: &mut Option<u64>) -> bool {
+/// Whether the loop is done; `generation` is the group's (0 before the first
+/// assignment, which a catch-up read must wait for).
+fn done(
+    spec: &ConsumerSpec,
+    positions: &[Position],
+    producers_done_at: &mut Option<u64>,
+    generation: u64,
+) -> bool {
     let now = spec.clock.now_ns();
     match spec.until {
         Until::Time => now >= spec.end_ns || spec.live.stopping(),
         Until::Offsets => {
             now >= spec.end_ns
                 || spec.live.stopping()
-                || positions
-                    .iter()
-                    .all(|p| p.end.is_some_and(|end| p.next >= end))
+                || ((spec.membership.is_none() || generation > 0)
+                    && !positions.iter().any(Position::wanted))
         }
         Until::AllAcknowledged => {
             if spec
@@ -180,7 +219,7 @@ fn done(spec: &ConsumerSpec, positions: &[Position], producers_done_at: &mut Opt
 fn fetch_request(positions: &[Position]) -> FetchRequest {
     let unfinished = positions
         .iter()
-        .filter(|p| p.end.is_none_or(|end| p.next < end))
+        .filter(|p| p.wanted())
         .map(|p| (p.topic.as_str(), p.partition, p.next));
     fetch_request_for(
         unfinished,

@@ -22,6 +22,7 @@ pub mod engine_append;
 pub mod error;
 pub mod latency;
 pub mod limits;
+mod membership;
 pub mod payload;
 pub mod plot;
 mod producer;

@@ -31,6 +31,8 @@ pub struct RunResult {
     pub mode: Mode,
     /// A name for legends and tables (the broker address unless given).
     pub label: String,
+    /// The consumer group of the run's consumers, when they ran in one.
+    pub consumer_group: Option<String>,
     pub started_at_unix_ms: u64,
     /// Ctrl-C ended the run early; the figures cover what ran.
     pub interrupted: bool,

@@ -4,7 +4,8 @@
 //! Producers and consumers are spread round-robin over the executors; each executor
 //! runs its share as local tasks and returns their merged tallies. Consumers of one run
 //! split the partitions between them (direct assignment, partition i to consumer
-//! i mod M), so every partition is read exactly once.
+//! i mod M), or, with `--group true`, join one consumer group named after the run and
+//! read what its range assignor gives them; either way every partition is read once.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ use spate_net::client::lookup::{EARLIEST, LATEST};
 use crate::consumer::{self, Assigned, ConsumerSpec, Until};
 use crate::error::{BenchError, Result};
 use crate::latency::Recorder;
+use crate::membership::Membership;
 use crate::producer::{self, ProducerSpec};
 use crate::results::{Environment, Mode, RunResult, Summary, Tallies};
 use crate::schedule::Clock;
@@ -61,6 +63,24 @@ pub fn execute(plan: &Plan, live: Arc<Live>) -> Result<Finished> {
     let workload = &plan.workload;
     let layout = setup::prepare(&plan.bootstrap, workload)?;
     let assigned = assignments(plan, &layout)?;
+    let started_at_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let group = (workload.group && !assigned.is_empty())
+        .then(|| format!("spate-bench-{started_at_unix_ms}"));
+    let memberships: Vec<_> = match &group {
+        Some(group) => (0..assigned.len())
+            .map(|_| {
+                let topics = workload.topic_names();
+                Some(Membership::start(
+                    plan.bootstrap.clone(),
+                    group.clone(),
+                    topics,
+                ))
+            })
+            .collect(),
+        None => vec![None; assigned.len()],
+    };
     let cores = workload
         .cores
         .min(std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -98,14 +118,11 @@ pub fn execute(plan: &Plan, live: Arc<Live>) -> Result<Finished> {
     let end_ns = measure_from_ns + (workload.duration_s * 1e9) as u64;
     live.producers_running
         .store(producers as usize, Ordering::Release);
-    let started_at_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-
     let template = Template {
         workload: workload.clone(),
         layout: layout.clone(),
         assigned,
+        memberships,
         clock,
         start_ns,
         measure_from_ns,
@@ -144,6 +161,7 @@ pub fn execute(plan: &Plan, live: Arc<Live>) -> Result<Finished> {
         tool: format!("spate-bench {}", env!("CARGO_PKG_VERSION")),
         mode: plan.mode,
         label: plan.label.clone(),
+        consumer_group: group,
         started_at_unix_ms,
         interrupted: live.stopping(),
         workload: workload.clone(),
@@ -193,11 +211,17 @@ fn assignments(plan: &Plan, layout: &Layout) -> Result<Vec<Vec<Assigned>>> {
             Some(earliest) => (earliest.get(&key).copied().unwrap_or(0), Some(end)),
             None => (end, None),
         };
-        out[i % consumers].push(Assigned {
+        let assigned = Assigned {
             layout: p.clone(),
             start,
             end,
-        });
+        };
+        // In a group every member may be given any partition; its group says which.
+        if plan.workload.group {
+            out.iter_mut().for_each(|c| c.push(assigned.clone()));
+        } else {
+            out[i % consumers].push(assigned);
+        }
     }
     Ok(out)
 }
@@ -208,6 +232,7 @@ struct Template {
     workload: Workload,
     layout: Layout,
     assigned: Vec<Vec<Assigned>>,
+    memberships: Vec<Option<Arc<Membership>>>,
     clock: Clock,
     start_ns: u64,
     measure_from_ns: u64,
@@ -234,6 +259,7 @@ async fn shard_load(t: Template, shard: usize) -> (Option<ProduceTally>, Option<
                 end_ns: t.end_ns,
                 until: t.until,
                 stamped: t.stamped,
+                membership: t.memberships.get(i as usize).cloned().flatten(),
                 live: t.live.clone(),
             }))
         })

@@ -104,6 +104,10 @@ pub struct WorkloadArgs {
     /// Consumer tasks (consume and e2e modes) [default: 1].
     #[arg(long)]
     pub consumers: Option<u32>,
+    /// Consumers join one consumer group and take the partitions its range assignor
+    /// gives them, instead of splitting them among themselves [default: false].
+    #[arg(long)]
+    pub group: Option<bool>,
     /// Total records per second over all producers; 0 runs flat out [default: 0, or the
     /// preset's rate].
     #[arg(long)]
@@ -138,6 +142,8 @@ pub struct Workload {
     pub max_in_flight: usize,
     pub producers: u32,
     pub consumers: u32,
+    /// Consumers as members of one group (else direct assignment).
+    pub group: bool,
     /// Records per second over all producers; `None` is flat out.
     pub rate: Option<f64>,
     pub duration_s: f64,
@@ -173,6 +179,7 @@ impl Workload {
             max_in_flight: args.max_in_flight.unwrap_or(base.max_in_flight),
             producers: args.producers.unwrap_or(base.producers),
             consumers: args.consumers.unwrap_or(base.consumers),
+            group: args.group.unwrap_or(base.group),
             rate,
             duration_s: args.duration.unwrap_or(base.duration_s),
             warmup_s: args.warmup.unwrap_or(base.warmup_s),
@@ -200,6 +207,7 @@ impl Workload {
             max_in_flight: 5,
             producers: 1,
             consumers: 1,
+            group: false,
             rate: None,
             duration_s: 30.0,
             warmup_s: 5.0,

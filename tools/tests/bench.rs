@@ -2,7 +2,8 @@
 //! add up (sent = acknowledged + failed, consumed = acknowledged with acks=all), with
 //! its JSON, interval logs and charts; a catch-up consume that reads back exactly what
 //! was produced; Ctrl-C in the middle of a run still writing partial results; overlaid
-//! plots; and clear refusals of bad input and unreachable brokers.
+//! plots; consumers in a group and idempotent producers; and clear refusals of bad
+//! input and unreachable brokers.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -169,6 +170,56 @@ fn end_to_end_counts_add_up_and_every_output_is_written() {
         .unwrap();
     assert!(status.success());
     svg(&plots.join("throughput-over-time.svg"));
+}
+
+#[test]
+fn group_consumers_and_idempotent_producers_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = spawn_serving(
+        serve_command(&dir.path().join("data"), port)
+            .args(["--group-initial-rebalance-delay-ms", "0"])
+            .stderr(Stdio::null()),
+        port,
+    );
+    let out = dir.path().join("group");
+    ok(
+        port,
+        &[
+            "e2e",
+            "--rate",
+            "2000",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--partitions",
+            "4",
+            "--consumers",
+            "3",
+            "--group",
+            "true",
+            "--idempotent",
+            "true",
+            "--producers",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let r = results(&out);
+    let acked = u(&r, "/produce/acknowledged");
+    assert_eq!(u(&r, "/produce/failed"), 0, "{r}");
+    assert_eq!(u(&r, "/produce/sent"), acked);
+    assert_eq!(
+        u(&r, "/consume/consumed"),
+        acked,
+        "every partition read once: {r}"
+    );
+    assert!(r["consumer_group"]
+        .as_str()
+        .unwrap()
+        .starts_with("spate-bench-"));
 }
 
 #[test]

@@ -21,6 +21,7 @@ use crate::limits::RESPONSE_FRAME_BYTES_MAX;
 
 pub mod errors;
 pub mod lookup;
+pub mod member;
 pub mod partitioner;
 
 /// A connection to one broker.
