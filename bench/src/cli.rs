@@ -121,8 +121,8 @@ pub struct CompareArgs {
     /// The two brokers, A then B: `--brokers A --brokers B`.
     #[arg(short = 'b', long, num_args = 1, required = true)]
     pub brokers: Vec<String>,
-    /// Names of A and B in the table [default: their addresses].
-    #[arg(long, num_args = 1)]
+    /// Names of A and B in the table, `A,B` [default: their addresses].
+    #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
     /// What to run against each.
     #[arg(long, value_enum, default_value_t = Mode::E2e)]
@@ -367,7 +367,12 @@ fn compare(args: &CompareArgs, stop: &Arc<AtomicBool>) -> Result<()> {
                 bootstrap: brokers[which].clone(),
                 workload: workload.clone(),
                 mode: args.mode,
-                start_at: StartAt::Latest,
+                // Consume compares catch-up reads of what the topics hold.
+                start_at: if args.mode == Mode::Consume {
+                    StartAt::Earliest
+                } else {
+                    StartAt::Latest
+                },
                 label: labels[which].clone(),
             };
             let finished = run::execute(&plan, Live::with_stop(stop.clone()))?;

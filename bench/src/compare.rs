@@ -118,10 +118,12 @@ pub fn table(c: &Comparison) -> String {
         "figure", "A", "B", "B/A"
     );
     for f in &c.figures {
+        // Within 1% is a tie: no run-to-run figure is that steady.
         let better = match f.ratio {
-            Some(r) if (r > 1.0) == f.higher_is_better && (r - 1.0).abs() > 1e-9 => "B",
-            Some(r) if (r - 1.0).abs() > 1e-9 => "A",
-            _ => "=",
+            Some(r) if (r - 1.0).abs() <= 0.01 => "=",
+            Some(r) if (r > 1.0) == f.higher_is_better => "B",
+            Some(_) => "A",
+            None => "=",
         };
         let ratio = f.ratio.map_or("-".to_string(), |r| format!("{r:.3}"));
         let _ = writeln!(

@@ -104,7 +104,9 @@ impl Recorder {
         for decade in 0..6 {
             let first_step = if decade == 0 { 0 } else { 1 };
             for step in first_step..10 {
-                let percentile = 100.0 * (1.0 - tail * (1.0 - f64::from(step) / 10.0));
+                let exact = 100.0 * (1.0 - tail * (1.0 - f64::from(step) / 10.0));
+                // Rounded so the JSON reads 99.93, not 99.92999999999999.
+                let percentile = (exact * 1e6).round() / 1e6;
                 points.push(SpectrumPoint {
                     percentile,
                     micros: self.corrected.value_at_quantile(percentile / 100.0),

@@ -185,6 +185,7 @@ fn draw(
                 .x_desc(x_desc)
                 .y_desc(y_desc)
                 .x_label_formatter(x_label)
+                .y_labels(12)
                 .draw()
                 .map_err(|e| fail(e.to_string()))?;
             for (i, s) in series.iter().enumerate() {
@@ -212,7 +213,12 @@ fn draw(
         }};
     }
     if log_y {
-        let y_min = if y_min == f64::MAX { 1e-3 } else { y_min * 0.8 };
+        // From a power of ten, where plotters starts its log-scale labels.
+        let y_min = if y_min == f64::MAX {
+            1e-3
+        } else {
+            10f64.powf(y_min.log10().floor())
+        };
         finish!(builder
             .build_cartesian_2d(0f64..x_max, (y_min..y_max * 1.25).log_scale())
             .map_err(|e| fail(e.to_string()))?);

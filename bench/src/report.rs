@@ -107,7 +107,7 @@ pub fn summary(r: &RunResult) -> String {
     let _ = writeln!(
         out,
         "  measured {:.1} s after {} s of warm-up",
-        r.measured_seconds, r.workload.warmup_s
+        r.measured_seconds, r.warmup_seconds
     );
     if let Some(p) = &r.produce {
         let _ = writeln!(

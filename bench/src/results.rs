@@ -39,8 +39,10 @@ pub struct RunResult {
     pub workload: Workload,
     pub broker: BrokerInfo,
     pub environment: Environment,
-    /// The seconds the throughput figures divide by.
+    /// The seconds the throughput figures divide by, and the warm-up before them (none
+    /// for a catch-up read, which is measured whole).
     pub measured_seconds: f64,
+    pub warmup_seconds: f64,
     pub produce: Option<ProduceResult>,
     pub consume: Option<ConsumeResult>,
     pub timeline: Vec<Second>,
@@ -246,5 +248,106 @@ impl RunResult {
                 path.display()
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::setup::Versions;
+    use crate::workload::WorkloadArgs;
+
+    fn sample() -> RunResult {
+        let mut produce = ProduceTally::new(0);
+        let mut consume = ConsumeTally::new(0);
+        for i in 0..5_000u64 {
+            let due = i * 1_000_000;
+            let done = due + 300_000 + (i % 89) * 10_000;
+            produce.sent += 1;
+            produce.acknowledged += 1;
+            produce.ack.record(due, due + 1_000, done);
+            produce.timeline.add(0, done, 1, 1_100, 0);
+            consume.consumed += 1;
+            consume.e2e.record(due, due, done + 500_000);
+            consume.timeline.add(0, done + 500_000, 1, 1_100, 0);
+        }
+        produce.fail(3, "NOT_LEADER_OR_FOLLOWER", 0, 2_000_000_000);
+        produce.sent += 3;
+        let tallies = Tallies {
+            produce: Some(produce),
+            consume: Some(consume),
+        };
+        let summary = Summary {
+            tallies: &tallies,
+            measured_seconds: 5.0,
+        };
+        RunResult {
+            tool: "spate-bench test".into(),
+            mode: Mode::E2e,
+            label: "a broker".into(),
+            consumer_group: Some("g".into()),
+            started_at_unix_ms: 1_790_000_000_000,
+            interrupted: false,
+            workload: Workload::resolve(&WorkloadArgs {
+                keys: Some("zipf:10:1.5".parse().unwrap()),
+                record_size: Some("100..200".parse().unwrap()),
+                rate: Some(1234.5),
+                ..WorkloadArgs::default()
+            })
+            .unwrap(),
+            broker: BrokerInfo {
+                bootstrap: "127.0.0.1:9092".into(),
+                cluster_id: None,
+                brokers: 1,
+                api_versions: vec![(0, 0, 11), (1, 4, 12)],
+                versions: Versions {
+                    produce: 9,
+                    fetch: 12,
+                    init_producer_id: Some(4),
+                },
+            },
+            environment: Environment::here(2),
+            measured_seconds: 5.0,
+            warmup_seconds: 0.0,
+            produce: summary.produce(),
+            consume: summary.consume(),
+            timeline: summary.timeline(),
+            ack_spectrum: tallies.produce.as_ref().unwrap().ack.spectrum(),
+            e2e_spectrum: tallies.consume.as_ref().unwrap().e2e.spectrum(),
+            baseline: None,
+        }
+    }
+
+    #[test]
+    fn results_survive_a_json_round_trip() {
+        let result = sample();
+        let text = serde_json::to_string_pretty(&result).unwrap();
+        let back: RunResult = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, result);
+        // The figures come from the tallies.
+        let produce = back.produce.unwrap();
+        assert_eq!(
+            (produce.sent, produce.acknowledged, produce.failed),
+            (5_003, 5_000, 3)
+        );
+        assert_eq!(produce.errors["NOT_LEADER_OR_FOLLOWER"], 3);
+        assert!(
+            (produce.records_per_s - 1_000.0).abs() < 1.0,
+            "{}",
+            produce.records_per_s
+        );
+        assert_eq!(back.timeline.len(), 5);
+        assert_eq!(back.timeline[2].produce_errors, 3);
+        assert!(back.consume.unwrap().e2e_latency.unwrap().p50_us >= 800);
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_result_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        std::fs::write(&path, "{\"mode\": 3}").unwrap();
+        let e = RunResult::read(&path).unwrap_err().to_string();
+        assert!(e.contains("is not a spate bench result"), "{e}");
+        assert!(RunResult::read(&dir.path().join("missing.json")).is_err());
     }
 }

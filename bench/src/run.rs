@@ -138,8 +138,9 @@ pub fn execute(plan: &Plan, live: Arc<Live>) -> Result<Finished> {
         stamped: plan.mode == Mode::E2e,
         live: live.clone(),
     };
-    let tallies = run_pool(template, &live, clock, end_ns)?;
-    let ended_ns = clock.now_ns();
+    let (tallies, stopped_ns) = run_pool(template, &live, clock, end_ns)?;
+    // Interrupted, the measured time ends at the Ctrl-C, not after the drain.
+    let ended_ns = stopped_ns.unwrap_or_else(|| clock.now_ns());
     let measured_ns = if catch_up {
         tallies
             .consume
@@ -168,6 +169,7 @@ pub fn execute(plan: &Plan, live: Arc<Live>) -> Result<Finished> {
         broker: layout.broker,
         environment: Environment::here(cores),
         measured_seconds: (measured_seconds * 1000.0).round() / 1000.0,
+        warmup_seconds: warmup_ns as f64 / 1e9,
         produce,
         consume: summary.consume(),
         timeline: summary.timeline(),
@@ -306,7 +308,13 @@ async fn shard_load(t: Template, shard: usize) -> (Option<ProduceTally>, Option<
 }
 
 /// Runs the load on `template.cores` executors while the calling thread shows progress.
-fn run_pool(template: Template, live: &Arc<Live>, clock: Clock, end_ns: u64) -> Result<Tallies> {
+/// Also returns when Ctrl-C was seen, if it was.
+fn run_pool(
+    template: Template,
+    live: &Arc<Live>,
+    clock: Clock,
+    end_ns: u64,
+) -> Result<(Tallies, Option<u64>)> {
     let cores = template.cores;
     let next_shard = Arc::new(AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(cores, None))
@@ -322,8 +330,12 @@ fn run_pool(template: Template, live: &Arc<Live>, clock: Clock, end_ns: u64) -> 
         let _ = done_tx.send(handles.join_all());
     });
     let progress = Progress::new();
+    let mut stopped_ns = None;
     let outcomes = loop {
-        match done_rx.recv_timeout(Duration::from_millis(500)) {
+        if live.stopping() && stopped_ns.is_none() {
+            stopped_ns = Some(clock.now_ns());
+        }
+        match done_rx.recv_timeout(Duration::from_millis(100)) {
             Ok(outcomes) => break outcomes,
             Err(mpsc::RecvTimeoutError::Timeout) => progress.show(live, clock, end_ns),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -343,7 +355,7 @@ fn run_pool(template: Template, live: &Arc<Live>, clock: Clock, end_ns: u64) -> 
         merge_into(&mut tallies.produce, produce, ProduceTally::merge);
         merge_into(&mut tallies.consume, consume, ConsumeTally::merge);
     }
-    Ok(tallies)
+    Ok((tallies, stopped_ns))
 }
 
 fn merge_into<T>(all: &mut Option<T>, one: Option<T>, merge: fn(&mut T, &T)) {
