@@ -6,10 +6,11 @@
 //! rejoins when the group rebalances, and leaves when its consumer is done. It
 //! publishes each generation's partitions; the consumer task reads them between fetches.
 //! Membership is bookkeeping beside the load, so it stays off the glommio executors.
-//! Offsets are not committed: a benchmark's positions live in its consumers.
+//! Offsets are not committed: a benchmark's positions live in its consumers, and the run
+//! starts only once the group has settled (`settle`), so each partition has one reader.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Membership {
     /// 0 until the first assignment; then one more for each.
     generation: AtomicU64,
+    /// The group's own generation id of the current partitions.
+    group_generation: AtomicI64,
     partitions: Mutex<BTreeSet<(String, i32)>>,
     failure: Mutex<Option<String>>,
     done: AtomicBool,
@@ -63,15 +66,48 @@ impl Membership {
         self.done.store(true, Ordering::Release);
     }
 
-    fn publish(&self, partitions: BTreeSet<(String, i32)>) {
+    fn publish(&self, group_generation: i32, partitions: BTreeSet<(String, i32)>) {
         *self.partitions.lock().expect("not poisoned") = partitions;
+        self.group_generation
+            .store(i64::from(group_generation), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Waits until every member has joined and all hold the same group generation, so
+    /// the load starts on a settled assignment: members that join one after another
+    /// each cause a rebalance, and a partition moving between members mid-run would be
+    /// read again from the run's start offsets (no offsets are committed).
+    pub fn settle(members: &[Arc<Membership>], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(why) = members.iter().find_map(|m| m.failure()) {
+                return Err(why);
+            }
+            let first = members
+                .first()
+                .map(|m| m.group_generation.load(Ordering::Acquire));
+            let joined = members.iter().all(|m| m.generation() > 0);
+            if joined
+                && members
+                    .iter()
+                    .all(|m| Some(m.group_generation.load(Ordering::Acquire)) == first)
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the consumer group did not settle within {}s",
+                    timeout.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn serve(&self, bootstrap: &str, group: &str, topics: &[String]) -> Result<(), String> {
         let client = setup::connect(bootstrap).map_err(|e| e.to_string())?;
         let (mut member, partitions) = Member::join(client, group, topics)?;
-        self.publish(partitions);
+        self.publish(member.generation(), partitions);
         let mut beat = Instant::now();
         while !self.done.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20));
@@ -83,7 +119,7 @@ impl Membership {
                 0 => {}
                 code if code == ResponseError::RebalanceInProgress.code() => {
                     let partitions = member.rejoin()?;
-                    self.publish(partitions);
+                    self.publish(member.generation(), partitions);
                 }
                 code => {
                     return Err(failure(

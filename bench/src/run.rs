@@ -19,6 +19,7 @@ use spate_net::client::lookup::{EARLIEST, LATEST};
 use crate::consumer::{self, Assigned, ConsumerSpec, Until};
 use crate::error::{BenchError, Result};
 use crate::latency::Recorder;
+use crate::limits::SETUP_TIMEOUT;
 use crate::membership::Membership;
 use crate::producer::{self, ProducerSpec};
 use crate::results::{Environment, Mode, RunResult, Summary, Tallies};
@@ -81,6 +82,12 @@ pub fn execute(plan: &Plan, live: Arc<Live>) -> Result<Finished> {
             .collect(),
         None => vec![None; assigned.len()],
     };
+    if group.is_some() {
+        let members: Vec<_> = memberships.iter().flatten().cloned().collect();
+        // The broker may hold the first join back (group.initial.rebalance.delay.ms).
+        Membership::settle(&members, SETUP_TIMEOUT + Duration::from_secs(5))
+            .map_err(BenchError::Broker)?;
+    }
     let cores = workload
         .cores
         .min(std::thread::available_parallelism().map_or(1, |n| n.get()));

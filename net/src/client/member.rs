@@ -99,6 +99,11 @@ impl Member {
         &self.group
     }
 
+    /// The group generation this member last synced in.
+    pub fn generation(&self) -> i32 {
+        self.generation
+    }
+
     /// Joins (again) and returns this member's partitions.
     pub fn rejoin(&mut self) -> Result<BTreeSet<(String, i32)>, String> {
         let metadata = consumer_protocol::encode_subscription(&self.topics);
