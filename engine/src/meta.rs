@@ -3,7 +3,8 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic "SPTM"
-//!      4     1  kind (1 partition meta, 2 recovery checkpoint, 3 topic catalog)
+//!      4     1  kind (1 partition meta, 2 recovery checkpoint, 3 topic catalog,
+//!                  4 producer snapshot, 5 leader-epoch checkpoint)
 //!      5     1  format version (1)
 //!      6     2  reserved, zero
 //!      8     4  payload length, little-endian
@@ -38,6 +39,8 @@ pub enum FileKind {
     RecoveryCheckpoint = 2,
     Catalog = 3,
     ProducerSnapshot = 4,
+    /// `leader-epoch-checkpoint`: a replica's epoch cache (`spate_replication::epochs`).
+    LeaderEpochCheckpoint = 5,
 }
 
 /// Identity and configuration of a partition, in `partition.meta`. Written when the

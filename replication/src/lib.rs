@@ -1,0 +1,18 @@
+//! # spate-replication
+//!
+//! Replication of partitions between brokers, as `docs/REPLICATION.md` specifies:
+//! followers pull from their leader, and the leader advances the commit index (Kafka's
+//! high watermark) to what a majority of voters hold durably, counting only once an
+//! entry of its own epoch is committed. The crate is I/O-free: it owns no sockets,
+//! files or clocks, so a deterministic simulator can drive it through faults.
+//!
+//! Built so far (issue 7, in progress): the epoch cache that answers where each leader
+//! epoch ends and where a follower's log diverges from its leader's (KIP-101/KIP-320),
+//! with its rkyv checkpoint; and the quorum commit rule. The event-driven replica state
+//! machine, elections, membership and the simulator are to come.
+
+pub mod commit;
+pub mod epochs;
+
+pub use commit::quorum_commit;
+pub use epochs::{Diverging, EpochCache};
