@@ -8,11 +8,16 @@
 //!
 //! Built so far (issue 7, in progress): the epoch cache that answers where each leader
 //! epoch ends and where a follower's log diverges from its leader's (KIP-101/KIP-320),
-//! with its rkyv checkpoint; and the quorum commit rule. The event-driven replica state
-//! machine, elections, membership and the simulator are to come.
+//! with its rkyv checkpoint; the quorum commit rule; and the replica state machine
+//! (`replica`: fetch with long poll, pre-vote elections, check quorum), driven by a
+//! seeded simulator in the tests. Membership changes, leadership transfer, the wire
+//! framing and the glommio driver are to come.
 
 pub mod commit;
 pub mod epochs;
+pub mod replica;
+mod rng;
+pub mod sim;
 
 pub use commit::quorum_commit;
 pub use epochs::{Diverging, EpochCache};
