@@ -127,6 +127,13 @@ pub enum Action {
     /// This replica stopped leading; writes it has not committed fail (they may still
     /// commit under another leader).
     Resigned,
+    /// A peer sent something no correct replica sends (batches without records, epochs
+    /// out of order, a truncation below the commit index). It was refused; the driver
+    /// logs it. Never a panic: these bytes come from the network.
+    Refused {
+        from: ReplicaId,
+        reason: String,
+    },
 }
 
 /// What a replica must find again after a crash.
@@ -497,7 +504,7 @@ impl Replica {
                 if epoch > self.epoch || !following {
                     self.adopt(now, epoch, Some(from), &mut out);
                 }
-                self.take_answer(now, commit, body, &mut out);
+                self.take_answer(now, from, commit, body, &mut out);
             }
             Message::PreVote {
                 epoch,
@@ -629,7 +636,14 @@ impl Replica {
         self.send(leader, message, out);
     }
 
-    fn take_answer(&mut self, now: u64, commit: Offset, body: FetchBody, out: &mut Vec<Action>) {
+    fn take_answer(
+        &mut self,
+        now: u64,
+        from: ReplicaId,
+        commit: Offset,
+        body: FetchBody,
+        out: &mut Vec<Action>,
+    ) {
         self.fetch_sent_at = None;
         self.last_leader_contact = Some(now);
         self.reset_election(now);
@@ -637,12 +651,16 @@ impl Replica {
             FetchBody::Fenced { .. } => unreachable!("handled by receive"),
             FetchBody::Diverging(diverging) => {
                 let cut = self.epochs.truncation_point(diverging, self.log_end);
-                assert!(
-                    cut >= self.commit,
-                    "replica {:?} told to truncate to {cut:?} below its commit index {:?}",
-                    self.config.id,
-                    self.commit
-                );
+                if cut < self.commit {
+                    // Committed records are never removed: the leader is wrong (or not
+                    // a leader). Refuse, and let the fetch timeout ask again.
+                    let reason = format!(
+                        "told to truncate to {cut:?}, below the commit index {:?}",
+                        self.commit
+                    );
+                    out.push(Action::Refused { from, reason });
+                    return;
+                }
                 if cut < self.log_end {
                     self.epochs.truncate_to(cut);
                     self.log_end = cut;
@@ -661,6 +679,10 @@ impl Replica {
                     }
                     return;
                 }
+                if let Err(reason) = self.check_batches(&batches) {
+                    out.push(Action::Refused { from, reason });
+                    return;
+                }
                 // The leader checked our log up to `base`: its commit index applies to
                 // our durable prefix.
                 self.leader_commit = self.leader_commit.max(commit);
@@ -673,7 +695,6 @@ impl Replica {
                 }
                 let mut at = base;
                 for batch in &batches {
-                    assert!(batch.records > 0, "a batch holds records");
                     self.epochs.assign(batch.epoch, at);
                     at = at.plus(i64::from(batch.records));
                 }
@@ -682,6 +703,26 @@ impl Replica {
                 out.push(Action::Append { base, batches });
             }
         }
+    }
+
+    /// Batches a leader may send: each holds records, and their epochs never go back,
+    /// neither from our last record's nor from one batch to the next, nor past the
+    /// leader's epoch.
+    fn check_batches(&self, batches: &[BatchMeta]) -> Result<(), String> {
+        let mut last = self.last_log().0;
+        for batch in batches {
+            if batch.records == 0 {
+                return Err("a batch without records".into());
+            }
+            if batch.epoch < last || batch.epoch > self.epoch {
+                return Err(format!(
+                    "a batch of epoch {:?} after epoch {last:?} (leader epoch {:?})",
+                    batch.epoch, self.epoch
+                ));
+            }
+            last = batch.epoch;
+        }
+        Ok(())
     }
 
     fn update_follower_commit(&mut self, out: &mut Vec<Action>) {
@@ -876,5 +917,117 @@ impl Replica {
             out.push(Action::Commit { index });
             self.answer_parked(now, true, out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower() -> Replica {
+        let config = Config {
+            id: ReplicaId(1),
+            voters: vec![ReplicaId(0), ReplicaId(1), ReplicaId(2)],
+            election_timeout_ms: 150,
+            fetch_timeout_ms: 50,
+            fetch_wait_ms: 100,
+            check_quorum_ms: 300,
+            fetch_records_max: 64,
+            seed: 1,
+        };
+        let none = Persisted {
+            epoch: LeaderEpoch(0),
+            voted_for: None,
+        };
+        let mut r = Replica::new(config, none, Offset::ZERO, EpochCache::new(), 0);
+        let out = r.receive(
+            1,
+            ReplicaId(0),
+            Message::BeginEpoch {
+                epoch: LeaderEpoch(1),
+            },
+        );
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::Fetch { .. },
+                ..
+            }
+        )));
+        r
+    }
+
+    fn answer(request: u64, commit: i64, body: FetchBody) -> Message {
+        Message::FetchAnswer {
+            request,
+            epoch: LeaderEpoch(1),
+            commit: Offset(commit),
+            body,
+        }
+    }
+
+    fn records(base: i64, batches: &[(i32, u32)]) -> FetchBody {
+        FetchBody::Records {
+            base: Offset(base),
+            batches: batches
+                .iter()
+                .map(|&(e, n)| BatchMeta {
+                    epoch: LeaderEpoch(e),
+                    records: n,
+                })
+                .collect(),
+        }
+    }
+
+    fn refused(actions: &[Action]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Refused { .. }))
+    }
+
+    #[test]
+    fn a_follower_refuses_what_no_leader_sends_and_keeps_its_log() {
+        let mut r = follower();
+        let leader = ReplicaId(0);
+        assert!(refused(&r.receive(
+            2,
+            leader,
+            answer(1, 0, records(0, &[(1, 0)]))
+        )));
+        assert!(refused(&r.receive(
+            3,
+            leader,
+            answer(1, 0, records(0, &[(2, 3)]))
+        )));
+        assert_eq!(r.log_end(), Offset::ZERO);
+        // A good answer appends; once durable, the leader's commit index applies.
+        let out = r.receive(4, leader, answer(1, 0, records(0, &[(1, 5)])));
+        assert!(out.contains(&Action::Append {
+            base: Offset::ZERO,
+            batches: vec![BatchMeta {
+                epoch: LeaderEpoch(1),
+                records: 5
+            }]
+        }));
+        let out = r.durable(5, Offset(5));
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::Fetch { request: 2, .. },
+                ..
+            }
+        )));
+        r.receive(6, leader, answer(2, 5, records(5, &[])));
+        assert_eq!(r.commit_index(), Offset(5));
+        // Told to cut below what is committed: refused, nothing truncated.
+        let cut = FetchBody::Diverging(Diverging {
+            epoch: LeaderEpoch(1),
+            end_offset: Offset(2),
+        });
+        let out = r.receive(7, leader, answer(2, 5, cut.clone()));
+        assert!(out.is_empty(), "not the latest fetch's answer: ignored");
+        let request = r.fetch_request;
+        let out = r.receive(8, leader, answer(request, 5, cut));
+        assert!(refused(&out));
+        assert!(!out.iter().any(|a| matches!(a, Action::Truncate { .. })));
+        assert_eq!(r.log_end(), Offset(5));
     }
 }

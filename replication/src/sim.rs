@@ -544,6 +544,12 @@ impl Sim {
                     }
                 }
                 Action::Resigned => self.nodes[i].writes.clear(),
+                // Correct replicas never provoke a refusal: in the simulator it is a bug.
+                Action::Refused { from, reason } => {
+                    return Err(fail(format!(
+                        "{me:?} refused a message of {from:?}: {reason}"
+                    )));
+                }
             }
         }
         Ok(())
