@@ -10,14 +10,16 @@
 //! epoch ends and where a follower's log diverges from its leader's (KIP-101/KIP-320),
 //! with its rkyv checkpoint; the quorum commit rule; and the replica state machine
 //! (`replica`: fetch with long poll, pre-vote elections, check quorum), driven by a
-//! seeded simulator in the tests. Membership changes, leadership transfer, the wire
-//! framing and the glommio driver are to come.
+//! seeded simulator (`sim`, run by `tests/simulate.rs`); and the inter-broker frame
+//! (`wire`: an rkyv header validated with bytecheck, then raw record bytes).
+//! Membership changes, leadership transfer and the glommio driver are to come.
 
 pub mod commit;
 pub mod epochs;
 pub mod replica;
 mod rng;
 pub mod sim;
+pub mod wire;
 
 pub use commit::quorum_commit;
 pub use epochs::{Diverging, EpochCache};
