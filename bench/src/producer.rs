@@ -98,7 +98,6 @@ struct Producer {
     leaders: Vec<Leader>,
     producer: Option<(i64, i16)>,
     tally: Rc<RefCell<ProduceTally>>,
-    scratch: Vec<u8>,
 }
 
 pub async fn run(spec: ProducerSpec) -> ProduceTally {
@@ -158,7 +157,6 @@ impl Producer {
             leaders,
             producer: None,
             tally,
-            scratch: Vec::new(),
         }
     }
 
@@ -277,7 +275,7 @@ impl Producer {
         let permit = window
             .acquire_static_permit(1)
             .await
-            .expect("the window semaphore is never closed");
+            .expect("the window closes only at the drain, after the last send");
         let mut by_topic: BTreeMap<String, Vec<PartitionProduceData>> = BTreeMap::new();
         let mut sent = Vec::with_capacity(picked.len());
         let codec = spec.workload.compression.engine();
@@ -291,11 +289,12 @@ impl Producer {
                 epoch,
                 base_sequence: partition.next_sequence,
             });
-            self.scratch.clear();
+            // Sealed straight into the buffer the request will carry.
+            let mut sealed_bytes = Vec::with_capacity(partition.open.builder.size_uncompressed());
             let sealed = partition
                 .open
                 .builder
-                .finish(codec, fields, &mut self.scratch);
+                .finish(codec, fields, &mut sealed_bytes);
             let due = std::mem::take(&mut partition.open.due);
             let bytes = std::mem::take(&mut partition.open.bytes);
             if let Err(e) = sealed {
@@ -310,7 +309,7 @@ impl Producer {
                 .push(
                     PartitionProduceData::default()
                         .with_index(partition.layout.partition)
-                        .with_records(Some(Bytes::copy_from_slice(&self.scratch))),
+                        .with_records(Some(Bytes::from(sealed_bytes))),
                 );
             sent.push(Sent {
                 topic: partition.layout.topic.clone(),

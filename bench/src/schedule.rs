@@ -30,11 +30,6 @@ impl Clock {
     pub fn now_ns(&self) -> u64 {
         u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
-
-    /// The instant of `ns` on this clock.
-    pub fn instant(&self, ns: u64) -> Instant {
-        self.base + std::time::Duration::from_nanos(ns)
-    }
 }
 
 /// How fast a producer makes records.

@@ -14,7 +14,7 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 use spate_net::client::errors::failure;
-use spate_net::client::lookup::{metadata_of, offsets_at, topic_name};
+use spate_net::client::lookup::{metadata_of, name_of, offsets_at, topic_name};
 use spate_net::client::Client;
 
 use crate::error::{BenchError, Result};
@@ -113,11 +113,7 @@ fn missing_topics(
     let metadata = metadata_of(client, topics).map_err(BenchError::Broker)?;
     let mut missing = Vec::new();
     for topic in &metadata.topics {
-        let name = topic
-            .name
-            .as_ref()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
+        let name = name_of(topic);
         if topic.error_code == ResponseError::UnknownTopicOrPartition.code() {
             missing.push(name);
         } else if topic.error_code == 0 && topic.partitions.len() != workload.partitions as usize {
@@ -176,11 +172,7 @@ fn leaders(client: &mut Client, workload: &Workload, topics: &[String]) -> Resul
         .collect();
     let mut partitions = Vec::new();
     for topic in &metadata.topics {
-        let name = topic
-            .name
-            .as_ref()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
+        let name = name_of(topic);
         if topic.error_code != 0 || topic.partitions.len() != workload.partitions as usize {
             return Ok(None);
         }

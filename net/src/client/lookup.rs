@@ -11,6 +11,7 @@ use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -108,6 +109,15 @@ pub fn metadata_of(client: &mut Client, topics: &[String]) -> Result<MetadataRes
     client.send(version, &request).map_err(|e| e.to_string())
 }
 
+/// A Metadata topic's name ("" if the broker left it out).
+pub fn name_of(topic: &MetadataResponseTopic) -> String {
+    topic
+        .name
+        .as_ref()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
 /// Every partition of `topics`, from Metadata; an unknown topic is an error.
 pub fn partitions_of(
     client: &mut Client,
@@ -116,11 +126,7 @@ pub fn partitions_of(
     let metadata = metadata_of(client, topics)?;
     let mut out = BTreeSet::new();
     for topic in &metadata.topics {
-        let name = topic
-            .name
-            .as_ref()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
+        let name = name_of(topic);
         if topic.error_code != 0 {
             let what = if topic.error_code == ResponseError::UnknownTopicOrPartition.code() {
                 format!("topic \"{name}\" does not exist")
