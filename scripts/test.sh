@@ -28,6 +28,9 @@ fi
 # to unregistered buffers, but raise it where we may so the tests run the fast path.
 ulimit -l unlimited 2>/dev/null || true
 
+# Incremental caches only help rebuilds, and cost gigabytes of disk on a fresh machine.
+export CARGO_INCREMENTAL=0
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
