@@ -8,11 +8,12 @@
 //!
 //! Built so far (issue 7, in progress): the epoch cache that answers where each leader
 //! epoch ends and where a follower's log diverges from its leader's (KIP-101/KIP-320),
-//! with its rkyv checkpoint; the quorum commit rule; and the replica state machine
-//! (`replica`: fetch with long poll, pre-vote elections, check quorum), driven by a
-//! seeded simulator (`sim`, run by `tests/simulate.rs`); and the inter-broker frame
-//! (`wire`: an rkyv header validated with bytecheck, then raw record bytes).
-//! Membership changes, leadership transfer and the glommio driver are to come.
+//! with its rkyv checkpoint; the quorum commit rule; the replica state machine
+//! (`replica`: fetch with long poll, pre-vote elections, check quorum, replica-set
+//! changes with learners, leadership transfer, preferred-leader rebalance), driven
+//! through faults by a seeded simulator (`sim`, run by `tests/simulate.rs`); and the
+//! inter-broker frame (`wire`: an rkyv header validated with bytecheck, then raw record
+//! bytes). Batching partitions per broker pair and the glommio driver are to come.
 
 pub mod commit;
 pub mod epochs;

@@ -99,6 +99,7 @@ pub enum Election {
     },
     PreVoteAnswer {
         epoch: i32,
+        current: i32,
         granted: bool,
     },
     Vote {
@@ -111,6 +112,9 @@ pub enum Election {
         granted: bool,
     },
     BeginEpoch {
+        epoch: i32,
+    },
+    EndEpoch {
         epoch: i32,
     },
 }

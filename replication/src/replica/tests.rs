@@ -1,0 +1,414 @@
+//! Unit tests of the replica on a lossless, instant network (the simulator covers
+//! faults): refusals, replica-set changes and leadership transfer.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::epochs::Diverging;
+
+fn ids(ids: &[u32]) -> Vec<ReplicaId> {
+    ids.iter().map(|i| ReplicaId(*i)).collect()
+}
+
+fn config(id: u32, voters: &[u32], preferred_check: Option<u64>) -> Config {
+    Config {
+        id: ReplicaId(id),
+        membership: Membership::new(ids(voters), vec![]).unwrap(),
+        election_timeout_ms: 150,
+        fetch_timeout_ms: 50,
+        fetch_wait_ms: 100,
+        check_quorum_ms: 300,
+        fetch_records_max: 64,
+        preferred_leader_check_ms: preferred_check,
+        seed: 1,
+    }
+}
+
+fn fresh() -> Recovered {
+    Recovered {
+        persisted: Persisted {
+            epoch: LeaderEpoch(0),
+            voted_for: None,
+        },
+        log_end: Offset::ZERO,
+        epochs: EpochCache::new(),
+        memberships: vec![],
+    }
+}
+
+/// Replicas whose messages arrive at once, whose appends are durable at once, and
+/// whose logs are lists of one batch per record.
+struct Group {
+    replicas: Vec<Replica>,
+    logs: Vec<Vec<BatchMeta>>,
+    queue: VecDeque<(ReplicaId, ReplicaId, Message)>,
+    /// Replicas that hear nothing and do nothing.
+    down: Vec<bool>,
+    now: u64,
+}
+
+impl Group {
+    /// `n` replicas, of which `voters` are the initial voters; the others wait to be
+    /// added.
+    fn new(n: u32, voters: &[u32], preferred_check: Option<u64>) -> Group {
+        let replicas = (0..n)
+            .map(|i| Replica::new(config(i, voters, preferred_check), fresh(), 0))
+            .collect();
+        Group {
+            replicas,
+            logs: vec![Vec::new(); n as usize],
+            queue: VecDeque::new(),
+            down: vec![false; n as usize],
+            now: 0,
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.replicas.iter().position(|r| r.is_leader())
+    }
+
+    fn apply(&mut self, i: usize, actions: Vec<Action>) {
+        let me = ReplicaId(i as u32);
+        for action in actions {
+            match action {
+                Action::Send { to, message } => self.queue.push_back((me, to, message)),
+                Action::SendRecords {
+                    to,
+                    request,
+                    epoch,
+                    commit,
+                    from,
+                    until,
+                } => {
+                    let batches = self.logs[i][from.0 as usize..until.0 as usize].to_vec();
+                    let body = FetchBody::Records {
+                        base: from,
+                        batches,
+                    };
+                    let message = Message::FetchAnswer {
+                        request,
+                        epoch,
+                        commit,
+                        body,
+                    };
+                    self.queue.push_back((me, to, message));
+                }
+                Action::Append { base, batches } => {
+                    assert_eq!(base.0 as usize, self.logs[i].len());
+                    for b in batches {
+                        for _ in 0..b.records {
+                            let one = BatchMeta {
+                                records: 1,
+                                ..b.clone()
+                            };
+                            self.logs[i].push(one);
+                        }
+                    }
+                    let end = Offset(self.logs[i].len() as i64);
+                    let more = self.replicas[i].durable(self.now, end);
+                    self.apply(i, more);
+                }
+                Action::Truncate { to } => self.logs[i].truncate(to.0 as usize),
+                Action::Refused { from, reason } => panic!("refused {from:?}: {reason}"),
+                Action::Persist(_) | Action::Commit { .. } | Action::Resigned => {}
+            }
+        }
+    }
+
+    /// Runs `ms` milliseconds, delivering every message within the millisecond.
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.now += 1;
+            for i in 0..self.replicas.len() {
+                if self.down[i] {
+                    continue;
+                }
+                let actions = self.replicas[i].tick(self.now);
+                self.apply(i, actions);
+            }
+            while let Some((from, to, message)) = self.queue.pop_front() {
+                let i = to.0 as usize;
+                if self.down[i] {
+                    continue;
+                }
+                let actions = self.replicas[i].receive(self.now, from, message);
+                self.apply(i, actions);
+            }
+        }
+    }
+
+    fn write(&mut self, records: u32) -> Offset {
+        let i = self.leader().expect("a leader");
+        let (base, actions) = self.replicas[i].write(self.now, records).unwrap();
+        self.apply(i, actions);
+        base
+    }
+
+    fn change(&mut self, change: Change) -> Result<(), ChangeError> {
+        let i = self.leader().expect("a leader");
+        let actions = self.replicas[i].change(self.now, change)?;
+        self.apply(i, actions);
+        Ok(())
+    }
+}
+
+#[test]
+fn leadership_moves_to_a_caught_up_voter_and_appends_pause_meanwhile() {
+    let mut g = Group::new(3, &[0, 1, 2], None);
+    g.run(400);
+    let old = g.leader().expect("elected");
+    let target = (old + 1) % 3;
+    let epoch = g.replicas[old].epoch();
+    g.write(5);
+    let actions = g.replicas[old]
+        .transfer(g.now, ReplicaId(target as u32))
+        .unwrap();
+    g.apply(old, actions);
+    assert!(g.replicas[old].transferring());
+    assert_eq!(g.replicas[old].write(g.now, 1), Err(NotLeader));
+    assert!(matches!(
+        g.replicas[old].transfer(g.now, ReplicaId(target as u32)),
+        Err(ChangeError::Busy(_))
+    ));
+    g.run(20);
+    assert_eq!(g.leader(), Some(target), "the target leads");
+    assert_eq!(g.replicas[target].epoch(), LeaderEpoch(epoch.0 + 1));
+    g.write(1);
+    g.run(20);
+    let end = g.replicas[target].log_end();
+    assert!(g.replicas.iter().all(|r| r.commit_index() == end));
+    // Nonsense transfers are refused and change nothing.
+    let t = target;
+    let me = ReplicaId(t as u32);
+    assert!(matches!(
+        g.replicas[t].transfer(g.now, me),
+        Err(ChangeError::Invalid(_))
+    ));
+    assert!(matches!(
+        g.replicas[t].transfer(g.now, ReplicaId(9)),
+        Err(ChangeError::Invalid(_))
+    ));
+    assert_eq!(
+        g.replicas[old].transfer(g.now, me),
+        Err(ChangeError::NotLeader)
+    );
+}
+
+#[test]
+fn a_transfer_to_a_dead_replica_is_abandoned_after_an_election_timeout() {
+    let mut g = Group::new(3, &[0, 1, 2], None);
+    g.run(400);
+    let old = g.leader().unwrap();
+    let target = (old + 1) % 3;
+    // The target stops hearing anything: its log stays behind the leader's.
+    g.down[target] = true;
+    g.write(3);
+    let actions = g.replicas[old]
+        .transfer(g.now, ReplicaId(target as u32))
+        .unwrap();
+    g.apply(old, actions);
+    g.run(100);
+    assert!(g.replicas[old].transferring());
+    g.run(200);
+    assert!(!g.replicas[old].transferring() && g.replicas[old].is_leader());
+    g.write(1);
+}
+
+#[test]
+fn the_preferred_replica_gets_leadership_back() {
+    let mut g = Group::new(3, &[0, 1, 2], Some(100));
+    g.run(400);
+    let first = g.leader().unwrap();
+    if first == 0 {
+        // Make another replica lead, then see leadership come back to replica 0.
+        let actions = g.replicas[0].transfer(g.now, ReplicaId(1)).unwrap();
+        g.apply(0, actions);
+        g.run(20);
+        assert_eq!(g.leader(), Some(1));
+    }
+    g.write(2);
+    // The leader checks every 100 ms, so the preferred replica leads soon after.
+    g.run(150);
+    assert_eq!(g.leader(), Some(0));
+    g.run(500);
+    assert_eq!(g.leader(), Some(0), "and keeps it");
+}
+
+#[test]
+fn replicas_join_as_learners_are_promoted_once_caught_up_and_leave() {
+    let mut g = Group::new(4, &[0, 1, 2], None);
+    g.run(400);
+    let leader = g.leader().unwrap();
+    assert!(leader < 3);
+    g.write(10);
+    g.run(10);
+    // The learner is announced to, fetches, and catches up, but does not count.
+    g.change(Change::AddLearner(ReplicaId(3))).unwrap();
+    assert_eq!(
+        g.change(Change::Promote(ReplicaId(3))),
+        Err(ChangeError::Busy(
+            "the previous change is not committed yet"
+        ))
+    );
+    g.run(20);
+    assert_eq!(g.replicas[3].leader(), Some(ReplicaId(leader as u32)));
+    assert_eq!(g.replicas[3].log_end(), g.replicas[leader].log_end());
+    assert_eq!(g.replicas[3].membership().learners(), &ids(&[3])[..]);
+    g.change(Change::Promote(ReplicaId(3))).unwrap();
+    g.run(20);
+    for r in &g.replicas {
+        assert_eq!(r.membership().voters().len(), 4);
+    }
+    // Remove a follower; the leader may not remove itself.
+    let gone = (0..3).find(|i| *i != leader).unwrap();
+    assert!(matches!(
+        g.change(Change::Remove(ReplicaId(leader as u32))),
+        Err(ChangeError::Invalid(_))
+    ));
+    g.change(Change::Remove(ReplicaId(gone as u32))).unwrap();
+    g.run(20);
+    // The removed replica is no longer served, and commits go on without it.
+    let frozen = g.replicas[gone].log_end();
+    g.write(3);
+    g.run(50);
+    let end = g.replicas[leader].log_end();
+    assert!(g.replicas[gone].log_end() == frozen && frozen < end);
+    assert_eq!(g.replicas[leader].commit_index(), end);
+    assert_eq!(g.replicas[3].commit_index(), end);
+}
+
+#[test]
+fn learners_never_count_toward_a_commit() {
+    // Voters 0 and 1, learner 2: with replica 1 gone, the learner's copy must not
+    // commit anything.
+    let mut g = Group::new(3, &[0, 1], None);
+    g.run(400);
+    let leader = g.leader().unwrap();
+    g.write(1);
+    g.run(10);
+    g.change(Change::AddLearner(ReplicaId(2))).unwrap();
+    g.run(10);
+    let other = 1 - leader;
+    g.down[other] = true;
+    let committed = g.replicas[leader].commit_index();
+    g.write(4);
+    g.run(100);
+    assert_eq!(g.replicas[2].log_end(), g.replicas[leader].log_end());
+    assert_eq!(g.replicas[leader].commit_index(), committed);
+    // Promoted, it counts: voters {0, 1, 2} have a majority without the lost one.
+    g.change(Change::Promote(ReplicaId(2))).unwrap();
+    g.run(10);
+    let end = g.replicas[leader].log_end();
+    assert_eq!(g.replicas[leader].commit_index(), end);
+}
+
+#[test]
+fn a_promotion_waits_for_the_learner_to_catch_up() {
+    let mut g = Group::new(4, &[0, 1, 2], None);
+    g.run(400);
+    g.write(10);
+    g.run(10);
+    g.change(Change::AddLearner(ReplicaId(3))).unwrap();
+    let leader = g.leader().unwrap();
+    // The learner is cut off before it fetches anything.
+    g.down[3] = true;
+    g.run(10);
+    let change = g.replicas[leader].change(g.now, Change::Promote(ReplicaId(3)));
+    assert_eq!(change, Err(ChangeError::Lagging(ReplicaId(3))));
+}
+
+// A follower on its own: what no correct leader sends is refused, never panicked on.
+
+fn follower() -> Replica {
+    let mut r = Replica::new(config(1, &[0, 1, 2], None), fresh(), 0);
+    let begin = Message::BeginEpoch {
+        epoch: LeaderEpoch(1),
+    };
+    let out = r.receive(1, ReplicaId(0), begin);
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            message: Message::Fetch { .. },
+            ..
+        }
+    )));
+    r
+}
+
+fn answer(request: u64, commit: i64, body: FetchBody) -> Message {
+    Message::FetchAnswer {
+        request,
+        epoch: LeaderEpoch(1),
+        commit: Offset(commit),
+        body,
+    }
+}
+
+fn records(base: i64, batches: &[(i32, u32)]) -> FetchBody {
+    FetchBody::Records {
+        base: Offset(base),
+        batches: batches
+            .iter()
+            .map(|&(e, n)| BatchMeta::data(LeaderEpoch(e), n))
+            .collect(),
+    }
+}
+
+fn refused(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Refused { .. }))
+}
+
+#[test]
+fn a_follower_refuses_what_no_leader_sends_and_keeps_its_log() {
+    let mut r = follower();
+    let leader = ReplicaId(0);
+    assert!(refused(&r.receive(
+        2,
+        leader,
+        answer(1, 0, records(0, &[(1, 0)]))
+    )));
+    assert!(refused(&r.receive(
+        3,
+        leader,
+        answer(1, 0, records(0, &[(2, 3)]))
+    )));
+    let two = Membership::new(ids(&[0, 1, 2]), vec![]).unwrap();
+    let bad = FetchBody::Records {
+        base: Offset::ZERO,
+        batches: vec![BatchMeta {
+            epoch: LeaderEpoch(1),
+            records: 2,
+            kind: BatchKind::Membership(two),
+        }],
+    };
+    assert!(refused(&r.receive(3, leader, answer(1, 0, bad))));
+    assert_eq!(r.log_end(), Offset::ZERO);
+    // A good answer appends; once durable, the leader's commit index applies.
+    let out = r.receive(4, leader, answer(1, 0, records(0, &[(1, 5)])));
+    assert!(out.contains(&Action::Append {
+        base: Offset::ZERO,
+        batches: vec![BatchMeta::data(LeaderEpoch(1), 5)]
+    }));
+    let out = r.durable(5, Offset(5));
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            message: Message::Fetch { request: 2, .. },
+            ..
+        }
+    )));
+    r.receive(6, leader, answer(2, 5, records(5, &[])));
+    assert_eq!(r.commit_index(), Offset(5));
+    // Told to cut below what is committed: refused, nothing truncated.
+    let cut = FetchBody::Diverging(Diverging {
+        epoch: LeaderEpoch(1),
+        end_offset: Offset(2),
+    });
+    let out = r.receive(7, leader, answer(2, 5, cut.clone()));
+    assert!(out.is_empty(), "not the latest fetch's answer: ignored");
+    let request = r.fetch_request;
+    let out = r.receive(8, leader, answer(request, 5, cut));
+    assert!(refused(&out));
+    assert!(!out.iter().any(|a| matches!(a, Action::Truncate { .. })));
+    assert_eq!(r.log_end(), Offset(5));
+}
