@@ -54,15 +54,25 @@ impl Replica {
             // Campaign from the answerer's epoch next time.
             return self.adopt(now, current, None, out);
         }
+        let asked = epoch.0 == self.epoch.0 + 1;
+        if granted && pre_candidate && asked && self.tally(from) {
+            self.start_election(now, out);
+        }
+    }
+
+    /// Counts a granted pre-vote or vote from `from`, if it is a voter of our set;
+    /// whether a majority has granted now.
+    fn tally(&mut self, from: ReplicaId) -> bool {
         let majority = self.membership().majority();
-        let counts = self.membership().is_voter(from);
-        if let Role::PreCandidate { granted: votes } = &mut self.role {
-            if granted && counts && epoch.0 == self.epoch.0 + 1 {
-                votes.insert(from);
-                if votes.len() >= majority {
-                    self.start_election(now, out);
-                }
+        if !self.membership().is_voter(from) {
+            return false;
+        }
+        match &mut self.role {
+            Role::PreCandidate { granted } | Role::Candidate { granted } => {
+                granted.insert(from);
+                granted.len() >= majority
             }
+            _ => false,
         }
     }
 
@@ -102,15 +112,9 @@ impl Replica {
         if epoch > self.epoch {
             return self.adopt(now, epoch, None, out);
         }
-        let majority = self.membership().majority();
-        let counts = self.membership().is_voter(from);
-        if let Role::Candidate { granted: votes } = &mut self.role {
-            if granted && counts && epoch == self.epoch {
-                votes.insert(from);
-                if votes.len() >= majority {
-                    self.become_leader(now, out);
-                }
-            }
+        let candidate = matches!(self.role, Role::Candidate { .. });
+        if granted && candidate && epoch == self.epoch && self.tally(from) {
+            self.become_leader(now, out);
         }
     }
 
