@@ -13,10 +13,12 @@
 //! changes with learners, leadership transfer, preferred-leader rebalance), driven
 //! through faults by a seeded simulator (`sim`, run by `tests/simulate.rs`); and the
 //! inter-broker frame (`wire`: an rkyv header validated with bytecheck, then raw record
-//! bytes). Batching partitions per broker pair and the glommio driver are to come.
+//! bytes) with batching per broker pair (`outbox`: one frame per kind per peer per
+//! flush, and the mapping between frames and messages). The glommio driver is to come.
 
 pub mod commit;
 pub mod epochs;
+pub mod outbox;
 pub mod replica;
 mod rng;
 pub mod sim;

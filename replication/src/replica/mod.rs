@@ -71,6 +71,21 @@ pub struct Recovered {
     pub memberships: Vec<(Offset, Membership)>,
 }
 
+impl Recovered {
+    /// A replica created on this broker just now: no log, no vote.
+    pub fn empty() -> Recovered {
+        Recovered {
+            persisted: Persisted {
+                epoch: LeaderEpoch(0),
+                voted_for: None,
+            },
+            log_end: Offset::ZERO,
+            epochs: EpochCache::new(),
+            memberships: Vec::new(),
+        }
+    }
+}
+
 /// Client writes go to the leader only, and not while it hands leadership over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NotLeader;

@@ -25,15 +25,7 @@ fn config(id: u32, voters: &[u32], preferred_check: Option<u64>) -> Config {
 }
 
 fn fresh() -> Recovered {
-    Recovered {
-        persisted: Persisted {
-            epoch: LeaderEpoch(0),
-            voted_for: None,
-        },
-        log_end: Offset::ZERO,
-        epochs: EpochCache::new(),
-        memberships: vec![],
-    }
+    Recovered::empty()
 }
 
 /// Replicas whose messages arrive at once, whose appends are durable at once, and
