@@ -86,7 +86,10 @@ struct Pending {
     elections: Vec<PartitionElection>,
 }
 
-/// The sends of one broker's replicas, gathered per peer until `flush`.
+/// The sends of one broker's replicas, gathered per peer until `flush`. It holds one
+/// step's sends: a replica answers one event with a bounded number of messages (a few
+/// per member of its set), and the driver flushes after every step, so what waits
+/// here is bounded by the replicas hosted times their set's size.
 #[derive(Debug)]
 pub struct Outbox {
     from: ReplicaId,
@@ -138,25 +141,23 @@ impl Outbox {
     fn push(&mut self, key: &PartitionKey, to: ReplicaId, message: Message) {
         let peer = self.peers.entry(to).or_default();
         let key = key.clone();
-        let election = |message| PartitionElection {
-            key: key.clone(),
-            message,
-        };
-        match message {
+        let election = match message {
             Message::Fetch {
                 request,
                 epoch,
                 fetch_offset,
                 last_fetched_epoch,
                 durable_end,
-            } => peer.fetches.push(PartitionFetch {
-                key,
-                request,
-                epoch: epoch.0,
-                fetch_offset: fetch_offset.0,
-                last_fetched_epoch: last_fetched_epoch.0,
-                durable_end: durable_end.0,
-            }),
+            } => {
+                return peer.fetches.push(PartitionFetch {
+                    key,
+                    request,
+                    epoch: epoch.0,
+                    fetch_offset: fetch_offset.0,
+                    last_fetched_epoch: last_fetched_epoch.0,
+                    durable_end: durable_end.0,
+                })
+            }
             Message::FetchAnswer {
                 request,
                 epoch,
@@ -182,48 +183,46 @@ impl Outbox {
                     commit: commit.0,
                     outcome,
                 };
-                peer.answers.push((answer, None));
+                return peer.answers.push((answer, None));
             }
             Message::PreVote {
                 epoch,
                 last_epoch,
                 end,
-            } => peer.elections.push(election(Election::PreVote {
+            } => Election::PreVote {
                 epoch: epoch.0,
                 last_epoch: last_epoch.0,
                 end: end.0,
-            })),
+            },
             Message::PreVoteAnswer {
                 epoch,
                 current,
                 granted,
-            } => peer.elections.push(election(Election::PreVoteAnswer {
+            } => Election::PreVoteAnswer {
                 epoch: epoch.0,
                 current: current.0,
                 granted,
-            })),
+            },
             Message::Vote {
                 epoch,
                 last_epoch,
                 end,
-            } => peer.elections.push(election(Election::Vote {
+            } => Election::Vote {
                 epoch: epoch.0,
                 last_epoch: last_epoch.0,
                 end: end.0,
-            })),
-            Message::VoteAnswer { epoch, granted } => {
-                peer.elections.push(election(Election::VoteAnswer {
-                    epoch: epoch.0,
-                    granted,
-                }))
-            }
-            Message::BeginEpoch { epoch } => peer
-                .elections
-                .push(election(Election::BeginEpoch { epoch: epoch.0 })),
-            Message::EndEpoch { epoch } => peer
-                .elections
-                .push(election(Election::EndEpoch { epoch: epoch.0 })),
-        }
+            },
+            Message::VoteAnswer { epoch, granted } => Election::VoteAnswer {
+                epoch: epoch.0,
+                granted,
+            },
+            Message::BeginEpoch { epoch } => Election::BeginEpoch { epoch: epoch.0 },
+            Message::EndEpoch { epoch } => Election::EndEpoch { epoch: epoch.0 },
+        };
+        peer.elections.push(PartitionElection {
+            key,
+            message: election,
+        });
     }
 
     /// Everything gathered, as frames: per peer, fetches, then answers, then election

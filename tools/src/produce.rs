@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
@@ -22,6 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use spate_bench::workload::Codec;
 use spate_net::client::Client;
 
 use crate::client_args::{failure, key_value, print_json, ClientArgs, Format};
@@ -31,16 +32,6 @@ use spate_net::client::lookup::{partitions_of, topic_name};
 const BATCH_RECORDS_MAX: usize = 1000;
 /// Most key and value bytes in one batch (well under Kafka's default `max.message.bytes`).
 const BATCH_BYTES_MAX: usize = 512 * 1024;
-
-/// Record compression.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Codec {
-    None,
-    Gzip,
-    Snappy,
-    Lz4,
-    Zstd,
-}
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {

@@ -125,7 +125,7 @@ impl Replica {
         epoch: LeaderEpoch,
         out: &mut Vec<Action>,
     ) {
-        let following = matches!(self.role, Role::Follower { leader } if leader == from);
+        let following = self.follows(from);
         if epoch > self.epoch || (epoch == self.epoch && !following && !self.is_leader()) {
             self.adopt(now, epoch, Some(from), out);
             if !self.waiting_for_disk() {
@@ -143,7 +143,7 @@ impl Replica {
         epoch: LeaderEpoch,
         out: &mut Vec<Action>,
     ) {
-        let following = matches!(self.role, Role::Follower { leader } if leader == from);
+        let following = self.follows(from);
         if epoch == self.epoch && following && self.is_voter() {
             self.start_election(now, out);
         }

@@ -43,7 +43,7 @@ impl Replica {
         }
         if let FetchBody::Fenced { leader } = body {
             // Not the leader: learn its epoch and leader, and fetch from that.
-            let known = matches!(self.role, Role::Follower { leader: l } if Some(l) == leader);
+            let known = leader.is_some_and(|l| self.follows(l));
             if epoch > self.epoch || (leader.is_some() && !known && !self.is_leader()) {
                 let leader = leader.filter(|l| *l != self.config.id);
                 self.adopt(now, epoch, leader, out);
@@ -59,7 +59,7 @@ impl Replica {
             return;
         }
         // Records and divergences come only from the leader of `epoch`.
-        let following = matches!(self.role, Role::Follower { leader } if leader == from);
+        let following = self.follows(from);
         if epoch > self.epoch || !following {
             self.adopt(now, epoch, Some(from), out);
         }

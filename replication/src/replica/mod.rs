@@ -240,6 +240,11 @@ impl Replica {
         matches!(&self.role, Role::Leader(l) if l.transfer.is_some())
     }
 
+    /// Whether this replica follows `leader` in the current epoch.
+    fn follows(&self, leader: ReplicaId) -> bool {
+        matches!(self.role, Role::Follower { leader: l } if l == leader)
+    }
+
     fn is_voter(&self) -> bool {
         self.membership().is_voter(self.config.id)
     }
