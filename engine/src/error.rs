@@ -115,6 +115,12 @@ pub enum EngineError {
     #[error("unknown producer {producer_id} (sequence {sequence}, expected 0)")]
     UnknownProducerId { producer_id: i64, sequence: i32 },
 
+    /// Recoverable: a replication step does not fit this log (a batch not at the log
+    /// end, an offset inside a batch, a truncation below the high watermark). Nothing
+    /// was changed; the replica refetches.
+    #[error("replica of {tp} cannot follow: {reason}")]
+    ReplicaDiverged { tp: TopicPartition, reason: String },
+
     /// Recoverable: the engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

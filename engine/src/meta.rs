@@ -41,6 +41,8 @@ pub enum FileKind {
     ProducerSnapshot = 4,
     /// `leader-epoch-checkpoint`: a replica's epoch cache (`spate_replication::epochs`).
     LeaderEpochCheckpoint = 5,
+    /// `quorum-state`: a replica's current epoch and vote (`spate_replication::driver`).
+    QuorumState = 6,
 }
 
 /// Identity and configuration of a partition, in `partition.meta`. Written when the

@@ -224,7 +224,7 @@ fn complete(inner: &Inner, cycle: &Cycle) {
         "durable end never moves backwards"
     );
     st.durable_end = target;
-    st.high_watermark = target;
+    st.high_watermark = st.visible_end();
     while st
         .durable_waiters
         .front()

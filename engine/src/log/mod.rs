@@ -18,6 +18,7 @@
 mod flush;
 pub(crate) mod open;
 mod read;
+mod replica;
 mod retention;
 mod scan;
 
@@ -43,6 +44,7 @@ use crate::segment::Segment;
 use crate::types::{LeaderEpoch, Offset, ShardId, Timestamp, TopicPartition};
 
 pub use read::{ReadChunk, ReadResult};
+pub use replica::ReplicaRead;
 pub use retention::RetentionOutcome;
 
 /// Resources one shard's partitions share. Created once per shard.
@@ -127,6 +129,10 @@ pub(crate) struct LogState {
     log_end: Offset,
     durable_end: Offset,
     high_watermark: Offset,
+    /// Set for a replicated partition: the high watermark then follows the quorum commit
+    /// index (`commit`, capped at the durable end) instead of the durable end.
+    replicated: bool,
+    commit: Offset,
     leader_epoch: LeaderEpoch,
     /// Bytes staged since the last flush cycle took them.
     staged_bytes: usize,
@@ -208,6 +214,38 @@ impl LogState {
         let offsets_full =
             self.log_end.0.saturating_add(records) - active.base_offset.0 > i64::from(u32::MAX);
         too_big || too_old || offsets_full
+    }
+
+    /// Stages a validated batch whose header fields are final at the log end.
+    fn stage(
+        &mut self,
+        bytes: bytes::Bytes,
+        header: &BatchHeader,
+        now: Timestamp,
+        permit: StaticPermit,
+    ) {
+        assert_eq!(
+            header.base_offset, self.log_end,
+            "batches are staged at the log end"
+        );
+        self.active_mut().append(&bytes, header, now);
+        self.producers.record(header, header.base_offset);
+        self.log_end = header.last_offset().next();
+        self.leader_epoch = self.leader_epoch.max(header.leader_epoch);
+        self.cache
+            .push(header.base_offset, header.last_offset(), bytes);
+        self.staged_bytes += header.size;
+        self.staged_permits.push(permit);
+        self.stats.appends += 1;
+    }
+
+    /// The high watermark a durable end and commit index allow.
+    fn visible_end(&self) -> Offset {
+        if self.replicated {
+            self.high_watermark.max(self.commit.min(self.durable_end))
+        } else {
+            self.durable_end
+        }
     }
 
     fn usable(&self, tp: &TopicPartition) -> Result<()> {
@@ -325,15 +363,7 @@ impl PartitionLog {
                 leader_epoch,
                 ..header
             };
-            let bytes = batch.freeze();
-            st.active_mut().append(&bytes, &header, now);
-            st.producers.record(&header, base_offset);
-            st.log_end = header.last_offset().next();
-            st.leader_epoch = st.leader_epoch.max(leader_epoch);
-            st.cache.push(base_offset, header.last_offset(), bytes);
-            st.staged_bytes += size;
-            st.staged_permits.push(permit);
-            st.stats.appends += 1;
+            st.stage(batch.freeze(), &header, now, permit);
             let waiter = (policy == AckPolicy::Durable).then(|| {
                 let (tx, rx) = oneshot::channel();
                 let end = st.log_end;

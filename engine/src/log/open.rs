@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::channels::local_channel;
+use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 
 use super::{flush, scan, Inner, LogState, PartitionLog, ShardResources};
@@ -179,6 +180,8 @@ impl PartitionLog {
             log_end,
             durable_end: log_end,
             high_watermark: log_end,
+            replicated: false,
+            commit: Offset::ZERO,
             leader_epoch: recovered.checkpoint.leader_epoch,
             staged_bytes: 0,
             staged_permits: Vec::new(),
@@ -483,7 +486,13 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         .next_back()
         .expect("at least one segment");
     activate(active).await?;
-    let producers = rebuild_producers(dir, active).await?;
+    let producers = rebuild_producers(
+        dir,
+        (&active.file, &active.log_path),
+        active.size,
+        active.base_offset,
+    )
+    .await?;
     Ok(Recovered {
         segments,
         checkpoint,
@@ -497,15 +506,20 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
 /// truncation) or a damaged one is ignored with a warning: producers whose batches are
 /// all in older segments are then forgotten, and their next batch must start a new
 /// sequence (clients do so on UNKNOWN_PRODUCER_ID).
-async fn rebuild_producers(dir: &Path, active: &Segment) -> Result<ProducerStates> {
+pub(super) async fn rebuild_producers(
+    dir: &Path,
+    (dma, log_path): (&DmaFile, &Path),
+    size: u64,
+    base_offset: Offset,
+) -> Result<ProducerStates> {
     let path = dir.join(PRODUCER_SNAPSHOT_FILE);
     let snapshot = file::read_small(&path).await?.map(|bytes| {
         meta::decode::<crate::producers::ProducerSnapshot>(FileKind::ProducerSnapshot, &bytes)
     });
     let mut producers = match snapshot {
-        Some(Some(s)) if s.offset == active.base_offset.0 => ProducerStates::restore(&s),
+        Some(Some(s)) if s.offset == base_offset.0 => ProducerStates::restore(&s),
         Some(Some(s)) => {
-            tracing::warn!(path = %path.display(), snapshot = s.offset, active = active.base_offset.0,
+            tracing::warn!(path = %path.display(), snapshot = s.offset, active = base_offset.0,
                 "producer snapshot is not for the active segment: ignored");
             ProducerStates::default()
         }
@@ -515,16 +529,10 @@ async fn rebuild_producers(dir: &Path, active: &Segment) -> Result<ProducerState
         }
         None => ProducerStates::default(),
     };
-    scan::headers(
-        &active.file,
-        &active.log_path,
-        0,
-        active.size,
-        |_, header| {
-            producers.record(header, header.base_offset);
-            std::ops::ControlFlow::Continue(())
-        },
-    )
+    scan::headers(dma, log_path, 0, size, |_, header| {
+        producers.record(header, header.base_offset);
+        std::ops::ControlFlow::Continue(())
+    })
     .await?;
     Ok(producers)
 }
@@ -639,25 +647,26 @@ async fn load_sealed(dir: &Path, segment: &mut Segment) -> Result<()> {
 /// Makes the last segment writable: staging starts at the last aligned position with the
 /// partial page read back from disk.
 async fn activate(segment: &mut Segment) -> Result<()> {
-    let start = align_down(segment.size);
-    let prefix = if segment.size > start {
-        file::read_at(
-            &segment.file,
-            &segment.log_path,
-            start,
-            (segment.size - start) as usize,
-        )
-        .await?
+    let staging = staging_for(&segment.file, &segment.log_path, segment.size).await?;
+    segment.staging = Some(staging);
+    segment.sealed = false;
+    segment.durable = segment.size;
+    Ok(())
+}
+
+/// Staging for appends after byte `size` of a segment file: it starts at the last
+/// aligned position, with the partial page read back from disk.
+pub(super) async fn staging_for(dma: &DmaFile, path: &Path, size: u64) -> Result<Staging> {
+    let start = align_down(size);
+    let prefix = if size > start {
+        file::read_at(dma, path, start, (size - start) as usize).await?
     } else {
         Vec::new()
     };
     assert_eq!(
         prefix.len() as u64,
-        segment.size - start,
+        size - start,
         "partial page read back whole"
     );
-    segment.staging = Some(Staging::new(&segment.file, start, &prefix));
-    segment.sealed = false;
-    segment.durable = segment.size;
-    Ok(())
+    Ok(Staging::new(dma, start, &prefix))
 }

@@ -1,0 +1,428 @@
+//! What replication asks of a partition log (`spate_replication`'s driver): appending a
+//! leader's batches as they are, reading whole batches past the high watermark for
+//! followers, a high watermark that follows the quorum commit index, and cutting a
+//! divergent suffix off the log.
+//!
+//! Invariants kept here, on top of the log's own (`log_start <= high_watermark <=
+//! durable_end <= log_end`):
+//! - a replicated append lands exactly at the log end and keeps the leader's epoch and
+//!   bytes; nothing is renumbered, so every replica's log is the leader's byte for byte;
+//! - the high watermark of a replicated log never passes the commit index it was given,
+//!   nor the local durable end (a follower may learn a commit index before its own fsync);
+//! - a truncation removes whole batches only, never goes below the high watermark, and
+//!   deletes segments newest first, so a crash part way leaves a longer log that is still
+//!   a prefix-closed log (the follower finds the divergence again and cuts again).
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::open::{rebuild_producers, staging_for};
+use super::{scan, PartitionLog, ReadChunk};
+use crate::batch::{self, BatchHeader};
+use crate::error::{EngineError, Result};
+use crate::file;
+use crate::types::{Offset, Timestamp};
+
+/// How often a truncation waiting for the flusher to seal rolled segments looks again.
+/// Truncations are rare (one per leader change at most), so a short poll is cheap.
+const TRUNCATE_SEAL_POLL: Duration = Duration::from_millis(2);
+
+/// Whole batches for a follower: `[from, end)`, as file ranges or cached bytes.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaRead {
+    pub chunks: Vec<ReadChunk>,
+    /// One past the last offset read; `from` when nothing was.
+    pub end: Offset,
+    /// `(epoch, records)` of every batch read, in order.
+    pub batches: Vec<(i32, u32)>,
+}
+
+impl ReplicaRead {
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(ReadChunk::len).sum()
+    }
+}
+
+impl PartitionLog {
+    /// Makes the high watermark follow `set_commit` from now on, starting from the log
+    /// start: until the replica learns the commit index, nothing is visible to consumers.
+    pub fn set_replicated(&self) {
+        let mut st = self.0.state.borrow_mut();
+        st.replicated = true;
+        st.commit = st.log_start;
+        st.high_watermark = st.log_start;
+        st.check_invariants();
+    }
+
+    /// The quorum commit index moved to `index`: readers may see below it, once it is
+    /// durable here too. Wakes long-polling readers.
+    pub fn set_commit(&self, index: Offset) {
+        let mut st = self.0.state.borrow_mut();
+        assert!(st.replicated, "only a replicated log takes a commit index");
+        st.commit = st.commit.max(index);
+        let visible = st.visible_end();
+        if visible != st.high_watermark {
+            st.high_watermark = visible;
+            for tx in st.progress_waiters.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+        st.check_invariants();
+    }
+
+    /// Appends a batch a leader stored, byte for byte: it must start at the log end,
+    /// and it keeps its base offset and partition leader epoch. Resolves once staged;
+    /// durability shows in `offsets().durable_end` (wait with `wait_for_progress`).
+    pub async fn append_replicated(&self, batch: Bytes) -> Result<BatchHeader> {
+        let inner = &self.0;
+        let max_bytes = inner.state.borrow().config().batch_bytes_max();
+        let header = batch::validate(&batch, max_bytes)?;
+        let size = batch.len();
+        let permit = inner
+            .shard
+            .staged
+            .acquire_static_permit(size as u64)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let _gate = inner
+            .gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        inner.state.borrow().usable(&inner.tp)?;
+        inner.wait_for_staging_room(size).await?;
+        let now = Timestamp::now();
+        if inner
+            .state
+            .borrow()
+            .needs_roll(size, i64::from(header.record_count), now)
+        {
+            inner.roll().await?;
+        }
+        {
+            let mut st = inner.state.borrow_mut();
+            st.usable(&inner.tp)?;
+            if header.base_offset != st.log_end {
+                return Err(EngineError::ReplicaDiverged {
+                    tp: inner.tp.clone(),
+                    reason: format!(
+                        "a replicated batch starts at offset {} but the log ends at {}",
+                        header.base_offset.0, st.log_end.0
+                    ),
+                });
+            }
+            st.stage(batch, &header, now, permit);
+            st.check_invariants();
+        }
+        drop(_gate);
+        inner.ring_flusher();
+        Ok(header)
+    }
+
+    /// Whole batches from `from` (which must start a batch) below `until`, at most
+    /// `max_bytes` but always the first batch, for a follower. Unlike `read`, it reads
+    /// past the high watermark; bytes not durable yet come from the tail cache only, so
+    /// a read may return less than asked, or nothing.
+    pub async fn read_replicated(
+        &self,
+        from: Offset,
+        until: Offset,
+        max_bytes: usize,
+    ) -> Result<ReplicaRead> {
+        let inner = &self.0;
+        let plan = {
+            let st = inner.state.borrow();
+            st.usable(&inner.tp)?;
+            let empty = ReplicaRead {
+                end: from,
+                ..ReplicaRead::default()
+            };
+            if from < st.log_start || from > st.log_end {
+                return Err(EngineError::OffsetOutOfRange {
+                    tp: inner.tp.clone(),
+                    offset: from,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                });
+            }
+            if from >= until || from == st.log_end {
+                return Ok(empty);
+            }
+            if st.cache.covers(from) {
+                let batches = st.cache.read(from, until, max_bytes);
+                return self.cached_read(from, batches);
+            }
+            let (_, segment) = st
+                .segments
+                .range(..=from)
+                .next_back()
+                .expect("offset at or past log start lies in a segment");
+            let entry = segment.index.lookup(from);
+            (
+                segment.file.clone(),
+                segment.log_path.clone(),
+                segment.reader.clone(),
+                u64::from(entry.position),
+                segment.durable,
+            )
+        };
+        let (dma, path, reader, scan_from, durable) = plan;
+        let mut start = None;
+        let mut read = ReplicaRead {
+            end: from,
+            ..ReplicaRead::default()
+        };
+        let mut len = 0u64;
+        scan::headers(&dma, &path, scan_from, durable, |position, header| {
+            if header.last_offset() < from {
+                return ControlFlow::Continue(());
+            }
+            if start.is_none() {
+                if header.base_offset != from {
+                    return ControlFlow::Break(());
+                }
+                start = Some(position);
+            } else if header.base_offset >= until || len + header.size as u64 > max_bytes as u64 {
+                return ControlFlow::Break(());
+            }
+            len += header.size as u64;
+            read.end = header.last_offset().next();
+            read.batches
+                .push((header.leader_epoch.0, header.record_count as u32));
+            ControlFlow::Continue(())
+        })
+        .await?;
+        match start {
+            Some(position) => read.chunks.push(ReadChunk::File {
+                file: reader,
+                position,
+                len,
+            }),
+            None => {
+                // Either the durable bytes end before `from` (the rest is only staged and
+                // no longer cached: the follower asks again), or `from` is inside a batch.
+                let inside = inner.state.borrow().durable_end > from;
+                if inside {
+                    return Err(EngineError::ReplicaDiverged {
+                        tp: inner.tp.clone(),
+                        reason: format!("offset {} does not start a batch", from.0),
+                    });
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    fn cached_read(&self, from: Offset, batches: Vec<Bytes>) -> Result<ReplicaRead> {
+        let mut read = ReplicaRead {
+            end: from,
+            ..ReplicaRead::default()
+        };
+        for bytes in batches {
+            let header = BatchHeader::parse(&bytes).map_err(EngineError::InvalidBatch)?;
+            if read.chunks.is_empty() && header.base_offset != from {
+                return Err(EngineError::ReplicaDiverged {
+                    tp: self.0.tp.clone(),
+                    reason: format!("offset {} does not start a batch", from.0),
+                });
+            }
+            read.end = header.last_offset().next();
+            read.batches
+                .push((header.leader_epoch.0, header.record_count as u32));
+            read.chunks.push(ReadChunk::Cached(bytes));
+        }
+        Ok(read)
+    }
+
+    /// Removes every batch at or past `to`, which must start a batch (or be the log end)
+    /// and not be below the high watermark. Waits for staged appends to become durable
+    /// first, and holds off appends meanwhile. Appends still waiting to be durable past
+    /// `to` fail with `ReplicaDiverged`.
+    pub async fn truncate_to(&self, to: Offset) -> Result<()> {
+        let inner = &self.0;
+        let _gate = inner
+            .gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        self.quiesce().await?;
+        let (target, position) = {
+            let st = inner.state.borrow();
+            if to == st.log_end {
+                return Ok(());
+            }
+            if to < st.high_watermark || to > st.log_end {
+                return Err(EngineError::ReplicaDiverged {
+                    tp: inner.tp.clone(),
+                    reason: format!(
+                        "cannot truncate to {}: the high watermark is {} and the log ends at {}",
+                        to.0, st.high_watermark.0, st.log_end.0
+                    ),
+                });
+            }
+            // The segment that will be active: the last one starting below `to`, or the
+            // first one when `to` is its base.
+            let target = st.segments.range(..to).next_back().map_or_else(
+                || *st.segments.keys().next().expect("a log has a segment"),
+                |(b, _)| *b,
+            );
+            (target, st.segments[&target].index.lookup(to).position)
+        };
+        self.remove_segments_after(target).await?;
+        let producers = self.cut_segment(target, to, u64::from(position)).await?;
+        {
+            let mut st = inner.state.borrow_mut();
+            st.log_end = to;
+            st.durable_end = to;
+            st.high_watermark = st.high_watermark.min(to);
+            st.cache.clear();
+            let waiters: Vec<_> = st.durable_waiters.drain(..).collect();
+            for (end, tx) in waiters {
+                let _ = tx.send(Err(EngineError::ReplicaDiverged {
+                    tp: inner.tp.clone(),
+                    reason: format!(
+                        "the log was truncated to {} before offset {} became durable",
+                        to.0, end.0
+                    ),
+                }));
+            }
+            st.check_invariants();
+        }
+        file::sync_dir(&inner.dir).await?;
+        inner.state.borrow_mut().producers = producers;
+        tracing::info!(partition = %inner.tp, to = to.0, "truncated the log to follow the leader");
+        self.write_checkpoint(false).await
+    }
+
+    /// Waits until everything appended is durable and every rolled segment is sealed, so
+    /// the flusher touches no file a truncation is about to cut. Called with the append
+    /// gate held, so nothing new is staged meanwhile.
+    async fn quiesce(&self) -> Result<()> {
+        let inner = &self.0;
+        loop {
+            let settled = {
+                let st = inner.state.borrow();
+                st.usable(&inner.tp)?;
+                let active = st.active().base_offset;
+                st.durable_end == st.log_end
+                    && st.staged_bytes == 0
+                    && st
+                        .segments
+                        .values()
+                        .all(|s| s.sealed || s.base_offset == active)
+            };
+            if settled {
+                return Ok(());
+            }
+            inner.ring_flusher();
+            futures::future::select(
+                Box::pin(inner.wait_for_progress()),
+                Box::pin(glommio::timer::sleep(TRUNCATE_SEAL_POLL)),
+            )
+            .await;
+        }
+    }
+
+    /// Deletes the segments after `target`, newest first.
+    async fn remove_segments_after(&self, target: Offset) -> Result<()> {
+        let inner = &self.0;
+        loop {
+            let removed = {
+                let mut st = inner.state.borrow_mut();
+                let last = *st.segments.keys().next_back().expect("a log has a segment");
+                if last <= target {
+                    return Ok(());
+                }
+                st.segments.remove(&last).expect("listed segment exists")
+            };
+            for path in removed.paths(&inner.dir) {
+                file::remove(&path).await?;
+            }
+        }
+    }
+
+    /// Cuts segment `target` at `to` (scanning from `position`, an index entry at or
+    /// below it) and makes it the active segment again. Returns the idempotent producers'
+    /// state rebuilt as a restart would: the active segment's snapshot, if it is for this
+    /// segment, and its batches (producers known only from cut batches are forgotten).
+    async fn cut_segment(
+        &self,
+        target: Offset,
+        to: Offset,
+        position: u64,
+    ) -> Result<crate::producers::ProducerStates> {
+        let inner = &self.0;
+        let (dma, path, size) = {
+            let st = inner.state.borrow();
+            let s = &st.segments[&target];
+            (s.file.clone(), s.log_path.clone(), s.size)
+        };
+        let mut cut = None;
+        let mut last_ts = None;
+        scan::headers(&dma, &path, position, size, |at, header| {
+            if header.base_offset >= to {
+                cut = Some(at);
+                return ControlFlow::Break(());
+            }
+            if header.last_offset() >= to {
+                cut = Some(u64::MAX);
+                return ControlFlow::Break(());
+            }
+            last_ts = Some((header.max_timestamp, header.base_offset));
+            ControlFlow::Continue(())
+        })
+        .await?;
+        let cut = match cut {
+            Some(u64::MAX) => {
+                return Err(EngineError::ReplicaDiverged {
+                    tp: inner.tp.clone(),
+                    reason: format!("offset {} does not start a batch", to.0),
+                })
+            }
+            Some(at) => at,
+            None => size,
+        };
+        dma.truncate(cut)
+            .await
+            .map_err(|e| EngineError::glommio("truncate", &path, e))?;
+        dma.fdatasync()
+            .await
+            .map_err(|e| EngineError::glommio("fdatasync", &path, e))?;
+        let mut st = inner.state.borrow_mut();
+        let segment = st.segments.get_mut(&target).expect("target segment exists");
+        segment
+            .index
+            .truncate_to_position(u32::try_from(cut).expect("segment positions fit in u32"));
+        segment.size = cut;
+        segment.durable = cut;
+        segment.allocated = cut;
+        segment.next_offset = to.max(segment.base_offset);
+        // The largest timestamp left: the time index's last entry, or a later batch
+        // scanned above.
+        let (mut max_ts, mut max_offset) = segment
+            .index
+            .last_time()
+            .map_or((Timestamp::NONE, segment.base_offset), |t| {
+                (t.timestamp, t.offset)
+            });
+        if let Some((ts, offset)) = last_ts {
+            if ts > max_ts {
+                (max_ts, max_offset) = (ts, offset);
+            }
+        }
+        segment.max_timestamp = max_ts;
+        segment.max_timestamp_offset = max_offset;
+        drop(st);
+        // A sealed segment becomes active again: staging from its last partial page.
+        let staging = staging_for(&dma, &path, cut).await?;
+        {
+            let mut st = inner.state.borrow_mut();
+            let segment = st.segments.get_mut(&target).expect("target segment exists");
+            segment.staging = Some(staging);
+            segment.sealed = false;
+        }
+        rebuild_producers(&inner.dir, (&dma, &path), cut, target).await
+    }
+}
