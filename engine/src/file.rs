@@ -227,3 +227,55 @@ pub async fn remove(path: &Path) -> Result<()> {
 pub fn segment_path(dir: &Path, base_offset: i64, ext: &str) -> PathBuf {
     dir.join(format!("{base_offset:020}.{ext}"))
 }
+
+/// How long a `sendfile` that found the socket full waits before trying again. Only a
+/// consumer slower than the broker ever waits; it is backpressure, not polling for data.
+pub const SOCKET_FULL_RETRY: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Sends `len` bytes of `file` from `position` to the socket with `sendfile`: no copy
+/// through user space. glommio keeps its sockets blocking and sets O_NONBLOCK only around
+/// its own synchronous attempts; this does the same, so no io_uring operation sees it.
+pub async fn send_file(
+    socket: std::os::fd::RawFd,
+    file: &std::fs::File,
+    mut position: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let mut left = len;
+    while left > 0 {
+        let mut offset = position as libc::off_t;
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: fcntl and sendfile on descriptors we own, with a local offset.
+        let (sent, error) = unsafe {
+            let flags = libc::fcntl(socket, libc::F_GETFL);
+            libc::fcntl(socket, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            let sent = libc::sendfile(
+                socket,
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                &mut offset,
+                chunk,
+            );
+            let error = std::io::Error::last_os_error();
+            libc::fcntl(socket, libc::F_SETFL, flags);
+            (sent, error)
+        };
+        match sent {
+            n if n > 0 => {
+                position += n as u64;
+                left -= n as u64;
+            }
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment file ended early",
+                ))
+            }
+            _ => match error.kind() {
+                std::io::ErrorKind::WouldBlock => glommio::timer::sleep(SOCKET_FULL_RETRY).await,
+                std::io::ErrorKind::Interrupted => {}
+                _ => return Err(error),
+            },
+        }
+    }
+    Ok(())
+}

@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
-
 use bytes::Bytes;
 use common::*;
 use spate_engine::batch::{self, BatchHeader};
-use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, PartitionLog, ReadChunk};
+use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, PartitionLog};
 
 /// A leader's stored batch: `count` records at `base`, epoch `epoch`.
 fn stored(base: i64, count: i32, epoch: i32) -> Bytes {
@@ -51,18 +49,7 @@ async fn read_replicated_all(log: &PartitionLog, from: Offset, until: Offset) ->
         }
         let mut bytes = Vec::new();
         for chunk in &read.chunks {
-            match chunk {
-                ReadChunk::File {
-                    file,
-                    position,
-                    len,
-                } => {
-                    let mut b = vec![0u8; *len as usize];
-                    file.read_exact_at(&mut b, *position).unwrap();
-                    bytes.extend(b);
-                }
-                ReadChunk::Cached(b) => bytes.extend_from_slice(b),
-            }
+            chunk.copy_to(&mut bytes).expect("read a chunk");
         }
         let mut pos = 0;
         for (epoch, records) in &read.batches {

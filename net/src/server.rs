@@ -12,7 +12,7 @@
 //! Any error on a connection (oversized or malformed frame, unknown API, I/O) is logged
 //! with the peer's address and closes that connection only.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -125,48 +125,6 @@ type InFlight = (glommio::Task<Result<Vec<Part>>>, [StaticPermit; 2]);
 /// Pause after a failed accept.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
-/// How long a `sendfile` that found the socket full waits before trying again. Only a
-/// consumer slower than the broker ever waits; it is backpressure, not polling for data.
-const SOCKET_FULL_RETRY: Duration = Duration::from_micros(500);
-
-/// Sends `len` bytes of `file` from `position` to the socket with `sendfile`: no copy
-/// through user space. glommio keeps its sockets blocking and sets O_NONBLOCK only around
-/// its own synchronous attempts; this does the same, so no io_uring operation sees it.
-async fn send_file(socket: RawFd, file: &std::fs::File, mut position: u64, len: u64) -> Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let mut offset = position as libc::off_t;
-        let chunk = left.min(1 << 30) as usize;
-        // SAFETY: fcntl and sendfile on descriptors we own, with a local offset.
-        let (sent, error) = unsafe {
-            let flags = libc::fcntl(socket, libc::F_GETFL);
-            libc::fcntl(socket, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            let sent = libc::sendfile(socket, file.as_raw_fd(), &mut offset, chunk);
-            let error = std::io::Error::last_os_error();
-            libc::fcntl(socket, libc::F_SETFL, flags);
-            (sent, error)
-        };
-        match sent {
-            n if n > 0 => {
-                position += n as u64;
-                left -= n as u64;
-            }
-            0 => {
-                return Err(NetError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "segment file ended early",
-                )))
-            }
-            _ => match error.kind() {
-                std::io::ErrorKind::WouldBlock => glommio::timer::sleep(SOCKET_FULL_RETRY).await,
-                std::io::ErrorKind::Interrupted => {}
-                _ => return Err(NetError::Io(error)),
-            },
-        }
-    }
-    Ok(())
-}
-
 async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Result<()> {
     stream.set_nodelay(true)?;
     let peer: Rc<str> = stream
@@ -188,7 +146,7 @@ async fn connection(stream: TcpStream, node: &Rc<Node>, stop: &AtomicBool) -> Re
                         len,
                     } => {
                         writer.flush().await?;
-                        send_file(socket, &file, position, len).await?;
+                        spate_engine::file::send_file(socket, &file, position, len).await?;
                     }
                 }
             }

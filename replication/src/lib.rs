@@ -17,6 +17,7 @@
 //! flush, and the mapping between frames and messages). The glommio driver is to come.
 
 pub mod commit;
+pub mod driver;
 pub mod epochs;
 pub mod outbox;
 pub mod replica;

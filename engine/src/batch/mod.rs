@@ -408,6 +408,31 @@ pub fn encode_test_batch(count: i32, value_bytes: usize, base_timestamp: i64) ->
     encode_uncompressed(base_timestamp, &records)
 }
 
+/// The control record type of a leader's epoch marker: KRaft's `LEADER_CHANGE`. Kafka
+/// clients skip control batches they do not act on, so consumers never see it.
+pub const LEADER_CHANGE_CONTROL_TYPE: i16 = 2;
+
+/// A new leader's epoch marker: a control batch of one record whose key is the control
+/// record key (version 0, type `LEADER_CHANGE_CONTROL_TYPE`) and whose value is empty.
+/// Replication needs an entry of the leader's own epoch in the log before it may count
+/// commits (Raft's rule), and this is that entry.
+pub fn encode_leader_marker(timestamp: i64) -> Vec<u8> {
+    let mut key = [0u8; 4];
+    key[2..4].copy_from_slice(&LEADER_CHANGE_CONTROL_TYPE.to_be_bytes());
+    let mut batch = encode_uncompressed(
+        timestamp,
+        &[SimpleRecord {
+            key: Some(&key),
+            value: Some(&[]),
+        }],
+    );
+    let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]]) | 0x20;
+    batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
 /// Makes `batch` an idempotent producer's batch (producer id, epoch, first sequence) and
 /// reseals its CRC. For tests and the benchmark harness.
 pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {

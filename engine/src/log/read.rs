@@ -43,6 +43,26 @@ impl ReadChunk {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Appends the chunk's bytes to `out`, reading a file range with `pread`: a copy,
+    /// for tools and tests that look at the bytes rather than send them.
+    pub fn copy_to(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        match self {
+            ReadChunk::File {
+                file,
+                position,
+                len,
+            } => {
+                let start = out.len();
+                out.resize(start + *len as usize, 0);
+                std::os::unix::fs::FileExt::read_exact_at(&**file, &mut out[start..], *position)
+            }
+            ReadChunk::Cached(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// What a read returns: the data and the partition's offsets when it was read.

@@ -390,31 +390,32 @@ impl PartitionLog {
         dma.fdatasync()
             .await
             .map_err(|e| EngineError::glommio("fdatasync", &path, e))?;
-        let mut st = inner.state.borrow_mut();
-        let segment = st.segments.get_mut(&target).expect("target segment exists");
-        segment
-            .index
-            .truncate_to_position(u32::try_from(cut).expect("segment positions fit in u32"));
-        segment.size = cut;
-        segment.durable = cut;
-        segment.allocated = cut;
-        segment.next_offset = to.max(segment.base_offset);
-        // The largest timestamp left: the time index's last entry, or a later batch
-        // scanned above.
-        let (mut max_ts, mut max_offset) = segment
-            .index
-            .last_time()
-            .map_or((Timestamp::NONE, segment.base_offset), |t| {
-                (t.timestamp, t.offset)
-            });
-        if let Some((ts, offset)) = last_ts {
-            if ts > max_ts {
-                (max_ts, max_offset) = (ts, offset);
+        {
+            let mut st = inner.state.borrow_mut();
+            let segment = st.segments.get_mut(&target).expect("target segment exists");
+            segment
+                .index
+                .truncate_to_position(u32::try_from(cut).expect("segment positions fit in u32"));
+            segment.size = cut;
+            segment.durable = cut;
+            segment.allocated = cut;
+            segment.next_offset = to.max(segment.base_offset);
+            // The largest timestamp left: the time index's last entry, or a later batch
+            // scanned above.
+            let (mut max_ts, mut max_offset) = segment
+                .index
+                .last_time()
+                .map_or((Timestamp::NONE, segment.base_offset), |t| {
+                    (t.timestamp, t.offset)
+                });
+            if let Some((ts, offset)) = last_ts {
+                if ts > max_ts {
+                    (max_ts, max_offset) = (ts, offset);
+                }
             }
+            segment.max_timestamp = max_ts;
+            segment.max_timestamp_offset = max_offset;
         }
-        segment.max_timestamp = max_ts;
-        segment.max_timestamp_offset = max_offset;
-        drop(st);
         // A sealed segment becomes active again: staging from its last partial page.
         let staging = staging_for(&dma, &path, cut).await?;
         {

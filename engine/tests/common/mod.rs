@@ -2,15 +2,14 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
 
 use bytes::BytesMut;
 use spate_engine::batch::{self, BatchHeader};
 use spate_engine::{
-    AckPolicy, LeaderEpoch, Offset, PartitionConfig, PartitionLog, ReadChunk, ShardId,
-    ShardResources, TopicPartition,
+    AckPolicy, LeaderEpoch, Offset, PartitionConfig, PartitionLog, ShardId, ShardResources,
+    TopicPartition,
 };
 
 /// Runs a future on a fresh glommio executor (a "process": dropping it is a crash).
@@ -71,18 +70,7 @@ pub async fn read_all(log: &PartitionLog, from: Offset) -> Vec<Vec<u8>> {
         }
         let mut bytes = Vec::new();
         for chunk in result.chunks {
-            match chunk {
-                ReadChunk::File {
-                    file,
-                    position,
-                    len,
-                } => {
-                    let mut b = vec![0u8; len as usize];
-                    file.read_exact_at(&mut b, position).expect("pread");
-                    bytes.extend(b);
-                }
-                ReadChunk::Cached(b) => bytes.extend_from_slice(&b),
-            }
+            chunk.copy_to(&mut bytes).expect("read a chunk");
         }
         let mut at = 0;
         let before = offset;

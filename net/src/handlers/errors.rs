@@ -19,7 +19,11 @@ pub fn kafka_error(error: &EngineError) -> ResponseError {
         EngineError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         EngineError::InvalidConfig { .. } => ResponseError::InvalidConfig,
         // The client retries after refreshing metadata; the broker is going away.
-        EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        // The client retries after refreshing metadata; the broker is going away, or its
+        // replica is following another leader's log.
+        EngineError::ShuttingDown | EngineError::ReplicaDiverged { .. } => {
+            ResponseError::NotLeaderOrFollower
+        }
         EngineError::PartitionExists(_) => ResponseError::TopicAlreadyExists,
         EngineError::LimitReached(_) => ResponseError::PolicyViolation,
         EngineError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,

@@ -230,6 +230,11 @@ impl Replica {
         self.durable_end
     }
 
+    /// Where each epoch starts in this replica's log, as it has asked for it.
+    pub fn epochs(&self) -> &EpochCache {
+        &self.epochs
+    }
+
     /// The replica set in force: the latest in this replica's log.
     pub fn membership(&self) -> &Membership {
         self.memberships.current()

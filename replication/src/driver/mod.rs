@@ -1,0 +1,669 @@
+//! The glommio driver: runs one shard's replicas against the engine's partition logs
+//! and real sockets. It is the only part of this crate that does I/O.
+//!
+//! Each partition's replica is stepped by one event at a time — a tick, a message, a
+//! durable report, a client write — under the partition's `step` permit, and the
+//! actions of a step are carried out in order before the next step starts. So the
+//! engine log and the replica's view of it move together: whenever no step runs, the
+//! log's end equals the replica's log end, and the replica's durable end never passes
+//! the log's. Sends go to the shard's outbox only once every action before them is
+//! done, so a vote or an epoch is durable before any message that depends on it
+//! leaves (the order `replica` asks for); the outbox is flushed after every step.
+//!
+//! Mapping from actions to the engine:
+//! - `Append` from a fetch answer: the answer's batches, validated and checked against
+//!   the leader's description before the replica sees them, appended byte for byte;
+//! - `Append` of the leader's own epoch marker: a one-record control batch;
+//! - a client write is appended by the engine first (so idempotent producers' duplicates
+//!   are answered without reaching the replica) and only then given to the replica;
+//! - `Truncate` cuts the log, `Commit` moves the log's high watermark, `Persist` writes
+//!   `quorum-state`; the epoch cache is saved before an append that starts an epoch and
+//!   after a truncation (`store`).
+//!
+//! Not built yet: replica-set changes (a control batch stating the new set, and its
+//! replay at recovery) and placement of a partition's replicas on the same shard index
+//! of every broker; see `docs/REPLICATION.md`.
+
+mod link;
+pub mod store;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
+use spate_engine::batch::{self, BatchHeader};
+use spate_engine::{AckPolicy, AppendInfo, EngineError, Offset, PartitionLog};
+
+use crate::epochs::EpochCache;
+use crate::outbox::{self, Outbox, ANSWER_BYTES_MAX};
+use crate::replica::{
+    Action, BatchMeta, Config, FetchBody, Membership, Message, Replica, ReplicaId,
+};
+use crate::wire::{self, PartitionKey};
+use link::{Links, OutFrame};
+
+/// Most records a fetch answer describes (the byte bound, `ANSWER_BYTES_MAX`, is
+/// usually reached first).
+const FETCH_RECORDS_MAX: u64 = 1 << 20;
+
+/// How long a write waiting for the commit index sleeps between checks that its
+/// replica still leads (it wakes at once when the high watermark moves).
+const COMMIT_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Timeouts of the replicas a driver runs (`replica::Config`).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub election_timeout_ms: u64,
+    pub fetch_timeout_ms: u64,
+    pub fetch_wait_ms: u64,
+    pub check_quorum_ms: u64,
+    pub preferred_leader_check_ms: Option<u64>,
+    /// How often replicas are ticked.
+    pub tick_ms: u64,
+}
+
+impl Default for Timing {
+    /// KRaft's defaults (`quorum.election.timeout.ms` 1 s, `quorum.fetch.timeout.ms`
+    /// 2 s) and Kafka's `replica.fetch.wait.max.ms` (500 ms).
+    fn default() -> Timing {
+        Timing {
+            election_timeout_ms: 1000,
+            fetch_timeout_ms: 2000,
+            fetch_wait_ms: 500,
+            check_quorum_ms: 2000,
+            preferred_leader_check_ms: Some(30_000),
+            tick_ms: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    pub broker: ReplicaId,
+    /// Where peers connect to this shard.
+    pub listen: SocketAddr,
+    /// The other brokers' replication addresses.
+    pub peers: BTreeMap<ReplicaId, SocketAddr>,
+    pub timing: Timing,
+}
+
+/// When a client write is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// Once the leader has appended it (acks=1).
+    Leader,
+    /// Once the quorum commit index passes it (acks=all).
+    Quorum,
+}
+
+/// Errors of the driver. Replication's other errors (`WireError`, `ChangeError`) come
+/// from callers that can get nothing else; these are the ones a client write or a
+/// partition's set-up can get.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("this broker does not lead {partition}; the leader is {leader:?}")]
+    NotLeader {
+        partition: String,
+        leader: Option<ReplicaId>,
+    },
+    #[error("no replica of {0} on this shard")]
+    UnknownPartition(String),
+    #[error("the write at offset {offset} was not committed within {waited_ms} ms")]
+    Timeout { offset: i64, waited_ms: u64 },
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// One partition's replica and log.
+#[derive(Debug)]
+struct Partition {
+    key: PartitionKey,
+    log: PartitionLog,
+    replica: RefCell<Replica>,
+    /// One step at a time (see the module doc).
+    step: Semaphore,
+    /// The epoch cache as last saved.
+    saved_epochs: RefCell<EpochCache>,
+    /// Set after an engine failure: the replica no longer matches its log, so it stops.
+    failed: Cell<bool>,
+}
+
+/// A shard's replication driver. Cheap to clone; lives on its shard.
+#[derive(Clone, Debug)]
+pub struct Replicator(Rc<Shared>);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: DriverConfig,
+    start: Instant,
+    partitions: RefCell<BTreeMap<PartitionKey, Rc<Partition>>>,
+    outbox: RefCell<Outbox>,
+    links: Links,
+    stopped: Cell<bool>,
+    /// Every task the driver started that may hold a socket, by number: `stop` cancels
+    /// them, so the sockets close as a killed process's would. A task removes itself
+    /// when it ends.
+    tasks: RefCell<BTreeMap<u64, glommio::task::JoinHandle<()>>>,
+    next_task: Cell<u64>,
+}
+
+/// A replica's state, for tools and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub epoch: i32,
+    pub leader: Option<ReplicaId>,
+    pub commit: Offset,
+    pub log_end: Offset,
+}
+
+impl Replicator {
+    /// Listens for peers and starts the tick loop and the outbound connections.
+    pub fn start(config: DriverConfig) -> Result<Replicator, DriverError> {
+        let listener = TcpListener::bind(config.listen).map_err(|e| DriverError::Listen {
+            addr: config.listen,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let shared = Rc::new(Shared {
+            outbox: RefCell::new(Outbox::new(config.broker)),
+            links: Links::new(&config.peers),
+            config,
+            start: Instant::now(),
+            partitions: RefCell::new(BTreeMap::new()),
+            stopped: Cell::new(false),
+            tasks: RefCell::new(BTreeMap::new()),
+            next_task: Cell::new(0),
+        });
+        shared.links.start(&shared);
+        shared.spawn(link::accept_loop(listener, shared.clone()));
+        shared.spawn(tick_loop(shared.clone()));
+        Ok(Replicator(shared))
+    }
+
+    /// Stops the replicas and closes every connection and the listener (the tasks
+    /// holding them end at their next poll). The partition logs stay open.
+    pub fn stop(&self) {
+        self.0.stopped.set(true);
+        for (_, task) in std::mem::take(&mut *self.0.tasks.borrow_mut()) {
+            task.cancel();
+        }
+    }
+
+    /// Runs a replica for `log`, whose replica set is `membership`, recovering its vote
+    /// and epoch cache from the partition's directory.
+    pub async fn add(
+        &self,
+        key: PartitionKey,
+        log: PartitionLog,
+        membership: Membership,
+    ) -> Result<(), DriverError> {
+        let shared = &self.0;
+        let recovered = store::recover(&log).await?;
+        log.set_replicated();
+        let timing = shared.config.timing;
+        // Election timeouts must differ between brokers and runs, not repeat.
+        let seed = {
+            use std::hash::BuildHasher;
+            let random = std::collections::hash_map::RandomState::new();
+            random.hash_one((&key.topic, key.partition, shared.config.broker.0))
+        };
+        let config = Config {
+            id: shared.config.broker,
+            membership,
+            election_timeout_ms: timing.election_timeout_ms,
+            fetch_timeout_ms: timing.fetch_timeout_ms,
+            fetch_wait_ms: timing.fetch_wait_ms,
+            check_quorum_ms: timing.check_quorum_ms,
+            fetch_records_max: FETCH_RECORDS_MAX,
+            preferred_leader_check_ms: timing.preferred_leader_check_ms,
+            seed,
+        };
+        let saved_epochs = recovered.epochs.clone();
+        let replica = Replica::new(config, recovered, shared.now());
+        let partition = Rc::new(Partition {
+            key: key.clone(),
+            log,
+            replica: RefCell::new(replica),
+            step: Semaphore::new(1),
+            saved_epochs: RefCell::new(saved_epochs),
+            failed: Cell::new(false),
+        });
+        shared
+            .partitions
+            .borrow_mut()
+            .insert(key, partition.clone());
+        shared.spawn(durable_loop(shared.clone(), partition));
+        Ok(())
+    }
+
+    /// A replica's state.
+    pub fn status(&self, key: &PartitionKey) -> Option<Status> {
+        let partition = self.0.partitions.borrow().get(key).cloned()?;
+        let replica = partition.replica.borrow();
+        Some(Status {
+            epoch: replica.epoch().0,
+            leader: replica.leader(),
+            commit: replica.commit_index(),
+            log_end: replica.log_end(),
+        })
+    }
+
+    /// A client write to the leader: appends the batch in the leader's epoch and
+    /// answers per `acks`, waiting at most `timeout` for the commit index.
+    pub async fn write(
+        &self,
+        key: &PartitionKey,
+        batch: BytesMut,
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<AppendInfo, DriverError> {
+        let shared = &self.0;
+        let partition = shared.partition(key)?;
+        let (info, epoch) = {
+            let _step = partition
+                .step
+                .acquire_permit(1)
+                .await
+                .map_err(|_| not_leader(&partition.key, None))?;
+            let epoch = {
+                let replica = partition.replica.borrow();
+                if partition.failed.get() || !replica.is_leader() || replica.transferring() {
+                    return Err(not_leader(&partition.key, replica.leader()));
+                }
+                replica.epoch()
+            };
+            let info = partition
+                .log
+                .append(batch, epoch, AckPolicy::Appended)
+                .await?;
+            let fresh = info.base_offset == partition.replica.borrow().log_end();
+            if fresh {
+                let records = (info.last_offset.0 - info.base_offset.0 + 1) as u32;
+                let (base, actions) = partition
+                    .replica
+                    .borrow_mut()
+                    .write(shared.now(), records)
+                    .expect("the replica leads: nothing stepped it since the check");
+                assert_eq!(
+                    base, info.base_offset,
+                    "the log and its replica agree on offsets"
+                );
+                // The engine appended the batch already.
+                let actions = actions
+                    .into_iter()
+                    .filter(|a| !matches!(a, Action::Append { .. }))
+                    .collect();
+                shared.execute(&partition, actions, None).await;
+            }
+            (info, epoch)
+        };
+        if acks == Acks::Quorum {
+            shared
+                .await_commit(&partition, info.last_offset, epoch, timeout)
+                .await?;
+        }
+        Ok(info)
+    }
+}
+
+fn not_leader(key: &PartitionKey, leader: Option<ReplicaId>) -> DriverError {
+    DriverError::NotLeader {
+        partition: format!("{}-{}", key.topic, key.partition),
+        leader,
+    }
+}
+
+impl Shared {
+    /// Starts a task that `stop` cancels.
+    fn spawn(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
+        let id = self.next_task.get();
+        self.next_task.set(id + 1);
+        let shared = Rc::downgrade(self);
+        let handle = glommio::spawn_local(async move {
+            task.await;
+            if let Some(shared) = shared.upgrade() {
+                shared.tasks.borrow_mut().remove(&id);
+            }
+        })
+        .detach();
+        if !self.stopped.get() {
+            self.tasks.borrow_mut().insert(id, handle);
+        } else {
+            handle.cancel();
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn partition(&self, key: &PartitionKey) -> Result<Rc<Partition>, DriverError> {
+        self.partitions.borrow().get(key).cloned().ok_or_else(|| {
+            DriverError::UnknownPartition(format!("{}-{}", key.topic, key.partition))
+        })
+    }
+
+    /// Waits until the commit index passes `last`, while the replica still leads in
+    /// `epoch` (a new leader may or may not keep the write: the client must retry).
+    async fn await_commit(
+        &self,
+        partition: &Partition,
+        last: Offset,
+        epoch: spate_engine::LeaderEpoch,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if partition.log.offsets().high_watermark > last {
+                return Ok(());
+            }
+            {
+                let replica = partition.replica.borrow();
+                if partition.failed.get() || !replica.is_leader() || replica.epoch() != epoch {
+                    return Err(not_leader(&partition.key, replica.leader()));
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DriverError::Timeout {
+                    offset: last.0,
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+            let slice = COMMIT_CHECK_INTERVAL.min(deadline - now);
+            partition.log.wait_for_data(last, slice).await;
+        }
+    }
+
+    /// Carries out one step's actions in order, then flushes the outbox. `fetched` holds
+    /// the record batches of the fetch answer the step took, if any.
+    async fn execute(
+        &self,
+        partition: &Partition,
+        actions: Vec<Action>,
+        fetched: Option<Vec<Bytes>>,
+    ) {
+        let mut fetched = fetched;
+        for action in actions {
+            if let Err(error) = self.carry_out(partition, action, &mut fetched).await {
+                // The replica now believes something of its log that may not be true;
+                // it must not take part any more (as a failed fsync takes a partition
+                // offline in the engine).
+                tracing::error!(partition = ?partition.key, %error, "replica stopped after a storage failure");
+                partition.failed.set(true);
+                break;
+            }
+        }
+        self.flush().await;
+    }
+
+    async fn carry_out(
+        &self,
+        partition: &Partition,
+        action: Action,
+        fetched: &mut Option<Vec<Bytes>>,
+    ) -> Result<(), DriverError> {
+        match action {
+            Action::Persist(persisted) => store::save_vote(partition.log.dir(), persisted).await,
+            action @ (Action::Send { .. } | Action::SendRecords { .. }) => {
+                let rest = self.outbox.borrow_mut().take(&partition.key, vec![action]);
+                assert!(rest.is_empty(), "the outbox keeps every send");
+                Ok(())
+            }
+            Action::Append { base, batches } => {
+                self.save_epochs_if_changed(partition).await?;
+                match fetched.take() {
+                    Some(bytes) => {
+                        for batch in bytes {
+                            partition.log.append_replicated(batch).await?;
+                        }
+                    }
+                    None => self.append_markers(partition, &batches).await?,
+                }
+                debug_assert_eq!(
+                    partition.log.offsets().log_end,
+                    base.plus(batches.iter().map(|b| i64::from(b.records)).sum())
+                );
+                Ok(())
+            }
+            Action::Truncate { to } => {
+                partition.log.truncate_to(to).await?;
+                self.save_epochs_if_changed(partition).await
+            }
+            Action::Commit { index } => {
+                partition.log.set_commit(index);
+                Ok(())
+            }
+            Action::Resigned => {
+                tracing::info!(partition = ?partition.key, "stopped leading");
+                Ok(())
+            }
+            Action::Refused { from, reason } => {
+                tracing::warn!(partition = ?partition.key, from = from.0, %reason, "refused a peer's message");
+                Ok(())
+            }
+        }
+    }
+
+    /// A new leader's epoch marker(s): control batches of one record.
+    async fn append_markers(
+        &self,
+        partition: &Partition,
+        batches: &[BatchMeta],
+    ) -> Result<(), DriverError> {
+        for meta in batches {
+            assert_eq!(
+                meta.records, 1,
+                "a leader's own appends other than writes are markers"
+            );
+            let now = spate_engine::Timestamp::now().0;
+            let marker = BytesMut::from(&batch::encode_leader_marker(now)[..]);
+            partition
+                .log
+                .append(marker, meta.epoch, AckPolicy::Appended)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn save_epochs_if_changed(&self, partition: &Partition) -> Result<(), DriverError> {
+        let current = partition.replica.borrow().epochs().clone();
+        if *partition.saved_epochs.borrow() != current {
+            store::save_epochs(partition.log.dir(), &current).await?;
+            *partition.saved_epochs.borrow_mut() = current;
+        }
+        Ok(())
+    }
+
+    /// Sends what the outbox gathered, reading the records fetch answers carry.
+    async fn flush(&self) {
+        let frames = self.outbox.borrow_mut().flush();
+        for mut frame in frames {
+            let mut chunks = Vec::new();
+            for read in std::mem::take(&mut frame.reads) {
+                let log = self
+                    .partitions
+                    .borrow()
+                    .get(&read.key)
+                    .map(|p| p.log.clone());
+                let got = match log {
+                    Some(log) => {
+                        log.read_replicated(read.from, read.until, ANSWER_BYTES_MAX)
+                            .await
+                    }
+                    None => Ok(Default::default()),
+                };
+                match got {
+                    Ok(got) => {
+                        frame.fill(read.part, got.batches.clone(), got.bytes() as u32);
+                        chunks.extend(got.chunks);
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition = ?read.key, %error, "cannot read records for a follower");
+                        frame.fill(read.part, Vec::new(), 0);
+                    }
+                }
+            }
+            match wire::encode_head(&frame.header) {
+                Ok(head) => self.links.send(frame.to, OutFrame { head, chunks }),
+                Err(error) => tracing::error!(%error, "cannot encode a replication frame"),
+            }
+        }
+    }
+
+    /// A frame from a peer: each partition's message steps its replica.
+    async fn deliver(&self, frame: Bytes) {
+        let (header, records) = match wire::decode(&frame) {
+            Ok((header, records, _)) => (header, frame.slice_ref(records)),
+            Err(error) => {
+                tracing::warn!(%error, "dropped an invalid replication frame");
+                return;
+            }
+        };
+        let (from, parts) = match outbox::inbound(&header) {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(%error, "dropped an invalid replication frame");
+                return;
+            }
+        };
+        for part in parts {
+            let Ok(partition) = self.partition(&part.key) else {
+                tracing::debug!(partition = ?part.key, from = from.0, "a message for a partition this shard does not host");
+                continue;
+            };
+            let fetched = match part.records {
+                Some(range) => match split_batches(&records.slice(range), &part.message) {
+                    Ok(batches) => Some(batches),
+                    Err(reason) => {
+                        tracing::warn!(partition = ?part.key, from = from.0, %reason, "dropped a fetch answer");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let Ok(_step) = partition.step.acquire_permit(1).await else {
+                continue;
+            };
+            if partition.failed.get() || self.stopped.get() {
+                continue;
+            }
+            let actions = partition
+                .replica
+                .borrow_mut()
+                .receive(self.now(), from, part.message);
+            self.execute(&partition, actions, fetched).await;
+        }
+    }
+}
+
+/// Splits a fetch answer's record bytes into batches, each validated (CRC, counts) and
+/// matching the leader's description: offsets from the answer's base, its epochs and
+/// record counts. A peer's bytes are checked here so the log never refuses them.
+fn split_batches(bytes: &Bytes, message: &Message) -> Result<Vec<Bytes>, String> {
+    let Message::FetchAnswer {
+        body: FetchBody::Records { base, batches },
+        ..
+    } = message
+    else {
+        return Err("record bytes on a message that carries none".into());
+    };
+    let mut out = Vec::with_capacity(batches.len());
+    let mut at = 0usize;
+    let mut offset = *base;
+    for meta in batches {
+        let header = BatchHeader::parse(&bytes[at..]).map_err(|e| e.to_string())?;
+        if header.size > bytes.len() - at {
+            return Err(format!(
+                "a batch of {} bytes runs past the answer",
+                header.size
+            ));
+        }
+        let batch = bytes.slice(at..at + header.size);
+        batch::validate(&batch, batch.len()).map_err(|e| e.to_string())?;
+        if header.base_offset != offset
+            || header.leader_epoch != meta.epoch
+            || header.record_count as u32 != meta.records
+        {
+            return Err(format!(
+                "batch at offset {} (epoch {}, {} records) is not the described {:?} at {}",
+                header.base_offset.0, header.leader_epoch.0, header.record_count, meta, offset.0
+            ));
+        }
+        offset = header.last_offset().next();
+        at += header.size;
+        out.push(batch);
+    }
+    if at != bytes.len() {
+        return Err(format!(
+            "{} record bytes after the described batches",
+            bytes.len() - at
+        ));
+    }
+    Ok(out)
+}
+
+/// Ticks every replica of the shard.
+async fn tick_loop(shared: Rc<Shared>) {
+    let every = Duration::from_millis(shared.config.timing.tick_ms.max(1));
+    while !shared.stopped.get() {
+        glommio::timer::sleep(every).await;
+        let partitions: Vec<Rc<Partition>> = shared.partitions.borrow().values().cloned().collect();
+        for partition in partitions {
+            // A partition busy with a step is ticked next time.
+            let Ok(_step) = partition.step.try_acquire_permit(1) else {
+                continue;
+            };
+            if partition.failed.get() {
+                continue;
+            }
+            let actions = partition.replica.borrow_mut().tick(shared.now());
+            if !actions.is_empty() {
+                shared.execute(&partition, actions, None).await;
+            }
+        }
+    }
+}
+
+/// Reports the log's durable end to its replica as flush cycles complete.
+async fn durable_loop(shared: Rc<Shared>, partition: Rc<Partition>) {
+    while !shared.stopped.get() && !partition.failed.get() {
+        if partition.log.failure().is_some() {
+            partition.failed.set(true);
+            return;
+        }
+        let durable = partition.log.offsets().durable_end;
+        if durable > partition.replica.borrow().durable_end() {
+            let Ok(_step) = partition.step.acquire_permit(1).await else {
+                return;
+            };
+            let durable = partition.log.offsets().durable_end;
+            let actions = partition
+                .replica
+                .borrow_mut()
+                .durable(shared.now(), durable);
+            shared.execute(&partition, actions, None).await;
+            continue;
+        }
+        // Wakes after the next flush cycle; the timeout covers a cycle that completed
+        // between the check above and this wait.
+        futures::future::select(
+            Box::pin(partition.log.wait_for_progress()),
+            Box::pin(glommio::timer::sleep(Duration::from_millis(
+                shared.config.timing.tick_ms.max(1),
+            ))),
+        )
+        .await;
+    }
+}
