@@ -3,10 +3,10 @@
 //! Replication of partitions between brokers, as `docs/REPLICATION.md` specifies:
 //! followers pull from their leader, and the leader advances the commit index (Kafka's
 //! high watermark) to what a majority of voters hold durably, counting only once an
-//! entry of its own epoch is committed. The crate is I/O-free: it owns no sockets,
-//! files or clocks, so a deterministic simulator can drive it through faults.
+//! entry of its own epoch is committed. Everything but `driver` is I/O-free: it owns
+//! no sockets, files or clocks, so a deterministic simulator can drive it through faults.
 //!
-//! Built so far (issue 7, in progress): the epoch cache that answers where each leader
+//! Built (issue 7): the epoch cache that answers where each leader
 //! epoch ends and where a follower's log diverges from its leader's (KIP-101/KIP-320),
 //! with its rkyv checkpoint; the quorum commit rule; the replica state machine
 //! (`replica`: fetch with long poll, pre-vote elections, check quorum, replica-set
@@ -14,7 +14,10 @@
 //! through faults by a seeded simulator (`sim`, run by `tests/simulate.rs`); and the
 //! inter-broker frame (`wire`: an rkyv header validated with bytecheck, then raw record
 //! bytes) with batching per broker pair (`outbox`: one frame per kind per peer per
-//! flush, and the mapping between frames and messages). The glommio driver is to come.
+//! flush, and the mapping between frames and messages); and the glommio driver
+//! (`driver`), the one module that does I/O: it steps a shard's replicas against the
+//! engine's partition logs and talks to peer brokers over TCP, sending record bytes with
+//! `sendfile`.
 
 pub mod commit;
 pub mod driver;

@@ -39,6 +39,8 @@ pub const FRAME_PARTS_MAX: usize = 10_000;
 pub const ANSWER_BYTES_MAX: usize = 1024 * 1024;
 /// Most answers with records in one frame, so that their bytes fit in a frame.
 pub const ANSWER_PARTS_MAX: usize = 48;
+/// Most record bytes in one frame: what the header leaves.
+pub const FRAME_RECORD_BYTES_MAX: usize = FRAME_BYTES_MAX - HEADER_BYTES_MAX;
 const _: () = assert!(ANSWER_PARTS_MAX * ANSWER_BYTES_MAX + HEADER_BYTES_MAX <= FRAME_BYTES_MAX);
 
 /// A record range the driver reads into a fetch-answer frame: `part` is the answer's
@@ -63,9 +65,11 @@ pub struct Outgoing {
 impl Outgoing {
     /// Records what the driver read for answer `part`: runs of `(epoch, records)` and
     /// their size in bytes. Reading fewer records than asked is fine; the follower
-    /// fetches the rest.
+    /// fetches the rest. An answer holds at most `ANSWER_BYTES_MAX` bytes, except that a
+    /// single batch larger than that may go whole if the frame has room for it
+    /// (`FRAME_RECORD_BYTES_MAX` over the frame; the driver checks).
     pub fn fill(&mut self, part: usize, runs: Vec<(i32, u32)>, read_bytes: u32) {
-        assert!(read_bytes as usize <= ANSWER_BYTES_MAX);
+        assert!(read_bytes as usize <= FRAME_RECORD_BYTES_MAX);
         let Body::FetchAnswer(answers) = &mut self.header.body else {
             panic!("only fetch-answer frames carry records");
         };

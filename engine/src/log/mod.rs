@@ -293,6 +293,12 @@ impl PartitionLog {
         self.0.state.borrow().segments.keys().copied().collect()
     }
 
+    /// Whether the log is closing or deleted: it takes no more appends.
+    pub fn is_closing(&self) -> bool {
+        let st = self.0.state.borrow();
+        st.closing || st.deleted
+    }
+
     /// The reason the partition went offline, if it did.
     pub fn failure(&self) -> Option<String> {
         self.0.state.borrow().failed.clone()

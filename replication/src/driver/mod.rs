@@ -40,7 +40,7 @@ use spate_engine::batch::{self, BatchHeader};
 use spate_engine::{AckPolicy, AppendInfo, EngineError, Offset, PartitionLog};
 
 use crate::epochs::EpochCache;
-use crate::outbox::{self, Outbox, ANSWER_BYTES_MAX};
+use crate::outbox::{self, Outbox, ANSWER_BYTES_MAX, FRAME_RECORD_BYTES_MAX};
 use crate::replica::{
     Action, BatchMeta, Config, FetchBody, Membership, Message, Replica, ReplicaId,
 };
@@ -491,6 +491,7 @@ impl Shared {
         let frames = self.outbox.borrow_mut().flush();
         for mut frame in frames {
             let mut chunks = Vec::new();
+            let mut frame_bytes = 0usize;
             for read in std::mem::take(&mut frame.reads) {
                 let log = self
                     .partitions
@@ -505,9 +506,17 @@ impl Shared {
                     None => Ok(Default::default()),
                 };
                 match got {
-                    Ok(got) => {
+                    // A read holds at least one whole batch, which may be larger than an
+                    // answer's share (up to the engine's batch limit): it goes only if
+                    // the frame still has room, else in a later answer.
+                    Ok(got) if frame_bytes + got.bytes() as usize <= FRAME_RECORD_BYTES_MAX => {
+                        frame_bytes += got.bytes() as usize;
                         frame.fill(read.part, got.batches.clone(), got.bytes() as u32);
                         chunks.extend(got.chunks);
+                    }
+                    Ok(got) => {
+                        tracing::warn!(partition = ?read.key, bytes = got.bytes(), "a batch too large for this replication frame; the follower asks again");
+                        frame.fill(read.part, Vec::new(), 0);
                     }
                     Err(error) => {
                         tracing::warn!(partition = ?read.key, %error, "cannot read records for a follower");
@@ -641,6 +650,10 @@ async fn durable_loop(shared: Rc<Shared>, partition: Rc<Partition>) {
     while !shared.stopped.get() && !partition.failed.get() {
         if partition.log.failure().is_some() {
             partition.failed.set(true);
+            return;
+        }
+        if partition.log.is_closing() {
+            // Progress waits end at once on a closing log; nothing more will be durable.
             return;
         }
         let durable = partition.log.offsets().durable_end;
