@@ -43,6 +43,10 @@ pub enum FileKind {
     LeaderEpochCheckpoint = 5,
     /// `quorum-state`: a replica's current epoch and vote (`spate_replication::driver`).
     QuorumState = 6,
+    /// A record of the cluster metadata log (`spate_replication::metadata`).
+    MetadataRecord = 7,
+    /// `metadata.snapshot`: the applied cluster metadata image.
+    MetadataSnapshot = 8,
 }
 
 /// Identity and configuration of a partition, in `partition.meta`. Written when the

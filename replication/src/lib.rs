@@ -22,6 +22,7 @@
 pub mod commit;
 pub mod driver;
 pub mod epochs;
+pub mod metadata;
 pub mod outbox;
 pub mod replica;
 mod rng;
