@@ -83,6 +83,26 @@ impl Outgoing {
     }
 }
 
+impl Outgoing {
+    /// Removes fetch answers the driver could not read (the follower's fetch times out
+    /// and is sent again), and the reads that belonged to them.
+    pub fn drop_parts(&mut self, parts: &[usize]) {
+        let Body::FetchAnswer(answers) = &mut self.header.body else {
+            panic!("only fetch-answer frames carry reads");
+        };
+        let mut index = 0;
+        answers.retain(|_| {
+            let keep = !parts.contains(&index);
+            index += 1;
+            keep
+        });
+        self.reads.retain(|r| !parts.contains(&r.part));
+        for read in &mut self.reads {
+            read.part -= parts.iter().filter(|p| **p < read.part).count();
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     fetches: Vec<PartitionFetch>,
@@ -308,9 +328,16 @@ pub struct Inbound {
     pub records: Option<Range<usize>>,
 }
 
+/// Offsets from a peer: not negative, and far enough from `i64::MAX` that offset
+/// arithmetic (a batch's last offset, the next offset) cannot overflow, as the engine
+/// bounds segment base offsets.
+const OFFSET_MAX: i64 = i64::MAX / 2;
+
 fn offset(value: i64, what: &str) -> Result<Offset, WireError> {
-    if value < 0 {
-        return Err(WireError::BadHeader(format!("{what} {value} is negative")));
+    if !(0..=OFFSET_MAX).contains(&value) {
+        return Err(WireError::BadHeader(format!(
+            "{what} {value} is not within 0..={OFFSET_MAX}"
+        )));
     }
     Ok(Offset(value))
 }

@@ -294,19 +294,24 @@ fn every_message_kind_survives_a_frame() {
     assert_eq!(arrived, sent);
 }
 
+/// A leader's answer with records 0..3 to broker 1.
+fn send_records() -> Action {
+    Action::SendRecords {
+        to: ReplicaId(1),
+        request: 1,
+        epoch: LeaderEpoch(1),
+        commit: Offset(0),
+        from: Offset(0),
+        until: Offset(3),
+    }
+}
+
 #[test]
 fn many_answers_with_records_split_into_frames_that_fit() {
     let mut outbox = Outbox::new(ReplicaId(0));
     let answers = ANSWER_PARTS_MAX * 2 + 5;
     for p in 0..answers {
-        let send = Action::SendRecords {
-            to: ReplicaId(1),
-            request: 1,
-            epoch: LeaderEpoch(1),
-            commit: Offset(0),
-            from: Offset(0),
-            until: Offset(3),
-        };
+        let send = send_records();
         outbox.take(&key(p as i32), vec![send]);
     }
     let frames = outbox.flush();
@@ -356,6 +361,8 @@ fn negative_offsets_and_epochs_below_minus_one_are_refused() {
     };
     assert!(inbound(&fetch(0, 0)).is_ok());
     assert!(inbound(&fetch(0, -1)).is_err());
+    // Offsets near i64::MAX would overflow offset arithmetic.
+    assert!(inbound(&fetch(0, i64::MAX)).is_err());
     assert!(inbound(&fetch(-2, 0)).is_err());
     let answer = Header {
         from: 1,
@@ -368,4 +375,25 @@ fn negative_offsets_and_epochs_below_minus_one_are_refused() {
         }]),
     };
     assert!(inbound(&answer).is_err());
+}
+
+#[test]
+fn unreadable_answers_are_dropped_with_their_reads() {
+    let mut outbox = Outbox::new(ReplicaId(0));
+    for p in 0..4 {
+        let send = send_records();
+        outbox.take(&key(p), vec![send]);
+    }
+    let mut frame = outbox.flush().pop().unwrap();
+    frame.drop_parts(&[0, 2]);
+    let keys: Vec<PartitionKey> = frame.reads.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, vec![key(1), key(3)]);
+    for read in frame.reads.clone() {
+        frame.fill(read.part, vec![(1, 3)], 24);
+    }
+    let bytes = wire::encode(&frame.header, &[0u8; 48]).unwrap();
+    let (header, _, _) = wire::decode(&bytes).unwrap();
+    let (_, parts) = inbound(&header).unwrap();
+    let keys: Vec<PartitionKey> = parts.into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, vec![key(1), key(3)]);
 }

@@ -133,6 +133,8 @@ pub(crate) struct LogState {
     /// index (`commit`, capped at the durable end) instead of the durable end.
     replicated: bool,
     commit: Offset,
+    /// A truncation is cutting files: retention and `delete_records` wait their turn.
+    truncating: bool,
     leader_epoch: LeaderEpoch,
     /// Bytes staged since the last flush cycle took them.
     staged_bytes: usize,

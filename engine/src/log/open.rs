@@ -181,6 +181,7 @@ impl PartitionLog {
             durable_end: log_end,
             high_watermark: log_end,
             replicated: false,
+            truncating: false,
             commit: Offset::ZERO,
             leader_epoch: recovered.checkpoint.leader_epoch,
             staged_bytes: 0,
@@ -333,7 +334,7 @@ impl PartitionLog {
     }
 }
 
-async fn write_checkpoint(dir: &Path, checkpoint: &RecoveryCheckpoint) -> Result<()> {
+pub(super) async fn write_checkpoint(dir: &Path, checkpoint: &RecoveryCheckpoint) -> Result<()> {
     file::write_atomic(
         dir,
         CHECKPOINT_FILE,

@@ -18,16 +18,25 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::open::{rebuild_producers, staging_for};
+use super::open::{rebuild_producers, staging_for, write_checkpoint};
 use super::{scan, PartitionLog, ReadChunk};
 use crate::batch::{self, BatchHeader};
 use crate::error::{EngineError, Result};
 use crate::file;
+use crate::limits::BATCH_BYTES_MAX;
+use crate::meta::RecoveryCheckpoint;
 use crate::types::{Offset, Timestamp};
 
 /// How often a truncation waiting for the flusher to seal rolled segments looks again.
 /// Truncations are rare (one per leader change at most), so a short poll is cheap.
 const TRUNCATE_SEAL_POLL: Duration = Duration::from_millis(2);
+
+/// Where a truncation cuts its target segment, and the last batch kept's timestamp.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    position: u64,
+    last_ts: Option<(Timestamp, Offset)>,
+}
 
 /// Whole batches for a follower: `[from, end)`, as file ranges or cached bytes.
 #[derive(Debug, Clone, Default)]
@@ -77,8 +86,9 @@ impl PartitionLog {
     /// durability shows in `offsets().durable_end` (wait with `wait_for_progress`).
     pub async fn append_replicated(&self, batch: Bytes) -> Result<BatchHeader> {
         let inner = &self.0;
-        let max_bytes = inner.state.borrow().config().batch_bytes_max();
-        let header = batch::validate(&batch, max_bytes)?;
+        // The leader accepted it under its config; a follower's own limit may differ
+        // (changed on the leader first), so only the engine's hard limit applies.
+        let header = batch::validate(&batch, BATCH_BYTES_MAX)?;
         let size = batch.len();
         let permit = inner
             .shard
@@ -270,14 +280,50 @@ impl PartitionLog {
             );
             (target, st.segments[&target].index.lookup(to).position)
         };
+        // From here until the end, retention leaves the segments alone.
+        inner.state.borrow_mut().truncating = true;
+        // Where the cut falls, checked before anything changes: `to` must start a batch.
+        let outcome = match self.find_cut(target, to, u64::from(position)).await {
+            Ok(cut) => {
+                let outcome = self.cut(target, to, cut).await;
+                if let Err(error) = &outcome {
+                    // Files may be half cut: nothing may trust this log any more.
+                    inner.fail(error);
+                }
+                outcome
+            }
+            Err(error) => Err(error),
+        };
+        inner.state.borrow_mut().truncating = false;
+        outcome
+    }
+
+    /// Carries out a checked truncation. Crash safety: the checkpoint first says that
+    /// only offsets below `to` are durable, so recovery verifies the target segment and
+    /// every later one and drops a later segment left after a gap; then later segments
+    /// go, newest first, and the directory is synced before the target is cut.
+    async fn cut(&self, target: Offset, to: Offset, cut: Cut) -> Result<()> {
+        let inner = &self.0;
+        let checkpoint = {
+            let st = inner.state.borrow();
+            RecoveryCheckpoint {
+                log_start: st.log_start,
+                recovery_point: to,
+                leader_epoch: st.leader_epoch,
+                clean_shutdown: false,
+            }
+        };
+        write_checkpoint(&inner.dir, &checkpoint).await?;
         self.remove_segments_after(target).await?;
-        let producers = self.cut_segment(target, to, u64::from(position)).await?;
+        file::sync_dir(&inner.dir).await?;
+        let producers = self.cut_segment(target, to, cut).await?;
         {
             let mut st = inner.state.borrow_mut();
             st.log_end = to;
             st.durable_end = to;
             st.high_watermark = st.high_watermark.min(to);
             st.cache.clear();
+            st.producers = producers;
             let waiters: Vec<_> = st.durable_waiters.drain(..).collect();
             for (end, tx) in waiters {
                 let _ = tx.send(Err(EngineError::ReplicaDiverged {
@@ -290,10 +336,46 @@ impl PartitionLog {
             }
             st.check_invariants();
         }
-        file::sync_dir(&inner.dir).await?;
-        inner.state.borrow_mut().producers = producers;
         tracing::info!(partition = %inner.tp, to = to.0, "truncated the log to follow the leader");
         self.write_checkpoint(false).await
+    }
+
+    /// Where segment `target` is cut for a truncation to `to`, scanning its batches from
+    /// `position` (an index entry at or below `to`); `ReplicaDiverged` if `to` falls
+    /// inside a batch.
+    async fn find_cut(&self, target: Offset, to: Offset, position: u64) -> Result<Cut> {
+        let inner = &self.0;
+        let (dma, path, size) = {
+            let st = inner.state.borrow();
+            let s = &st.segments[&target];
+            (s.file.clone(), s.log_path.clone(), s.size)
+        };
+        let mut found = None;
+        let mut inside = false;
+        let mut last_ts = None;
+        scan::headers(&dma, &path, position, size, |at, header| {
+            if header.base_offset >= to {
+                found = Some(at);
+                return ControlFlow::Break(());
+            }
+            if header.last_offset() >= to {
+                inside = true;
+                return ControlFlow::Break(());
+            }
+            last_ts = Some((header.max_timestamp, header.base_offset));
+            ControlFlow::Continue(())
+        })
+        .await?;
+        if inside {
+            return Err(EngineError::ReplicaDiverged {
+                tp: inner.tp.clone(),
+                reason: format!("offset {} does not start a batch", to.0),
+            });
+        }
+        Ok(Cut {
+            position: found.unwrap_or(size),
+            last_ts,
+        })
     }
 
     /// Waits until everything appended is durable and every rolled segment is sealed, so
@@ -343,47 +425,26 @@ impl PartitionLog {
         }
     }
 
-    /// Cuts segment `target` at `to` (scanning from `position`, an index entry at or
-    /// below it) and makes it the active segment again. Returns the idempotent producers'
-    /// state rebuilt as a restart would: the active segment's snapshot, if it is for this
-    /// segment, and its batches (producers known only from cut batches are forgotten).
+    /// Cuts segment `target` at `cut` and makes it the active segment again. Returns the
+    /// idempotent producers' state rebuilt as a restart would: the active segment's
+    /// snapshot, if it is for this segment, and its batches (producers known only from
+    /// batches in older segments are forgotten, and must start a new sequence).
     async fn cut_segment(
         &self,
         target: Offset,
         to: Offset,
-        position: u64,
+        cut: Cut,
     ) -> Result<crate::producers::ProducerStates> {
         let inner = &self.0;
-        let (dma, path, size) = {
+        let (dma, path) = {
             let st = inner.state.borrow();
             let s = &st.segments[&target];
-            (s.file.clone(), s.log_path.clone(), s.size)
+            (s.file.clone(), s.log_path.clone())
         };
-        let mut cut = None;
-        let mut last_ts = None;
-        scan::headers(&dma, &path, position, size, |at, header| {
-            if header.base_offset >= to {
-                cut = Some(at);
-                return ControlFlow::Break(());
-            }
-            if header.last_offset() >= to {
-                cut = Some(u64::MAX);
-                return ControlFlow::Break(());
-            }
-            last_ts = Some((header.max_timestamp, header.base_offset));
-            ControlFlow::Continue(())
-        })
-        .await?;
-        let cut = match cut {
-            Some(u64::MAX) => {
-                return Err(EngineError::ReplicaDiverged {
-                    tp: inner.tp.clone(),
-                    reason: format!("offset {} does not start a batch", to.0),
-                })
-            }
-            Some(at) => at,
-            None => size,
-        };
+        let Cut {
+            position: cut,
+            last_ts,
+        } = cut;
         dma.truncate(cut)
             .await
             .map_err(|e| EngineError::glommio("truncate", &path, e))?;

@@ -31,6 +31,12 @@ impl PartitionLog {
         let log_start = {
             let mut st = inner.state.borrow_mut();
             st.usable(&inner.tp)?;
+            if st.truncating {
+                return Err(EngineError::ReplicaDiverged {
+                    tp: inner.tp.clone(),
+                    reason: "the log is being truncated to follow its leader; retry".into(),
+                });
+            }
             if offset > st.high_watermark || offset.0 < 0 {
                 return Err(EngineError::OffsetOutOfRange {
                     tp: inner.tp.clone(),
@@ -56,6 +62,10 @@ impl PartitionLog {
         let removed: Vec<Segment> = {
             let mut st = inner.state.borrow_mut();
             st.usable(&inner.tp)?;
+            if st.truncating {
+                // A truncation is deleting and cutting segments; the next pass runs.
+                return Ok(RetentionOutcome::default());
+            }
             let config = st.config().clone();
             let mut total: u64 = st.segments.values().map(|s| s.size).sum();
             let active = st.active().base_offset;

@@ -7,7 +7,8 @@
 //! followed by its record bytes, which go from the segment files to the socket with
 //! `sendfile` (or from the tail cache when the bytes are not durable yet).
 //!
-//! Bounds: at most `LINK_FRAMES_MAX` frames wait per peer; past that a frame is dropped,
+//! Bounds: at most `PEER_CONNECTIONS_MAX` inbound connections per shard, each holding at
+//! most one frame; at most `LINK_FRAMES_MAX` frames wait per peer; past that a frame is dropped,
 //! which replication tolerates (a fetch unanswered is sent again after its timeout). An
 //! inbound frame over `wire::FRAME_BYTES_MAX` closes the connection before anything is
 //! allocated. A lost connection is dialled again after `RECONNECT_BACKOFF`; frames queued
@@ -36,6 +37,13 @@ pub const LINK_FRAMES_MAX: usize = 256;
 /// A frame not written within this long (the peer stopped reading: it hangs, or the
 /// connection leads nowhere) drops the connection, which is then dialled again.
 const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inbound peer connections read at once on one shard: a cluster needs one per peer
+/// broker (and one more while a peer reconnects).
+pub const PEER_CONNECTIONS_MAX: usize = 64;
+/// Frames read from one connection and waiting to be delivered.
+const INBOUND_FRAMES_MAX: usize = 2;
+/// How much a frame's buffer grows per read.
+const READ_STEP_BYTES: usize = 1024 * 1024;
 /// Pause before dialling a peer again.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -150,13 +158,29 @@ async fn write_frame(stream: &mut TcpStream, frame: &OutFrame) -> std::io::Resul
     stream.flush().await
 }
 
-/// Accepts peers' connections and hands each frame read to the shard's replicas.
+/// Accepts peers' connections and hands each frame read to the shard's replicas. At
+/// most `PEER_CONNECTIONS_MAX` are read at once: each may hold a frame of up to
+/// `FRAME_BYTES_MAX` in memory, and anyone can connect to the port.
 pub async fn accept_loop(listener: TcpListener, shared: Rc<Shared>) {
+    let open = Rc::new(glommio::sync::Semaphore::new(PEER_CONNECTIONS_MAX as u64));
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                shared.spawn(read_loop(stream, shared.clone()));
-            }
+            Ok(stream) => match open.clone().try_acquire_static_permit(1) {
+                Ok(permit) => {
+                    let shared2 = shared.clone();
+                    shared.spawn(async move {
+                        read_loop(stream, shared2).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        max = PEER_CONNECTIONS_MAX,
+                        "refused a peer connection: too many open"
+                    );
+                    drop(stream);
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a peer connection failed");
                 glommio::timer::sleep(RECONNECT_BACKOFF).await;
@@ -168,11 +192,29 @@ pub async fn accept_loop(listener: TcpListener, shared: Rc<Shared>) {
     }
 }
 
+/// Reads frames from one peer connection (a socket task, cancelled by `stop`) and
+/// hands them to a delivery task that steps the replicas, which is never cancelled: it
+/// ends after the frame under way once the reader is gone.
 async fn read_loop(mut stream: TcpStream, shared: Rc<Shared>) {
     let peer = stream.peer_addr().ok();
+    let (frames, inbox) = local_channel::new_bounded::<Bytes>(INBOUND_FRAMES_MAX);
+    let delivering = shared.clone();
+    glommio::spawn_local(async move {
+        while let Some(frame) = inbox.recv().await {
+            if delivering.stopped.get() {
+                return;
+            }
+            delivering.deliver(frame).await;
+        }
+    })
+    .detach();
     loop {
         match read_frame(&mut stream).await {
-            Ok(Some(frame)) => shared.deliver(frame).await,
+            Ok(Some(frame)) => {
+                if frames.send(frame).await.is_err() {
+                    return;
+                }
+            }
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(?peer, error = %e, "closing a peer connection after a bad frame");
@@ -200,8 +242,15 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
             format!("a frame of {len} bytes, above {FRAME_BYTES_MAX}"),
         ));
     }
-    let mut frame = vec![0u8; 4 + len];
-    frame[..4].copy_from_slice(&prefix);
-    stream.read_exact(&mut frame[4..]).await?;
+    // The buffer grows as bytes arrive, so a peer announcing a large frame and
+    // sending little holds little memory.
+    let mut frame = Vec::with_capacity(4 + len.min(READ_STEP_BYTES));
+    frame.extend_from_slice(&prefix);
+    while frame.len() < 4 + len {
+        let at = frame.len();
+        let step = (4 + len - at).min(READ_STEP_BYTES);
+        frame.resize(at + step, 0);
+        stream.read_exact(&mut frame[at..]).await?;
+    }
     Ok(Some(Bytes::from(frame)))
 }

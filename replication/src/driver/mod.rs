@@ -152,9 +152,10 @@ pub(crate) struct Shared {
     outbox: RefCell<Outbox>,
     links: Links,
     stopped: Cell<bool>,
-    /// Every task the driver started that may hold a socket, by number: `stop` cancels
-    /// them, so the sockets close as a killed process's would. A task removes itself
-    /// when it ends.
+    /// Every task the driver started that holds a socket, by number: `stop` cancels
+    /// them, so the sockets close as a killed process's would. None of them steps a
+    /// replica (a cancelled step would leave the log half changed). A task removes
+    /// itself when it ends.
     tasks: RefCell<BTreeMap<u64, glommio::task::JoinHandle<()>>>,
     next_task: Cell<u64>,
 }
@@ -187,12 +188,14 @@ impl Replicator {
         });
         shared.links.start(&shared);
         shared.spawn(link::accept_loop(listener, shared.clone()));
-        shared.spawn(tick_loop(shared.clone()));
+        glommio::spawn_local(tick_loop(shared.clone())).detach();
         Ok(Replicator(shared))
     }
 
     /// Stops the replicas and closes every connection and the listener (the tasks
-    /// holding them end at their next poll). The partition logs stay open.
+    /// holding sockets are cancelled; they never run a step). Steps under way finish,
+    /// and the tick and durable loops end at their next turn. The partition logs stay
+    /// open.
     pub fn stop(&self) {
         self.0.stopped.set(true);
         for (_, task) in std::mem::take(&mut *self.0.tasks.borrow_mut()) {
@@ -243,7 +246,7 @@ impl Replicator {
             .partitions
             .borrow_mut()
             .insert(key, partition.clone());
-        shared.spawn(durable_loop(shared.clone(), partition));
+        glommio::spawn_local(durable_loop(shared.clone(), partition)).detach();
         Ok(())
     }
 
@@ -278,7 +281,8 @@ impl Replicator {
                 .map_err(|_| not_leader(&partition.key, None))?;
             let epoch = {
                 let replica = partition.replica.borrow();
-                if partition.failed.get() || !replica.is_leader() || replica.transferring() {
+                let stopped = shared.stopped.get() || partition.failed.get();
+                if stopped || !replica.is_leader() || replica.transferring() {
                     return Err(not_leader(&partition.key, replica.leader()));
                 }
                 replica.epoch()
@@ -325,7 +329,7 @@ fn not_leader(key: &PartitionKey, leader: Option<ReplicaId>) -> DriverError {
 }
 
 impl Shared {
-    /// Starts a task that `stop` cancels.
+    /// Starts a socket task that `stop` cancels.
     fn spawn(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
         let id = self.next_task.get();
         self.next_task.set(id + 1);
@@ -370,7 +374,12 @@ impl Shared {
             }
             {
                 let replica = partition.replica.borrow();
-                if partition.failed.get() || !replica.is_leader() || replica.epoch() != epoch {
+                let gone = partition.log.failure().is_some() || partition.log.is_closing();
+                if gone
+                    || partition.failed.get()
+                    || !replica.is_leader()
+                    || replica.epoch() != epoch
+                {
                     return Err(not_leader(&partition.key, replica.leader()));
                 }
             }
@@ -492,7 +501,8 @@ impl Shared {
         for mut frame in frames {
             let mut chunks = Vec::new();
             let mut frame_bytes = 0usize;
-            for read in std::mem::take(&mut frame.reads) {
+            let mut unreadable = Vec::new();
+            for read in frame.reads.clone() {
                 let log = self
                     .partitions
                     .borrow()
@@ -519,10 +529,15 @@ impl Shared {
                         frame.fill(read.part, Vec::new(), 0);
                     }
                     Err(error) => {
+                        // No answer: an empty one would have the follower ask again at
+                        // once, in a loop; without one it asks after its fetch timeout.
                         tracing::warn!(partition = ?read.key, %error, "cannot read records for a follower");
-                        frame.fill(read.part, Vec::new(), 0);
+                        unreadable.push(read.part);
                     }
                 }
+            }
+            if !unreadable.is_empty() {
+                frame.drop_parts(&unreadable);
             }
             match wire::encode_head(&frame.header) {
                 Ok(head) => self.links.send(frame.to, OutFrame { head, chunks }),
@@ -532,7 +547,7 @@ impl Shared {
     }
 
     /// A frame from a peer: each partition's message steps its replica.
-    async fn deliver(&self, frame: Bytes) {
+    pub(crate) async fn deliver(&self, frame: Bytes) {
         let (header, records) = match wire::decode(&frame) {
             Ok((header, records, _)) => (header, frame.slice_ref(records)),
             Err(error) => {
