@@ -10,16 +10,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use spate_engine::batch::{self, BatchHeader, SimpleRecord};
 use spate_engine::{
     Offset, PartitionConfig, PartitionLog, ShardId, ShardResources, TopicPartition,
 };
-use spate_replication::driver::{Acks, DriverConfig, Replicator, Status, Timing};
-use spate_replication::replica::{Membership, ReplicaId};
+use spate_replication::driver::{Acks, Replicator, Status};
+use spate_replication::replica::ReplicaId;
 use spate_replication::wire::PartitionKey;
+
+mod common;
+
+use common::{driver_config, three_brokers, wait_for};
 
 const WRITERS_PER_BROKER: usize = 4;
 
@@ -32,22 +36,6 @@ fn key() -> PartitionKey {
         topic: "replicated".into(),
         partition: 0,
     }
-}
-
-fn timing() -> Timing {
-    Timing {
-        election_timeout_ms: 300,
-        fetch_timeout_ms: 600,
-        fetch_wait_ms: 100,
-        check_quorum_ms: 600,
-        preferred_leader_check_ms: None,
-        tick_ms: 10,
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// What the test sees of a broker and tells it.
@@ -86,18 +74,7 @@ fn small_segments() -> PartitionConfig {
 
 fn start(id: u32, root: PathBuf, addrs: &BTreeMap<u32, SocketAddr>, shared: Arc<Shared>) -> Broker {
     let stop = Arc::new(AtomicBool::new(false));
-    let config = DriverConfig {
-        broker: ReplicaId(id),
-        listen: addrs[&id],
-        peers: addrs
-            .iter()
-            .filter(|(p, _)| **p != id)
-            .map(|(p, a)| (ReplicaId(*p), *a))
-            .collect(),
-        timing: timing(),
-    };
-    let membership =
-        Membership::new(addrs.keys().map(|i| ReplicaId(*i)).collect(), vec![]).unwrap();
+    let (config, membership) = driver_config(id, addrs);
     let halt = stop.clone();
     let thread = std::thread::spawn(move || {
         glommio::LocalExecutorBuilder::default()
@@ -176,17 +153,6 @@ async fn writer(id: u32, w: usize, driver: Replicator, shared: Arc<Shared>, halt
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        if std::env::var_os("SPATE_DRIVER_TRACE").is_some() {
-            eprintln!("waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn leader(shared: &Shared, alive: &BTreeSet<u32>) -> Option<(u32, i32)> {
     let statuses = shared.statuses.lock().unwrap();
     statuses
@@ -256,11 +222,7 @@ fn three_brokers_keep_every_acknowledged_write_across_leader_crashes() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let roots: BTreeMap<u32, PathBuf> = (1..=3)
-        .map(|i| (i, dirs[i as usize - 1].path().to_path_buf()))
-        .collect();
-    let addrs: BTreeMap<u32, SocketAddr> = (1..=3).map(|i| (i, free_port())).collect();
+    let (_dirs, roots, addrs) = three_brokers();
     let shared = Arc::new(Shared::default());
     shared.produce.store(true, Ordering::SeqCst);
     let mut brokers: BTreeMap<u32, Broker> = roots

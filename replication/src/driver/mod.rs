@@ -124,6 +124,9 @@ pub enum DriverError {
     },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A metadata change that does not apply to the current image.
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
 }
 
 /// One partition's replica and log.
@@ -248,6 +251,16 @@ impl Replicator {
             .insert(key, partition.clone());
         glommio::spawn_local(durable_loop(shared.clone(), partition)).detach();
         Ok(())
+    }
+
+    /// This broker's id.
+    pub fn broker(&self) -> ReplicaId {
+        self.0.config.broker
+    }
+
+    /// Whether `stop` was called.
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.get()
     }
 
     /// A replica's state.

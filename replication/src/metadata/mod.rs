@@ -16,6 +16,9 @@
 //! that read the image are the rest of issue 8.
 
 pub mod placement;
+mod quorum;
+
+pub use quorum::{MetadataQuorum, SNAPSHOT_FILE};
 
 use std::collections::BTreeMap;
 
