@@ -17,7 +17,7 @@ use spate_engine::batch::{self, BatchHeader, SimpleRecord};
 use spate_engine::{
     Offset, PartitionConfig, PartitionLog, ShardId, ShardResources, TopicPartition,
 };
-use spate_replication::driver::{Acks, Replicator, Status};
+use spate_replication::driver::{Acks, DriverError, Replicator, Status};
 use spate_replication::replica::ReplicaId;
 use spate_replication::wire::PartitionKey;
 
@@ -44,6 +44,8 @@ struct Shared {
     /// Acknowledged writes: (offset, value).
     acked: Mutex<Vec<(i64, String)>>,
     produce: AtomicBool,
+    /// Writes refused with NOT_ENOUGH_REPLICAS.
+    not_enough: std::sync::atomic::AtomicU64,
     /// Makes every written value unique across brokers and their restarts.
     next_value: std::sync::atomic::AtomicU64,
     statuses: Mutex<BTreeMap<u32, Status>>,
@@ -139,16 +141,28 @@ async fn writer(id: u32, w: usize, driver: Replicator, shared: Arc<Shared>, halt
             .write(
                 &key(),
                 BytesMut::from(&bytes[..]),
-                Acks::Quorum,
-                Duration::from_secs(5),
+                Acks::Quorum { min_insync: 2 },
+                // Writer 0 gives up early and writes again, so it is writing when the
+                // followers fall out of sync; the others wait for their commit.
+                if w == 0 {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_secs(5)
+                },
             )
             .await;
-        if let Ok(info) = written {
-            shared
+        match written {
+            Ok(info) => shared
                 .acked
                 .lock()
                 .unwrap()
-                .push((info.base_offset.0, value));
+                .push((info.base_offset.0, value)),
+            Err(DriverError::NotEnoughReplicas { in_sync, required }) => {
+                assert!(in_sync < required);
+                shared.not_enough.fetch_add(1, Ordering::SeqCst);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -283,6 +297,13 @@ fn three_brokers_keep_every_acknowledged_write_across_leader_crashes() {
         },
     );
     let suffix = shared.statuses.lock().unwrap()[&lonely];
+    // Alone, the leader's followers fall out of sync after the lag time (500 ms, before
+    // check-quorum's 600 ms), and acks=all writes with min.insync.replicas = 2 are then
+    // refused before anything is appended.
+    assert!(
+        shared.not_enough.load(Ordering::SeqCst) > 0,
+        "writes were refused with NOT_ENOUGH_REPLICAS"
+    );
     kill(brokers.remove(&lonely).unwrap());
     alive.remove(&lonely);
     shared.statuses.lock().unwrap().remove(&lonely);

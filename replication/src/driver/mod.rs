@@ -65,6 +65,9 @@ pub struct Timing {
     pub preferred_leader_check_ms: Option<u64>,
     /// How often replicas are ticked.
     pub tick_ms: u64,
+    /// A follower that has not caught up with the leader for this long is out of sync
+    /// (`replica.lag.time.max.ms`).
+    pub replica_lag_ms: u64,
 }
 
 impl Default for Timing {
@@ -78,6 +81,7 @@ impl Default for Timing {
             check_quorum_ms: 2000,
             preferred_leader_check_ms: Some(30_000),
             tick_ms: 10,
+            replica_lag_ms: 30_000,
         }
     }
 }
@@ -97,8 +101,10 @@ pub struct DriverConfig {
 pub enum Acks {
     /// Once the leader has appended it (acks=1).
     Leader,
-    /// Once the quorum commit index passes it (acks=all).
-    Quorum,
+    /// Once the quorum commit index passes it (acks=all), and only if at least
+    /// `min_insync` replicas, the leader included, are in sync when it is appended
+    /// (`min.insync.replicas`; else `NotEnoughReplicas` and nothing is appended).
+    Quorum { min_insync: usize },
 }
 
 /// Errors of the driver. Replication's other errors (`WireError`, `ChangeError`) come
@@ -113,6 +119,8 @@ pub enum DriverError {
     },
     #[error("no replica of {0} on this shard")]
     UnknownPartition(String),
+    #[error("{in_sync} replicas are in sync, fewer than min.insync.replicas = {required}")]
+    NotEnoughReplicas { in_sync: usize, required: usize },
     #[error("the write at offset {offset} was not committed within {waited_ms} ms")]
     Timeout { offset: i64, waited_ms: u64 },
     #[error("{0}")]
@@ -275,6 +283,15 @@ impl Replicator {
         })
     }
 
+    /// The in-sync replicas of a partition this broker leads (Kafka's ISR); `None` when
+    /// it does not lead it.
+    pub fn in_sync(&self, key: &PartitionKey) -> Option<Vec<ReplicaId>> {
+        let partition = self.0.partitions.borrow().get(key).cloned()?;
+        let lag = self.0.config.timing.replica_lag_ms;
+        let isr = partition.replica.borrow().in_sync(self.0.now(), lag);
+        isr
+    }
+
     /// A client write to the leader: appends the batch in the leader's epoch and
     /// answers per `acks`, waiting at most `timeout` for the commit index.
     pub async fn write(
@@ -297,6 +314,16 @@ impl Replicator {
                 let stopped = shared.stopped.get() || partition.failed.get();
                 if stopped || !replica.is_leader() || replica.transferring() {
                     return Err(not_leader(&partition.key, replica.leader()));
+                }
+                if let Acks::Quorum { min_insync } = acks {
+                    let lag = shared.config.timing.replica_lag_ms;
+                    let in_sync = replica.in_sync(shared.now(), lag).map_or(0, |r| r.len());
+                    if in_sync < min_insync {
+                        return Err(DriverError::NotEnoughReplicas {
+                            in_sync,
+                            required: min_insync,
+                        });
+                    }
                 }
                 replica.epoch()
             };
@@ -325,7 +352,7 @@ impl Replicator {
             }
             (info, epoch)
         };
-        if acks == Acks::Quorum {
+        if matches!(acks, Acks::Quorum { .. }) {
             shared
                 .await_commit(&partition, info.last_offset, epoch, timeout)
                 .await?;

@@ -154,7 +154,7 @@ impl MetadataQuorum {
             .write(
                 &inner.key,
                 BytesMut::from(&batch[..]),
-                Acks::Quorum,
+                Acks::Quorum { min_insync: 1 },
                 PROPOSE_TIMEOUT,
             )
             .await?;

@@ -251,6 +251,10 @@ impl Replica {
             last_fetch_ms: now,
             commit_sent: Offset::ZERO,
             last_begin_ms: now,
+            // In sync until shown otherwise, as Kafka keeps the ISR across a leader
+            // change: a member that does not fetch drops out after the lag time.
+            caught_up_ms: now,
+            end_at_last_fetch: Offset::ZERO,
         }
     }
 }

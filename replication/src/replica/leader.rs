@@ -267,6 +267,10 @@ impl Replica {
             .expect("members have progress");
         progress.durable_end = progress.durable_end.max(durable_end.min(fetch_offset));
         progress.last_fetch_ms = now;
+        if fetch_offset >= progress.end_at_last_fetch.min(log_end) {
+            progress.caught_up_ms = now;
+        }
+        progress.end_at_last_fetch = log_end;
         leadership.parked.remove(&from);
         leadership.parked.insert(from, fetch);
         // Answers every held fetch if the commit index moves, this one included.

@@ -127,6 +127,12 @@ struct Progress {
     commit_sent: Offset,
     /// When the leader last announced itself to this replica.
     last_begin_ms: u64,
+    /// When this replica last fetched from at least the leader's log end as of its
+    /// previous fetch (Kafka's `lastCaughtUpTimeMs`): under steady appends a follower
+    /// that keeps up meets this on every fetch, one that falls behind stops meeting it.
+    caught_up_ms: u64,
+    /// The leader's log end when this replica last fetched.
+    end_at_last_fetch: Offset,
 }
 
 /// A fetch the leader holds until there is something to answer.
@@ -238,6 +244,23 @@ impl Replica {
     /// The replica set in force: the latest in this replica's log.
     pub fn membership(&self) -> &Membership {
         self.memberships.current()
+    }
+
+    /// The in-sync replicas (Kafka's ISR) of a leader: itself, and the members that
+    /// caught up with its log within the last `lag_ms` (`replica.lag.time.max.ms`).
+    /// `None` if this replica does not lead.
+    pub fn in_sync(&self, now: u64, lag_ms: u64) -> Option<Vec<ReplicaId>> {
+        let Role::Leader(leadership) = &self.role else {
+            return None;
+        };
+        let mut isr = vec![self.config.id];
+        for (id, progress) in &leadership.progress {
+            if progress.caught_up_ms + lag_ms >= now {
+                isr.push(*id);
+            }
+        }
+        isr.sort();
+        Some(isr)
     }
 
     /// Whether this leader is handing leadership over.

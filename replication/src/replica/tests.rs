@@ -207,6 +207,29 @@ fn a_transfer_to_a_dead_replica_is_abandoned_after_an_election_timeout() {
 }
 
 #[test]
+fn a_follower_that_stops_catching_up_leaves_the_in_sync_set() {
+    let mut g = Group::new(3, &[0, 1, 2], None);
+    g.run(400);
+    let leader = g.leader().unwrap();
+    let lag = 100;
+    assert_eq!(g.replicas[leader].in_sync(g.now, lag), Some(ids(&[0, 1, 2])));
+    let quiet = (leader + 1) % 3;
+    g.down[quiet] = true;
+    for _ in 0..15 {
+        g.write(1);
+        g.run(10);
+    }
+    let isr = g.replicas[leader].in_sync(g.now, lag).unwrap();
+    assert!(!isr.contains(&ReplicaId(quiet as u32)), "{isr:?}");
+    assert_eq!(isr.len(), 2);
+    // Back, it catches up and is in sync again.
+    g.down[quiet] = false;
+    g.run(200);
+    assert_eq!(g.replicas[leader].in_sync(g.now, lag), Some(ids(&[0, 1, 2])));
+    assert_eq!(g.replicas[quiet].in_sync(g.now, lag), None, "only a leader knows");
+}
+
+#[test]
 fn the_preferred_replica_gets_leadership_back() {
     let mut g = Group::new(3, &[0, 1, 2], Some(100));
     g.run(400);

@@ -17,6 +17,7 @@ pub fn timing() -> Timing {
         check_quorum_ms: 600,
         preferred_leader_check_ms: None,
         tick_ms: 10,
+        replica_lag_ms: 500,
     }
 }
 
