@@ -212,7 +212,10 @@ fn a_follower_that_stops_catching_up_leaves_the_in_sync_set() {
     g.run(400);
     let leader = g.leader().unwrap();
     let lag = 100;
-    assert_eq!(g.replicas[leader].in_sync(g.now, lag), Some(ids(&[0, 1, 2])));
+    assert_eq!(
+        g.replicas[leader].in_sync(g.now, lag),
+        Some(ids(&[0, 1, 2]))
+    );
     let quiet = (leader + 1) % 3;
     g.down[quiet] = true;
     for _ in 0..15 {
@@ -225,8 +228,15 @@ fn a_follower_that_stops_catching_up_leaves_the_in_sync_set() {
     // Back, it catches up and is in sync again.
     g.down[quiet] = false;
     g.run(200);
-    assert_eq!(g.replicas[leader].in_sync(g.now, lag), Some(ids(&[0, 1, 2])));
-    assert_eq!(g.replicas[quiet].in_sync(g.now, lag), None, "only a leader knows");
+    assert_eq!(
+        g.replicas[leader].in_sync(g.now, lag),
+        Some(ids(&[0, 1, 2]))
+    );
+    assert_eq!(
+        g.replicas[quiet].in_sync(g.now, lag),
+        None,
+        "only a leader knows"
+    );
 }
 
 #[test]
