@@ -1,0 +1,320 @@
+//! Carrying out a replica's steps: the actions of each step in order on the engine
+//! log, the outbox flush that follows (reading the records fetch answers carry), the
+//! delivery of peers' frames to their replicas, and the two loops that step replicas on
+//! their own (ticks, and durable reports from group commit). The ordering rules are in
+//! the parent module's doc.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use spate_engine::batch::{self, BatchHeader};
+use spate_engine::AckPolicy;
+
+use super::link::OutFrame;
+use super::{store, DriverError, Partition, Shared};
+use crate::outbox::{self, ANSWER_BYTES_MAX, FRAME_RECORD_BYTES_MAX};
+use crate::replica::{Action, BatchMeta, FetchBody, Message};
+use crate::wire;
+
+impl Shared {
+    /// Carries out one step's actions in order, then flushes the outbox. `fetched` holds
+    /// the record batches of the fetch answer the step took, if any.
+    pub(super) async fn execute(
+        &self,
+        partition: &Partition,
+        actions: Vec<Action>,
+        fetched: Option<Vec<Bytes>>,
+    ) {
+        let mut fetched = fetched;
+        for action in actions {
+            if let Err(error) = self.carry_out(partition, action, &mut fetched).await {
+                // The replica now believes something of its log that may not be true;
+                // it must not take part any more (as a failed fsync takes a partition
+                // offline in the engine).
+                tracing::error!(partition = ?partition.key, %error, "replica stopped after a storage failure");
+                partition.failed.set(true);
+                break;
+            }
+        }
+        self.flush().await;
+    }
+
+    async fn carry_out(
+        &self,
+        partition: &Partition,
+        action: Action,
+        fetched: &mut Option<Vec<Bytes>>,
+    ) -> Result<(), DriverError> {
+        match action {
+            Action::Persist(persisted) => store::save_vote(partition.log.dir(), persisted).await,
+            action @ (Action::Send { .. } | Action::SendRecords { .. }) => {
+                let rest = self.outbox.borrow_mut().take(&partition.key, vec![action]);
+                assert!(rest.is_empty(), "the outbox keeps every send");
+                Ok(())
+            }
+            Action::Append { base, batches } => {
+                self.save_epochs_if_changed(partition).await?;
+                match fetched.take() {
+                    Some(bytes) => {
+                        for batch in bytes {
+                            partition.log.append_replicated(batch).await?;
+                        }
+                    }
+                    None => self.append_markers(partition, &batches).await?,
+                }
+                debug_assert_eq!(
+                    partition.log.offsets().log_end,
+                    base.plus(batches.iter().map(|b| i64::from(b.records)).sum())
+                );
+                Ok(())
+            }
+            Action::Truncate { to } => {
+                partition.log.truncate_to(to).await?;
+                self.save_epochs_if_changed(partition).await
+            }
+            Action::Commit { index } => {
+                partition.log.set_commit(index);
+                Ok(())
+            }
+            Action::Resigned => {
+                tracing::info!(partition = ?partition.key, "stopped leading");
+                Ok(())
+            }
+            Action::Refused { from, reason } => {
+                tracing::warn!(partition = ?partition.key, from = from.0, %reason, "refused a peer's message");
+                Ok(())
+            }
+        }
+    }
+
+    /// A new leader's epoch marker(s): control batches of one record.
+    async fn append_markers(
+        &self,
+        partition: &Partition,
+        batches: &[BatchMeta],
+    ) -> Result<(), DriverError> {
+        for meta in batches {
+            assert_eq!(
+                meta.records, 1,
+                "a leader's own appends other than writes are markers"
+            );
+            let now = spate_engine::Timestamp::now().0;
+            let marker = BytesMut::from(&batch::encode_leader_marker(now)[..]);
+            partition
+                .log
+                .append(marker, meta.epoch, AckPolicy::Appended)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn save_epochs_if_changed(&self, partition: &Partition) -> Result<(), DriverError> {
+        let current = partition.replica.borrow().epochs().clone();
+        if *partition.saved_epochs.borrow() != current {
+            store::save_epochs(partition.log.dir(), &current).await?;
+            *partition.saved_epochs.borrow_mut() = current;
+        }
+        Ok(())
+    }
+
+    /// Sends what the outbox gathered, reading the records fetch answers carry.
+    async fn flush(&self) {
+        let frames = self.outbox.borrow_mut().flush();
+        for mut frame in frames {
+            let mut chunks = Vec::new();
+            let mut frame_bytes = 0usize;
+            let mut unreadable = Vec::new();
+            for read in frame.reads.clone() {
+                let log = self
+                    .partitions
+                    .borrow()
+                    .get(&read.key)
+                    .map(|p| p.log.clone());
+                let got = match log {
+                    Some(log) => {
+                        log.read_replicated(read.from, read.until, ANSWER_BYTES_MAX)
+                            .await
+                    }
+                    None => Ok(Default::default()),
+                };
+                match got {
+                    // A read holds at least one whole batch, which may be larger than an
+                    // answer's share (up to the engine's batch limit): it goes only if
+                    // the frame still has room, else in a later answer.
+                    Ok(got) if frame_bytes + got.bytes() as usize <= FRAME_RECORD_BYTES_MAX => {
+                        frame_bytes += got.bytes() as usize;
+                        frame.fill(read.part, got.batches.clone(), got.bytes() as u32);
+                        chunks.extend(got.chunks);
+                    }
+                    Ok(got) => {
+                        tracing::warn!(partition = ?read.key, bytes = got.bytes(), "a batch too large for this replication frame; the follower asks again");
+                        frame.fill(read.part, Vec::new(), 0);
+                    }
+                    Err(error) => {
+                        // No answer: an empty one would have the follower ask again at
+                        // once, in a loop; without one it asks after its fetch timeout.
+                        tracing::warn!(partition = ?read.key, %error, "cannot read records for a follower");
+                        unreadable.push(read.part);
+                    }
+                }
+            }
+            if !unreadable.is_empty() {
+                frame.drop_parts(&unreadable);
+            }
+            match wire::encode_head(&frame.header) {
+                Ok(head) => self.links.send(frame.to, OutFrame { head, chunks }),
+                Err(error) => tracing::error!(%error, "cannot encode a replication frame"),
+            }
+        }
+    }
+
+    /// A frame from a peer: each partition's message steps its replica.
+    pub(crate) async fn deliver(&self, frame: Bytes) {
+        let (header, records) = match wire::decode(&frame) {
+            Ok((header, records, _)) => (header, frame.slice_ref(records)),
+            Err(error) => {
+                tracing::warn!(%error, "dropped an invalid replication frame");
+                return;
+            }
+        };
+        let (from, parts) = match outbox::inbound(&header) {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(%error, "dropped an invalid replication frame");
+                return;
+            }
+        };
+        for part in parts {
+            let Ok(partition) = self.partition(&part.key) else {
+                tracing::debug!(partition = ?part.key, from = from.0, "a message for a partition this shard does not host");
+                continue;
+            };
+            let fetched = match part.records {
+                Some(range) => match split_batches(&records.slice(range), &part.message) {
+                    Ok(batches) => Some(batches),
+                    Err(reason) => {
+                        tracing::warn!(partition = ?part.key, from = from.0, %reason, "dropped a fetch answer");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let Ok(_step) = partition.step.acquire_permit(1).await else {
+                continue;
+            };
+            if partition.failed.get() || self.stopped.get() {
+                continue;
+            }
+            let actions = partition
+                .replica
+                .borrow_mut()
+                .receive(self.now(), from, part.message);
+            self.execute(&partition, actions, fetched).await;
+        }
+    }
+}
+
+/// Splits a fetch answer's record bytes into batches, each validated (CRC, counts) and
+/// matching the leader's description: offsets from the answer's base, its epochs and
+/// record counts. A peer's bytes are checked here so the log never refuses them.
+fn split_batches(bytes: &Bytes, message: &Message) -> Result<Vec<Bytes>, String> {
+    let Message::FetchAnswer {
+        body: FetchBody::Records { base, batches },
+        ..
+    } = message
+    else {
+        return Err("record bytes on a message that carries none".into());
+    };
+    let mut out = Vec::with_capacity(batches.len());
+    let mut at = 0usize;
+    let mut offset = *base;
+    for meta in batches {
+        let header = BatchHeader::parse(&bytes[at..]).map_err(|e| e.to_string())?;
+        if header.size > bytes.len() - at {
+            return Err(format!(
+                "a batch of {} bytes runs past the answer",
+                header.size
+            ));
+        }
+        let batch = bytes.slice(at..at + header.size);
+        batch::validate(&batch, batch.len()).map_err(|e| e.to_string())?;
+        if header.base_offset != offset
+            || header.leader_epoch != meta.epoch
+            || header.record_count as u32 != meta.records
+        {
+            return Err(format!(
+                "batch at offset {} (epoch {}, {} records) is not the described {:?} at {}",
+                header.base_offset.0, header.leader_epoch.0, header.record_count, meta, offset.0
+            ));
+        }
+        offset = header.last_offset().next();
+        at += header.size;
+        out.push(batch);
+    }
+    if at != bytes.len() {
+        return Err(format!(
+            "{} record bytes after the described batches",
+            bytes.len() - at
+        ));
+    }
+    Ok(out)
+}
+
+/// Ticks every replica of the shard.
+pub(super) async fn tick_loop(shared: Rc<Shared>) {
+    let every = Duration::from_millis(shared.config.timing.tick_ms.max(1));
+    while !shared.stopped.get() {
+        glommio::timer::sleep(every).await;
+        let partitions: Vec<Rc<Partition>> = shared.partitions.borrow().values().cloned().collect();
+        for partition in partitions {
+            // A partition busy with a step is ticked next time.
+            let Ok(_step) = partition.step.try_acquire_permit(1) else {
+                continue;
+            };
+            if partition.failed.get() {
+                continue;
+            }
+            let actions = partition.replica.borrow_mut().tick(shared.now());
+            if !actions.is_empty() {
+                shared.execute(&partition, actions, None).await;
+            }
+        }
+    }
+}
+
+/// Reports the log's durable end to its replica as flush cycles complete.
+pub(super) async fn durable_loop(shared: Rc<Shared>, partition: Rc<Partition>) {
+    while !shared.stopped.get() && !partition.failed.get() {
+        if partition.log.failure().is_some() {
+            partition.failed.set(true);
+            return;
+        }
+        if partition.log.is_closing() {
+            // Progress waits end at once on a closing log; nothing more will be durable.
+            return;
+        }
+        let durable = partition.log.offsets().durable_end;
+        if durable > partition.replica.borrow().durable_end() {
+            let Ok(_step) = partition.step.acquire_permit(1).await else {
+                return;
+            };
+            let durable = partition.log.offsets().durable_end;
+            let actions = partition
+                .replica
+                .borrow_mut()
+                .durable(shared.now(), durable);
+            shared.execute(&partition, actions, None).await;
+            continue;
+        }
+        // Wakes after the next flush cycle; the timeout covers a cycle that completed
+        // between the check above and this wait.
+        futures::future::select(
+            Box::pin(partition.log.wait_for_progress()),
+            Box::pin(glommio::timer::sleep(Duration::from_millis(
+                shared.config.timing.tick_ms.max(1),
+            ))),
+        )
+        .await;
+    }
+}
