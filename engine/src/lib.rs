@@ -39,6 +39,7 @@ pub use config::{AckPolicy, PartitionConfig};
 pub use error::{BatchError, EngineError, Result};
 pub use log::{
     AppendInfo, LogOffsets, LogStats, PartitionLog, ReadChunk, ReadResult, ShardResources,
+    ValidBatch,
 };
 pub use shard::{EngineConfig, Shard, ShardSet};
 pub use types::{LeaderEpoch, Offset, PartitionId, ShardId, Timestamp, TopicPartition};

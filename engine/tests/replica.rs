@@ -8,7 +8,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use spate_engine::batch::{self, BatchHeader};
-use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, PartitionLog};
+use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, PartitionLog, ValidBatch};
 
 /// A leader's stored batch: `count` records at `base`, epoch `epoch`.
 fn stored(base: i64, count: i32, epoch: i32) -> Bytes {
@@ -23,7 +23,7 @@ async fn replicate(log: &PartitionLog, n: usize, epoch: i32) -> Vec<Bytes> {
     for _ in 0..n {
         let b = stored(log.offsets().log_end.0, 3, epoch);
         let header = log
-            .append_replicated(b.clone())
+            .append_replicated(ValidBatch::check(b.clone()).unwrap())
             .await
             .expect("replicated append");
         assert_eq!(header.leader_epoch, LeaderEpoch(epoch));
@@ -88,7 +88,9 @@ fn replicated_appends_keep_the_leaders_bytes_and_the_commit_drives_the_high_wate
         let read: Vec<Vec<u8>> = read_replicated_all(&log, Offset(0), end).await;
         assert_eq!(read, sent.iter().map(|b| b.to_vec()).collect::<Vec<_>>());
         // A batch not at the log end, or from inside a batch, is refused.
-        let gap = log.append_replicated(stored(200, 3, 3)).await;
+        let gap = log
+            .append_replicated(ValidBatch::check(stored(200, 3, 3)).unwrap())
+            .await;
         assert!(
             matches!(gap, Err(EngineError::ReplicaDiverged { .. })),
             "{gap:?}"

@@ -22,6 +22,7 @@
 pub mod commit;
 pub mod driver;
 pub mod epochs;
+pub mod limits;
 pub mod metadata;
 pub mod outbox;
 pub mod replica;

@@ -44,7 +44,7 @@ use crate::segment::Segment;
 use crate::types::{LeaderEpoch, Offset, ShardId, Timestamp, TopicPartition};
 
 pub use read::{ReadChunk, ReadResult};
-pub use replica::ReplicaRead;
+pub use replica::{ReplicaRead, ValidBatch};
 pub use retention::RetentionOutcome;
 
 /// Resources one shard's partitions share. Created once per shard.
@@ -320,26 +320,7 @@ impl PartitionLog {
         let header = batch::validate(&batch, max_bytes)?;
         inner.state.borrow().usable(&inner.tp)?;
         let size = batch.len();
-        let permit = inner
-            .shard
-            .staged
-            .acquire_static_permit(size as u64)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        let _gate = inner
-            .gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        // The partition may have started closing (or failed) while this append waited;
-        // it must not roll a segment the stopped flusher would never seal.
-        inner.state.borrow().usable(&inner.tp)?;
-        inner.wait_for_staging_room(size).await?;
-        let now = Timestamp::now();
-        let records = i64::from(header.record_count);
-        if inner.state.borrow().needs_roll(size, records, now) {
-            inner.roll().await?;
-        }
+        let (permit, _gate, now) = inner.admit(size, header.record_count).await?;
         let (info, waiter, appended) = 'staged: {
             let mut st = inner.state.borrow_mut();
             st.usable(&inner.tp)?;
@@ -458,6 +439,41 @@ impl Inner {
             rx
         };
         let _ = rx.await;
+    }
+
+    /// What every append waits for before it may stage `size` bytes of `records`
+    /// records: its share of the shard's staging budget, its turn at the append gate,
+    /// room in the partition's staging, and a new segment if this one is full. Returns
+    /// the permits to hold and the append's time.
+    async fn admit(
+        &self,
+        size: usize,
+        records: i32,
+    ) -> Result<(StaticPermit, glommio::sync::Permit<'_>, Timestamp)> {
+        let permit = self
+            .shard
+            .staged
+            .acquire_static_permit(size as u64)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let gate = self
+            .gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        // The partition may have started closing (or failed) while this append waited;
+        // it must not roll a segment the stopped flusher would never seal.
+        self.state.borrow().usable(&self.tp)?;
+        self.wait_for_staging_room(size).await?;
+        let now = Timestamp::now();
+        if self
+            .state
+            .borrow()
+            .needs_roll(size, i64::from(records), now)
+        {
+            self.roll().await?;
+        }
+        Ok((permit, gate, now))
     }
 
     /// Backpressure: waits while this partition has more than its share staged.

@@ -38,6 +38,29 @@ struct Cut {
     last_ts: Option<(Timestamp, Offset)>,
 }
 
+/// A batch from a leader, validated once (`ValidBatch::check`) before a follower
+/// appends it: the driver checks a whole fetch answer before appending any of it, and
+/// the log takes only batches of this type, so nothing is appended unchecked.
+#[derive(Debug, Clone)]
+pub struct ValidBatch {
+    bytes: Bytes,
+    header: BatchHeader,
+}
+
+impl ValidBatch {
+    /// Validates a whole batch (CRC, counts, records). The leader accepted it under its
+    /// config; a follower's own size limit may differ (changed on the leader first), so
+    /// only the engine's hard limit applies.
+    pub fn check(bytes: Bytes) -> std::result::Result<ValidBatch, crate::error::BatchError> {
+        let header = batch::validate(&bytes, BATCH_BYTES_MAX)?;
+        Ok(ValidBatch { bytes, header })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+}
+
 /// Whole batches for a follower: `[from, end)`, as file ranges or cached bytes.
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaRead {
@@ -84,33 +107,13 @@ impl PartitionLog {
     /// Appends a batch a leader stored, byte for byte: it must start at the log end,
     /// and it keeps its base offset and partition leader epoch. Resolves once staged;
     /// durability shows in `offsets().durable_end` (wait with `wait_for_progress`).
-    pub async fn append_replicated(&self, batch: Bytes) -> Result<BatchHeader> {
+    pub async fn append_replicated(&self, batch: ValidBatch) -> Result<BatchHeader> {
         let inner = &self.0;
-        // The leader accepted it under its config; a follower's own limit may differ
-        // (changed on the leader first), so only the engine's hard limit applies.
-        let header = batch::validate(&batch, BATCH_BYTES_MAX)?;
-        let size = batch.len();
-        let permit = inner
-            .shard
-            .staged
-            .acquire_static_permit(size as u64)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        let _gate = inner
-            .gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        inner.state.borrow().usable(&inner.tp)?;
-        inner.wait_for_staging_room(size).await?;
-        let now = Timestamp::now();
-        if inner
-            .state
-            .borrow()
-            .needs_roll(size, i64::from(header.record_count), now)
-        {
-            inner.roll().await?;
-        }
+        let ValidBatch {
+            bytes: batch,
+            header,
+        } = batch;
+        let (permit, _gate, now) = inner.admit(batch.len(), header.record_count).await?;
         {
             let mut st = inner.state.borrow_mut();
             st.usable(&inner.tp)?;

@@ -29,21 +29,13 @@ use spate_engine::file::send_file;
 use spate_engine::ReadChunk;
 
 use super::Shared;
+use crate::limits::{INBOUND_FRAMES_MAX, LINK_FRAMES_MAX, PEER_CONNECTIONS_MAX, READ_STEP_BYTES};
 use crate::replica::ReplicaId;
 use crate::wire::FRAME_BYTES_MAX;
 
-/// Frames waiting per peer.
-pub const LINK_FRAMES_MAX: usize = 256;
 /// A frame not written within this long (the peer stopped reading: it hangs, or the
 /// connection leads nowhere) drops the connection, which is then dialled again.
 const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Inbound peer connections read at once on one shard: a cluster needs one per peer
-/// broker (and one more while a peer reconnects).
-pub const PEER_CONNECTIONS_MAX: usize = 64;
-/// Frames read from one connection and waiting to be delivered.
-const INBOUND_FRAMES_MAX: usize = 2;
-/// How much a frame's buffer grows per read.
-const READ_STEP_BYTES: usize = 1024 * 1024;
 /// Pause before dialling a peer again.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 

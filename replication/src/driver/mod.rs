@@ -40,14 +40,11 @@ use glommio::sync::Semaphore;
 use spate_engine::{AckPolicy, AppendInfo, EngineError, Offset, PartitionLog};
 
 use crate::epochs::EpochCache;
+use crate::limits::FETCH_RECORDS_MAX;
 use crate::outbox::Outbox;
 use crate::replica::{Action, Config, Membership, Replica, ReplicaId};
 use crate::wire::PartitionKey;
 use link::Links;
-
-/// Most records a fetch answer describes (the byte bound, `ANSWER_BYTES_MAX`, is
-/// usually reached first).
-const FETCH_RECORDS_MAX: u64 = 1 << 20;
 
 /// How long a write waiting for the commit index sleeps between checks that its
 /// replica still leads (it wakes at once when the high watermark moves).

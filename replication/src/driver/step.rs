@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spate_engine::batch::{self, BatchHeader};
-use spate_engine::AckPolicy;
+use spate_engine::{AckPolicy, ValidBatch};
 
 use super::link::OutFrame;
 use super::{store, DriverError, Partition, Shared};
@@ -24,7 +24,7 @@ impl Shared {
         &self,
         partition: &Partition,
         actions: Vec<Action>,
-        fetched: Option<Vec<Bytes>>,
+        fetched: Option<Vec<ValidBatch>>,
     ) {
         let mut fetched = fetched;
         for action in actions {
@@ -44,7 +44,7 @@ impl Shared {
         &self,
         partition: &Partition,
         action: Action,
-        fetched: &mut Option<Vec<Bytes>>,
+        fetched: &mut Option<Vec<ValidBatch>>,
     ) -> Result<(), DriverError> {
         match action {
             Action::Persist(persisted) => store::save_vote(partition.log.dir(), persisted).await,
@@ -110,11 +110,13 @@ impl Shared {
     }
 
     async fn save_epochs_if_changed(&self, partition: &Partition) -> Result<(), DriverError> {
-        let current = partition.replica.borrow().epochs().clone();
-        if *partition.saved_epochs.borrow() != current {
-            store::save_epochs(partition.log.dir(), &current).await?;
-            *partition.saved_epochs.borrow_mut() = current;
+        // Compared in place: epochs change once per leader, appends happen always.
+        if *partition.saved_epochs.borrow() == *partition.replica.borrow().epochs() {
+            return Ok(());
         }
+        let current = partition.replica.borrow().epochs().clone();
+        store::save_epochs(partition.log.dir(), &current).await?;
+        *partition.saved_epochs.borrow_mut() = current;
         Ok(())
     }
 
@@ -125,7 +127,8 @@ impl Shared {
             let mut chunks = Vec::new();
             let mut frame_bytes = 0usize;
             let mut unreadable = Vec::new();
-            for read in frame.reads.clone() {
+            let reads = std::mem::take(&mut frame.reads);
+            for read in &reads {
                 let log = self
                     .partitions
                     .borrow()
@@ -141,24 +144,28 @@ impl Shared {
                 match got {
                     // A read holds at least one whole batch, which may be larger than an
                     // answer's share (up to the engine's batch limit): it goes only if
-                    // the frame still has room, else in a later answer.
+                    // the frame has room. Answers of at most `ANSWER_BYTES_MAX` always
+                    // fit, so only a batch over 48 MiB is ever left out.
                     Ok(got) if frame_bytes + got.bytes() as usize <= FRAME_RECORD_BYTES_MAX => {
-                        frame_bytes += got.bytes() as usize;
-                        frame.fill(read.part, got.batches.clone(), got.bytes() as u32);
+                        let bytes = got.bytes();
+                        frame_bytes += bytes as usize;
+                        frame.fill(read.part, got.batches, bytes as u32);
                         chunks.extend(got.chunks);
                     }
+                    // No answer in both cases below: an empty one would have the
+                    // follower ask again at once, in a loop; without one it asks after
+                    // its fetch timeout.
                     Ok(got) => {
-                        tracing::warn!(partition = ?read.key, bytes = got.bytes(), "a batch too large for this replication frame; the follower asks again");
-                        frame.fill(read.part, Vec::new(), 0);
+                        tracing::warn!(partition = ?read.key, bytes = got.bytes(), "a batch too large for a replication frame; the follower asks again");
+                        unreadable.push(read.part);
                     }
                     Err(error) => {
-                        // No answer: an empty one would have the follower ask again at
-                        // once, in a loop; without one it asks after its fetch timeout.
                         tracing::warn!(partition = ?read.key, %error, "cannot read records for a follower");
                         unreadable.push(read.part);
                     }
                 }
             }
+            frame.reads = reads;
             if !unreadable.is_empty() {
                 frame.drop_parts(&unreadable);
             }
@@ -218,7 +225,7 @@ impl Shared {
 /// Splits a fetch answer's record bytes into batches, each validated (CRC, counts) and
 /// matching the leader's description: offsets from the answer's base, its epochs and
 /// record counts. A peer's bytes are checked here so the log never refuses them.
-fn split_batches(bytes: &Bytes, message: &Message) -> Result<Vec<Bytes>, String> {
+fn split_batches(bytes: &Bytes, message: &Message) -> Result<Vec<ValidBatch>, String> {
     let Message::FetchAnswer {
         body: FetchBody::Records { base, batches },
         ..
@@ -238,7 +245,7 @@ fn split_batches(bytes: &Bytes, message: &Message) -> Result<Vec<Bytes>, String>
             ));
         }
         let batch = bytes.slice(at..at + header.size);
-        batch::validate(&batch, batch.len()).map_err(|e| e.to_string())?;
+        let batch = ValidBatch::check(batch).map_err(|e| e.to_string())?;
         if header.base_offset != offset
             || header.leader_epoch != meta.epoch
             || header.record_count as u32 != meta.records

@@ -18,13 +18,11 @@ use spate_engine::{file, LeaderEpoch, PartitionLog};
 
 use super::DriverError;
 use crate::epochs::EpochCache;
+use crate::limits::REBUILD_READ_BYTES;
 use crate::replica::{Persisted, Recovered, ReplicaId};
 
 pub const QUORUM_STATE_FILE: &str = "quorum-state";
 pub const EPOCH_CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
-
-/// Record bytes scanned per step when rebuilding an epoch cache from the log.
-const REBUILD_READ_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct QuorumState {

@@ -278,6 +278,14 @@ pub fn decode_batch(stored: &[u8]) -> Result<Vec<(Offset, MetadataRecord)>, Meta
     if header.is_control() {
         return Ok(Vec::new());
     }
+    // The controller writes uncompressed batches, and only those have their records
+    // checked on append (offset deltas 0, 1, 2, ...); anything else is not ours.
+    if header.compression() != Ok(batch::Compression::None) {
+        return Err(undecodable(
+            header.base_offset.0,
+            "a compressed metadata batch".into(),
+        ));
+    }
     let body = stored
         .get(batch::HEADER_BYTES..header.size)
         .ok_or_else(|| {
@@ -289,7 +297,15 @@ pub fn decode_batch(stored: &[u8]) -> Result<Vec<(Offset, MetadataRecord)>, Meta
     let mut out = Vec::new();
     let mut bad = None;
     batch::for_each_record(body, header.record_count, |record| {
-        let offset = header.base_offset.plus(record.offset_delta);
+        let Some(offset) = header
+            .base_offset
+            .0
+            .checked_add(record.offset_delta)
+            .map(Offset)
+        else {
+            bad.get_or_insert(header.base_offset.0);
+            return;
+        };
         match record
             .value
             .and_then(|v| meta::decode::<MetadataRecord>(FileKind::MetadataRecord, v))

@@ -29,12 +29,11 @@ use spate_engine::{file, Offset, PartitionConfig, PartitionLog, ShardResources, 
 
 use super::{decode_batch, encode_batch, MetadataImage, MetadataRecord, METADATA_TOPIC};
 use crate::driver::{Acks, DriverError, Replicator};
+use crate::limits::APPLY_READ_BYTES;
 use crate::replica::Membership;
 use crate::wire::PartitionKey;
 
 pub const SNAPSHOT_FILE: &str = "metadata.snapshot";
-/// Bytes the applier reads per step.
-const APPLY_READ_BYTES: usize = 1024 * 1024;
 /// How long the applier waits for the high watermark before looking again.
 const APPLY_WAIT: Duration = Duration::from_millis(100);
 /// How long a proposal waits for its records to commit.
