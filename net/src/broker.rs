@@ -8,6 +8,7 @@ use spate_engine::catalog::Catalog;
 use spate_engine::shard::channels::Mesh;
 use spate_engine::{EngineConfig, ShardSet, TopicPartition};
 
+use crate::cluster::{reconcile, register, Cluster};
 use crate::controller;
 use crate::limits::CONTROL_CHANNEL_CAPACITY;
 use crate::node::{ControlMessage, Node, ServerConfig};
@@ -61,7 +62,15 @@ impl Broker {
         server: ServerConfig,
         stop: Arc<AtomicBool>,
     ) -> Result<Broker, String> {
-        let catalog = Arc::new(load_catalog(&engine.data_dir)?);
+        // In cluster mode the topics come from the metadata log, not the local catalog.
+        let catalog = match &server.cluster {
+            None => load_catalog(&engine.data_dir)?,
+            Some(cluster) => Catalog {
+                cluster_id: cluster.cluster_id.clone(),
+                ..Catalog::default()
+            },
+        };
+        let catalog = Arc::new(catalog);
         // Shared by the shard threads, each claiming its own ends from it once.
         let mesh = Arc::new(Mesh::<ControlMessage>::full(
             engine.shard_count,
@@ -87,7 +96,28 @@ impl Broker {
                     glommio::spawn_local(node.clone().serve_control(receiver)).detach();
                 }
                 glommio::spawn_local(crate::group::coordinator::run_timers(node.clone())).detach();
-                if let Err(e) = crate::server::serve(node, stop.clone()).await {
+                if let Some(config) = node.config.cluster.clone() {
+                    match Cluster::start(&node, config).await {
+                        Ok(cluster) => node.set_cluster(cluster),
+                        Err(e) => {
+                            tracing::error!(shard = id.0, error = %e, "cannot start cluster mode; stopping the broker");
+                            failure.store(true, Ordering::Relaxed);
+                            stop.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                    glommio::spawn_local(reconcile::maintain_loop(node.clone())).detach();
+                    if id.index() == 0 {
+                        glommio::spawn_local(reconcile::publish_loop(node.clone())).detach();
+                        glommio::spawn_local(register::registration_loop(node.clone())).detach();
+                    }
+                }
+                let served = crate::server::serve(node.clone(), stop.clone()).await;
+                if let Some(cluster) = node.cluster() {
+                    // Closes the peer connections: a stopped broker leaves the quorum.
+                    cluster.replicator.stop();
+                }
+                if let Err(e) = served {
                     tracing::error!(shard = id.0, error = %e, "shard server failed; stopping the broker");
                     failure.store(true, Ordering::Relaxed);
                     stop.store(true, Ordering::Relaxed);

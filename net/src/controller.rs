@@ -24,6 +24,8 @@ pub type TopicResult = Result<(), (ResponseError, String)>;
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
+    /// Replicas per partition; `None` for the broker's default.
+    pub replication_factor: Option<u32>,
     pub config: PartitionConfig,
     /// The configs given, as named by the client, for DescribeConfigs.
     pub overrides: Vec<(String, String)>,
@@ -35,6 +37,8 @@ pub struct TopicOutcome {
     pub name: String,
     pub id: [u8; 16],
     pub partitions: i32,
+    /// Replicas per partition, -1 when unknown.
+    pub replication_factor: i16,
     pub error: Option<(ResponseError, String)>,
 }
 
@@ -44,6 +48,7 @@ impl TopicOutcome {
             name,
             id: [0; 16],
             partitions: -1,
+            replication_factor: -1,
             error: Some((error, message.into())),
         }
     }
@@ -58,9 +63,12 @@ impl TopicOutcome {
 }
 
 /// Validates a CreateTopics entry.
+/// `clustered`: in cluster mode any replication factor may be asked (the controller
+/// checks it against the registered brokers); a single broker has one replica.
 pub fn spec_from_request(
     topic: &CreatableTopic,
     default_partitions: i32,
+    clustered: bool,
 ) -> Result<TopicSpec, (ResponseError, String)> {
     let name = topic.name.0.as_str().to_string();
     spate_engine::types::validate_topic_name(&name)
@@ -82,7 +90,17 @@ pub fn spec_from_request(
             format!("partitions must be between 1 and {TOPIC_PARTITIONS_MAX}"),
         ));
     }
-    if topic.replication_factor != -1 && topic.replication_factor != 1 {
+    let replication_factor = match topic.replication_factor {
+        -1 => None,
+        rf if rf >= 1 => Some(rf as u32),
+        rf => {
+            return Err((
+                ResponseError::InvalidReplicationFactor,
+                format!("replication factor {rf} must be at least 1"),
+            ))
+        }
+    };
+    if !clustered && topic.replication_factor != -1 && topic.replication_factor != 1 {
         return Err((
             ResponseError::InvalidReplicationFactor,
             format!(
@@ -107,6 +125,7 @@ pub fn spec_from_request(
     Ok(TopicSpec {
         name,
         partitions,
+        replication_factor,
         config,
         overrides,
     })
@@ -153,6 +172,7 @@ pub async fn create_topics(
                 name: spec.name,
                 id: [0; 16],
                 partitions: spec.partitions,
+                replication_factor: 1,
                 error: None,
             });
             continue;
@@ -169,6 +189,7 @@ pub async fn create_topics(
                     name: spec.name.clone(),
                     id: record.id,
                     partitions: spec.partitions,
+                    replication_factor: 1,
                     error: None,
                 });
                 catalog.topics.insert(spec.name, record);
@@ -251,6 +272,7 @@ pub async fn delete_topics(
             name,
             id: record.id,
             partitions: record.partitions,
+            replication_factor: 1,
             error: failure,
         });
     }

@@ -16,6 +16,7 @@
 pub mod alloc;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod controller;
 pub mod error;

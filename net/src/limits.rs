@@ -62,3 +62,6 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 const _: () = assert!(CONNECTION_INFLIGHT_BYTES_MAX >= REQUEST_FRAME_BYTES_MAX);
 const _: () = assert!(SHARD_INFLIGHT_BYTES_MAX >= CONNECTION_INFLIGHT_BYTES_MAX);
 const _: () = assert!(RESERVED_ALLOCATION_BYTES_MIN > REQUEST_FRAME_BYTES_MAX);
+
+/// Producer ids a broker takes from the metadata log at once (Kafka's block size).
+pub const PRODUCER_ID_BLOCK: i32 = 1000;

@@ -24,8 +24,11 @@ use glommio::sync::Semaphore;
 use spate_engine::catalog::Catalog;
 use spate_engine::shard::channels::Senders;
 use spate_engine::shard::reply::{self, ReplySender};
-use spate_engine::Shard;
+use spate_engine::{Shard, TopicPartition};
+use spate_replication::metadata::MetadataImage;
 
+use crate::cluster::replicated::{Failure, ReplicaAnswer, ReplicaCall};
+use crate::cluster::{Cluster, ClusterConfig, Views};
 use crate::controller::{self, TopicOutcome, TopicResult, TopicSpec};
 use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupConfig};
 use crate::topic_config::ConfigChange;
@@ -53,6 +56,8 @@ pub struct ServerConfig {
     pub auto_create_topics: bool,
     /// Consumer group coordination.
     pub groups: GroupConfig,
+    /// Cluster mode (`--voters`); `None` runs a single broker without replication.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Messages on the control mesh.
@@ -89,10 +94,32 @@ pub enum ControlMessage {
         call: GroupCall,
         reply: ReplySender<GroupAnswer>,
     },
-    /// From the controller: the new catalog; acknowledge once installed.
+    /// From the controller: the new catalog (in cluster mode, with the metadata image
+    /// it comes from); acknowledge once installed.
     Catalog {
         catalog: Arc<Catalog>,
+        image: Option<Arc<MetadataImage>>,
         installed: ReplySender<()>,
+    },
+    /// Cluster mode, from shard `from`: the leadership of its partitions.
+    Leaders { from: usize, views: Views },
+    /// Cluster mode, to a partition's owning shard.
+    Replica {
+        tp: TopicPartition,
+        call: ReplicaCall,
+        reply: ReplySender<ReplicaAnswer>,
+    },
+    /// Cluster mode, to shard 0: register a broker through the controller.
+    RegisterBroker {
+        id: u32,
+        host: String,
+        port: u16,
+        reply: ReplySender<Result<(), Failure>>,
+    },
+    /// Cluster mode, to shard 0: a block of producer ids from the controller,
+    /// `(start, length)`.
+    ProducerIdBlock {
+        reply: ReplySender<Result<(i64, i32), Failure>>,
     },
 }
 
@@ -112,6 +139,8 @@ pub struct Node {
     /// Fetch record bytes sent with sendfile, and from memory (the tail cache).
     zero_copy_bytes: Cell<u64>,
     copied_bytes: Cell<u64>,
+    /// Cluster mode's state on this shard, set before the shard serves clients.
+    cluster: std::cell::OnceCell<Rc<Cluster>>,
 }
 
 /// The controller's shard.
@@ -137,7 +166,20 @@ impl Node {
             )),
             zero_copy_bytes: Cell::new(0),
             copied_bytes: Cell::new(0),
+            cluster: std::cell::OnceCell::new(),
         })
+    }
+
+    /// Cluster mode's state; `None` on a single broker.
+    pub fn cluster(&self) -> Option<&Rc<Cluster>> {
+        self.cluster.get()
+    }
+
+    pub fn set_cluster(&self, cluster: Rc<Cluster>) {
+        assert!(
+            self.cluster.set(cluster).is_ok(),
+            "cluster mode starts once"
+        );
     }
 
     /// Counts a fetch frame's record bytes: file ranges go zero-copy, the rest (the
@@ -165,7 +207,7 @@ impl Node {
         self.catalog.borrow().clone()
     }
 
-    fn is_controller(&self) -> bool {
+    pub(crate) fn is_controller(&self) -> bool {
         self.shard.id().index() == CONTROLLER
     }
 
@@ -199,7 +241,7 @@ impl Node {
 
     /// Runs a catalog change on the controller, one at a time, and publishes the new
     /// catalog if there is one; `None` if the broker is stopping.
-    async fn serially<T>(
+    pub(crate) async fn serially<T>(
         &self,
         change: impl std::future::Future<Output = (T, Option<Arc<Catalog>>)>,
     ) -> Option<T> {
@@ -241,6 +283,10 @@ impl Node {
         topics: Vec<TopicSpec>,
         validate_only: bool,
     ) -> Option<Vec<TopicOutcome>> {
+        if self.cluster().is_some() {
+            let change = crate::cluster::admin::create_topics(self, topics, validate_only);
+            return self.serially(async { (change.await, None) }).await;
+        }
         self.serially(controller::create_topics(self, topics, validate_only))
             .await
     }
@@ -259,6 +305,10 @@ impl Node {
     }
 
     async fn controller_delete(&self, names: Vec<String>) -> Option<Vec<TopicOutcome>> {
+        if self.cluster().is_some() {
+            let change = crate::cluster::admin::delete_topics(self, names);
+            return self.serially(async { (change.await, None) }).await;
+        }
         self.serially(controller::delete_topics(self, names)).await
     }
 
@@ -288,6 +338,10 @@ impl Node {
         topics: Vec<(String, i32)>,
         validate_only: bool,
     ) -> Option<Vec<TopicResult>> {
+        if self.cluster().is_some() {
+            let change = crate::cluster::admin::add_partitions(self, topics, validate_only);
+            return self.serially(async { (change.await, None) }).await;
+        }
         self.serially(controller::add_partitions(self, topics, validate_only))
             .await
     }
@@ -318,6 +372,10 @@ impl Node {
         changes: Vec<(String, ConfigChange)>,
         validate_only: bool,
     ) -> Option<Vec<TopicResult>> {
+        if self.cluster().is_some() {
+            let change = crate::cluster::admin::alter_configs(self, changes, validate_only);
+            return self.serially(async { (change.await, None) }).await;
+        }
         self.serially(controller::alter_configs(self, changes, validate_only))
             .await
     }
@@ -334,6 +392,9 @@ impl Node {
     }
 
     async fn controller_allocate(&self) -> Option<i64> {
+        if self.cluster().is_some() {
+            return crate::cluster::admin::next_producer_id(self).await;
+        }
         let _serial = self.admin.acquire_permit(1).await.ok()?;
         let mut catalog = (*self.catalog()).clone();
         let id = catalog.next_producer_id;
@@ -350,7 +411,18 @@ impl Node {
 
     /// Installs `catalog` here and on every shard, returning once all hold it.
     async fn publish(&self, catalog: Arc<Catalog>) {
-        *self.catalog.borrow_mut() = catalog.clone();
+        self.publish_with(catalog, None).await
+    }
+
+    /// Installs `catalog` (and in cluster mode the `image` it comes from) here and on
+    /// every shard, returning once all hold it. An image older than the one a shard
+    /// holds is ignored there: the publisher and an admin call may race.
+    pub(crate) async fn publish_with(
+        &self,
+        catalog: Arc<Catalog>,
+        image: Option<Arc<MetadataImage>>,
+    ) {
+        self.install(catalog.clone(), image.clone());
         let mut acks = Vec::new();
         for peer in 0..self.shard.shard_count() {
             if peer == self.shard.id().index() {
@@ -359,6 +431,7 @@ impl Node {
             let (installed, ack) = reply::channel();
             let message = ControlMessage::Catalog {
                 catalog: catalog.clone(),
+                image: image.clone(),
                 installed,
             };
             if self.control.send_to(peer, message).await.is_ok() {
@@ -368,6 +441,69 @@ impl Node {
         for ack in acks {
             let _ = ack.await;
         }
+    }
+
+    /// Installs a catalog and image on this shard, unless the image is older than the
+    /// one held.
+    fn install(&self, catalog: Arc<Catalog>, image: Option<Arc<MetadataImage>>) {
+        if let (Some(image), Some(cluster)) = (image, self.cluster()) {
+            if image.applied < cluster.image().applied {
+                return;
+            }
+            cluster.set_image(image);
+        }
+        *self.catalog.borrow_mut() = catalog;
+    }
+
+    /// Sends `message` to shard `peer`; dropped if the broker is stopping.
+    pub(crate) async fn send_control(&self, peer: usize, message: ControlMessage) {
+        let _ = self.control.send_to(peer, message).await;
+    }
+
+    /// Runs `call` on the shard owning `tp`; `None` if the broker is stopping.
+    pub async fn replica_call(
+        self: &Rc<Self>,
+        tp: TopicPartition,
+        call: ReplicaCall,
+    ) -> Option<ReplicaAnswer> {
+        let owner = self.shard.owner(&tp).index();
+        if owner == self.shard.id().index() {
+            // Its own task, so a client that goes away never cancels a write halfway.
+            let node = self.clone();
+            let task = glommio::spawn_local(async move {
+                crate::cluster::replicated::run_here(&node, &tp, call).await
+            });
+            return Some(task.await);
+        }
+        let (reply, rx) = reply::channel();
+        let message = ControlMessage::Replica { tp, call, reply };
+        self.control.send_to(owner, message).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Registers broker `id` through the controller (cluster mode).
+    pub async fn register_broker(&self, id: u32, host: String, port: u16) -> Result<(), Failure> {
+        if self.is_controller() {
+            return crate::cluster::admin::register(self, id, host, port).await;
+        }
+        self.ask_controller(|reply| ControlMessage::RegisterBroker {
+            id,
+            host,
+            port,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(crate::cluster::admin::stopping()))
+    }
+
+    /// A block of producer ids from the controller (cluster mode): `(start, length)`.
+    pub async fn producer_id_block(&self) -> Result<(i64, i32), Failure> {
+        if self.is_controller() {
+            return crate::cluster::admin::producer_id_block(self).await;
+        }
+        self.ask_controller(|reply| ControlMessage::ProducerIdBlock { reply })
+            .await
+            .unwrap_or_else(|| Err(crate::cluster::admin::stopping()))
     }
 
     /// Serves one peer's control channel.
@@ -387,9 +523,37 @@ impl Node {
                     })
                     .detach();
                 }
-                ControlMessage::Catalog { catalog, installed } => {
-                    *self.catalog.borrow_mut() = catalog;
+                ControlMessage::Catalog {
+                    catalog,
+                    image,
+                    installed,
+                } => {
+                    self.install(catalog, image);
                     installed.send(());
+                }
+                ControlMessage::Leaders { from, views } => {
+                    if let Some(cluster) = self.cluster() {
+                        cluster.set_views(from, views);
+                    }
+                }
+                ControlMessage::Replica { tp, call, reply } => {
+                    // A write waits for the quorum: it must not hold up the channel.
+                    let node = self.clone();
+                    glommio::spawn_local(async move {
+                        reply.send(crate::cluster::replicated::run_here(&node, &tp, call).await);
+                    })
+                    .detach();
+                }
+                ControlMessage::RegisterBroker {
+                    id,
+                    host,
+                    port,
+                    reply,
+                } => {
+                    reply.send(crate::cluster::admin::register(&self, id, host, port).await);
+                }
+                ControlMessage::ProducerIdBlock { reply } => {
+                    reply.send(crate::cluster::admin::producer_id_block(&self).await);
                 }
                 // Inline, so a peer's channel bounds its pending requests. Changes are
                 // serialised anyway, and snapshots go out on other channels (from the

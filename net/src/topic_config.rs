@@ -174,6 +174,8 @@ pub fn partition_config(
 pub struct TopicSettings {
     /// `message.timestamp.type=LogAppendTime`: batches are stamped with the broker's clock.
     pub log_append_time: bool,
+    /// `min.insync.replicas`: acks=all needs this many in-sync replicas.
+    pub min_insync_replicas: usize,
 }
 
 impl TopicSettings {
@@ -187,6 +189,10 @@ impl TopicSettings {
         };
         TopicSettings {
             log_append_time: value("message.timestamp.type") == Some("LogAppendTime"),
+            // Validated when set; a value that does not parse falls back to Kafka's 1.
+            min_insync_replicas: value("min.insync.replicas")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1),
         }
     }
 }

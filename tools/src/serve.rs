@@ -14,13 +14,15 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Deserialize;
 use spate_engine::EngineConfig;
+use spate_net::cluster::ClusterConfig;
 use spate_net::group::GroupConfig;
 use spate_net::{Broker, ServerConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML file with any of: listen, advertise, data_dir, shards, node_id,
-    /// offsets_partitions, group_initial_rebalance_delay_ms.
+    /// offsets_partitions, group_initial_rebalance_delay_ms, voters, peer_listen,
+    /// cluster_id, default_replication_factor.
     #[arg(long, env = "SPATE_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].
@@ -46,6 +48,23 @@ pub struct ServeArgs {
     /// group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
+    /// Cluster mode: every voter of the metadata quorum as ID@HOST:PORT, comma
+    /// separated, with the address its shard 0 takes replication traffic on (shard i
+    /// on the port plus i). This broker's --node-id must be one of them.
+    #[arg(long, env = "SPATE_VOTERS")]
+    voters: Option<String>,
+    /// Cluster mode: where this broker's shard 0 listens for peers [default: its
+    /// address in --voters].
+    #[arg(long, env = "SPATE_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// Cluster mode: the cluster's id, the same on every broker [default: derived from
+    /// --voters].
+    #[arg(long, env = "SPATE_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Cluster mode: replicas of a topic created without a replication factor (Kafka's
+    /// default.replication.factor) [default: 1].
+    #[arg(long, env = "SPATE_DEFAULT_REPLICATION_FACTOR")]
+    default_replication_factor: Option<u32>,
 }
 
 /// The `--config` file. Unknown keys are errors, not silently ignored.
@@ -59,6 +78,10 @@ struct FileConfig {
     node_id: Option<i32>,
     offsets_partitions: Option<i32>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    voters: Option<String>,
+    peer_listen: Option<String>,
+    cluster_id: Option<String>,
+    default_replication_factor: Option<u32>,
 }
 
 /// Validated settings.
@@ -70,6 +93,7 @@ struct Settings {
     shards: usize,
     node_id: i32,
     groups: GroupConfig,
+    cluster: Option<ClusterConfig>,
 }
 
 /// Upper bound of `group_initial_rebalance_delay_ms` (Kafka's own is unbounded; five
@@ -154,6 +178,15 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         }
         groups.initial_rebalance_delay = std::time::Duration::from_millis(ms);
     }
+    let cluster = cluster_settings(
+        node_id,
+        shards,
+        args.voters.or(file.voters),
+        args.peer_listen.or(file.peer_listen),
+        args.cluster_id.or(file.cluster_id),
+        args.default_replication_factor
+            .or(file.default_replication_factor),
+    )?;
     Ok(Settings {
         listen,
         advertise,
@@ -161,7 +194,73 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         shards,
         node_id,
         groups,
+        cluster,
     })
+}
+
+/// Cluster mode's settings, if `voters` is given.
+fn cluster_settings(
+    node_id: i32,
+    shards: usize,
+    voters: Option<String>,
+    peer_listen: Option<String>,
+    cluster_id: Option<String>,
+    default_replication_factor: Option<u32>,
+) -> Result<Option<ClusterConfig>, String> {
+    let Some(voters) = voters else {
+        if peer_listen.is_some() || cluster_id.is_some() || default_replication_factor.is_some() {
+            return Err(
+                "--peer-listen, --cluster-id and --default-replication-factor need --voters".into(),
+            );
+        }
+        return Ok(None);
+    };
+    let voters = spate_net::cluster::parse_voters(&voters)?;
+    let me = u32::try_from(node_id).ok();
+    let Some(own) = me.and_then(|id| voters.get(&id)) else {
+        return Err(format!(
+            "node id {node_id} is not among the voters {:?}",
+            voters.keys().collect::<Vec<_>>()
+        ));
+    };
+    // Shard i of every voter listens on its port plus i: the ranges must not overlap
+    // (the listeners use SO_REUSEPORT, so an overlap would silently share a port).
+    for (a, x) in &voters {
+        for (b, y) in voters.range(a + 1..) {
+            let (lo, hi) = if x.port() <= y.port() { (x, y) } else { (y, x) };
+            if x.ip() == y.ip() && usize::from(hi.port()) < usize::from(lo.port()) + shards {
+                return Err(format!(
+                    "voters {a} and {b} are {} ports apart on {}, fewer than the {shards} shards each needs (shard i takes the port plus i)",
+                    hi.port() - lo.port(),
+                    x.ip()
+                ));
+            }
+        }
+    }
+    let peer_listen = match peer_listen {
+        Some(a) => address("peer listen address", &a)?,
+        None => *own,
+    };
+    if let Some(id) = &cluster_id {
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "invalid cluster id '{id}': 1 to 64 printable characters, no spaces"
+            ));
+        }
+    }
+    let rf = default_replication_factor.unwrap_or(1);
+    if rf == 0 || rf as usize > voters.len() {
+        return Err(format!(
+            "invalid default replication factor {rf}: must be between 1 and the {} voters",
+            voters.len()
+        ));
+    }
+    Ok(Some(ClusterConfig::new(
+        peer_listen,
+        voters,
+        cluster_id,
+        rf,
+    )))
 }
 
 /// Fails if another process holds the address. The shards bind with SO_REUSEPORT, which
@@ -232,6 +331,18 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .init();
     let settings = settings(args)?;
     probe_port(settings.listen)?;
+    if let Some(cluster) = &settings.cluster {
+        for shard in 0..settings.shards {
+            let peer =
+                spate_net::cluster::shard_address(cluster.peer_listen, shard).ok_or_else(|| {
+                    format!(
+                        "peer port {} plus {shard} shards is past 65535",
+                        cluster.peer_listen.port()
+                    )
+                })?;
+            probe_port(peer)?;
+        }
+    }
     prepare_data_dir(&settings.data_dir)?;
     warn_if_strict_overcommit();
     let stop = Arc::new(AtomicBool::new(false));
@@ -245,6 +356,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         default_partitions: 1,
         auto_create_topics: true,
         groups: settings.groups,
+        cluster: settings.cluster,
     };
     let broker = Broker::start(engine, server, stop)?;
     tracing::info!(

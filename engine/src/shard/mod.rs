@@ -318,6 +318,12 @@ impl Shard {
         self.0.placement.owner(tp)
     }
 
+    /// The shard's I/O resources, for logs opened outside the partition table (the
+    /// cluster's metadata log).
+    pub fn resources(&self) -> Rc<ShardResources> {
+        self.0.resources.clone()
+    }
+
     /// The task queue for latency-sensitive work, for callers spawning request tasks.
     pub fn latency_queue(&self) -> TaskQueueHandle {
         self.0.latency

@@ -181,6 +181,7 @@ pub async fn ensure_offsets_topic(node: &Rc<Node>) -> Result<(), ResponseError> 
     let spec = TopicSpec {
         name: OFFSETS_TOPIC.to_string(),
         partitions: node.config.groups.offsets_partitions,
+        replication_factor: None,
         config,
         overrides,
     };

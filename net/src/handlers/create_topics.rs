@@ -35,7 +35,11 @@ pub async fn handle(
             )));
             continue;
         }
-        match spec_from_request(topic, node.config.default_partitions) {
+        match spec_from_request(
+            topic,
+            node.config.default_partitions,
+            node.cluster().is_some(),
+        ) {
             Ok(spec) => {
                 specs.push(spec);
                 outcomes.push(None);
@@ -63,7 +67,7 @@ pub async fn handle(
             if version >= 5 {
                 result = result
                     .with_num_partitions(o.partitions)
-                    .with_replication_factor(if code == 0 { 1 } else { -1 });
+                    .with_replication_factor(if code == 0 { o.replication_factor } else { -1 });
             }
             if version >= 7 {
                 result = result.with_topic_id(Uuid::from_bytes(o.id));

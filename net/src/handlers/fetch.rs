@@ -10,6 +10,10 @@
 //! or past the log end. Sessionless (session id 0). Long poll: when fewer than
 //! `min_bytes` are ready, the fetch waits up to `max_wait_ms`, woken by appends on any of
 //! its partitions (the engine's `wait_for_data`), not by a polling timer.
+//!
+//! In cluster mode only a partition's leader answers (else NOT_LEADER_OR_FOLLOWER), the
+//! client's leader epoch is checked (FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH), and
+//! records are read up to the quorum commit index, which is the high watermark.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use kafka_protocol::ResponseError;
 use spate_engine::{Offset, ReadChunk, TopicPartition};
 
 use super::errors::kafka_error;
+use crate::cluster::leader_check;
 use crate::node::Node;
 
 /// One piece of an outgoing frame.
@@ -183,9 +188,8 @@ async fn read_all(node: &Node, request: &FetchRequest) -> Vec<(String, Vec<Parti
                 log_start: -1,
                 chunks: Vec::new(),
             };
-            if p.current_leader_epoch > 0 {
-                // Leadership never changes on a single node: its epoch is 0.
-                data.error = Some(ResponseError::UnknownLeaderEpoch);
+            if let Some(error) = leader_check(node, &tp, p.current_leader_epoch) {
+                data.error = Some(error);
                 partitions.push(data);
                 continue;
             }

@@ -1,6 +1,7 @@
 //! Metadata (key 3), versions 0–12: brokers, cluster id, controller, and per topic its
 //! id and partitions with leader, leader epoch, replicas and ISR (all this node on a
-//! single broker). Unknown topics are created with `num.partitions` when the request
+//! single broker; in cluster mode, from the metadata image and the replicas' leadership).
+//! Unknown topics are created with `num.partitions` when the request
 //! and the broker allow it, and answered LEADER_NOT_AVAILABLE meanwhile, as Kafka does.
 
 use std::rc::Rc;
@@ -15,6 +16,9 @@ use kafka_protocol::ResponseError;
 use spate_engine::catalog::TopicRecord;
 use uuid::Uuid;
 
+use spate_engine::TopicPartition;
+
+use crate::cluster::{Cluster, LeaderView};
 use crate::controller::TopicSpec;
 use crate::node::Node;
 
@@ -26,13 +30,14 @@ const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
 fn topic_entry(node: &Node, record: &TopicRecord, version: i16) -> MetadataResponseTopic {
     let me = BrokerId(node.config.node_id);
     let partitions = (0..record.partitions)
-        .map(|p| {
-            MetadataResponsePartition::default()
+        .map(|p| match node.cluster() {
+            Some(cluster) => cluster_partition(node, cluster, &record.name, p),
+            None => MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_id(me)
                 .with_leader_epoch(SINGLE_NODE_LEADER_EPOCH)
                 .with_replica_nodes(vec![me])
-                .with_isr_nodes(vec![me])
+                .with_isr_nodes(vec![me]),
         })
         .collect();
     MetadataResponseTopic::default()
@@ -44,6 +49,47 @@ fn topic_entry(node: &Node, record: &TopicRecord, version: i16) -> MetadataRespo
         })
         .with_is_internal(record.name.starts_with("__"))
         .with_partitions(partitions)
+}
+
+/// A partition in cluster mode: replicas from the metadata image; leader, epoch and ISR
+/// from the replica on this broker. A broker without a replica names the preferred
+/// leader (a client it sends astray gets NOT_LEADER_OR_FOLLOWER and asks again).
+fn cluster_partition(
+    node: &Node,
+    cluster: &Cluster,
+    topic: &str,
+    p: i32,
+) -> MetadataResponsePartition {
+    let ids = |v: &[u32]| v.iter().map(|id| BrokerId(*id as i32)).collect::<Vec<_>>();
+    let replicas = cluster
+        .image()
+        .topics
+        .get(topic)
+        .and_then(|t| t.assignments.get(p as usize).cloned())
+        .unwrap_or_default();
+    let tp = TopicPartition::new(topic, p);
+    let view = cluster.view(node.shard.owner(&tp).index(), &tp);
+    let partition = MetadataResponsePartition::default()
+        .with_partition_index(p)
+        .with_replica_nodes(ids(&replicas));
+    match view {
+        Some(LeaderView {
+            leader: Some(leader),
+            epoch,
+            isr,
+        }) => partition
+            .with_leader_id(BrokerId(leader as i32))
+            .with_leader_epoch(epoch)
+            .with_isr_nodes(ids(isr.as_deref().unwrap_or(&replicas))),
+        Some(_) => partition
+            .with_error_code(ResponseError::LeaderNotAvailable.code())
+            .with_leader_id(BrokerId(-1))
+            .with_leader_epoch(-1),
+        None => partition
+            .with_leader_id(BrokerId(replicas.first().map_or(-1, |id| *id as i32)))
+            .with_leader_epoch(-1)
+            .with_isr_nodes(ids(&replicas)),
+    }
 }
 
 fn error_entry(name: Option<String>, id: Uuid, error: ResponseError) -> MetadataResponseTopic {
@@ -99,6 +145,7 @@ pub async fn handle(node: &Rc<Node>, request: &MetadataRequest, version: i16) ->
                         to_create.push(TopicSpec {
                             name: name.clone(),
                             partitions: node.config.default_partitions,
+                            replication_factor: None,
                             config: Default::default(),
                             overrides: Vec::new(),
                         });
@@ -128,13 +175,40 @@ pub async fn handle(node: &Rc<Node>, request: &MetadataRequest, version: i16) ->
             }
         }
     }
-    let advertise = node.config.advertise;
+    let (brokers, controller) = brokers_and_controller(node);
+    let brokers = brokers
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(node.config.node_id))
-            .with_host(StrBytes::from_string(advertise.ip().to_string()))
-            .with_port(i32::from(advertise.port()))])
+        .with_brokers(brokers)
         .with_cluster_id((version >= 2).then(|| StrBytes::from_string(catalog.cluster_id.clone())))
-        .with_controller_id(BrokerId(node.config.node_id))
+        .with_controller_id(BrokerId(controller))
         .with_topics(topics)
+}
+
+/// The brokers clients can reach, `(id, host, port)`, and the controller's id (-1 while
+/// none is known). On a single broker: this one.
+pub fn brokers_and_controller(node: &Node) -> (Vec<(i32, String, u16)>, i32) {
+    let Some(cluster) = node.cluster() else {
+        let advertise = node.config.advertise;
+        let me = (
+            node.config.node_id,
+            advertise.ip().to_string(),
+            advertise.port(),
+        );
+        return (vec![me], node.config.node_id);
+    };
+    let brokers = cluster
+        .image()
+        .brokers
+        .iter()
+        .map(|(id, b)| (*id as i32, b.host.clone(), b.port))
+        .collect();
+    (brokers, cluster.controller().map_or(-1, |id| id as i32))
 }

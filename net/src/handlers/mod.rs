@@ -2,8 +2,10 @@
 //! broker advertises in ApiVersions and accepts; a request for anything else closes
 //! the connection.
 
+pub mod allocate_producer_ids;
 pub mod alter_configs;
 pub mod api_versions;
+pub mod broker_registration;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -66,6 +68,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    // Between the brokers of a cluster (see `cluster::register`).
+    (ApiKey::BrokerRegistration, 0, 0),
+    (ApiKey::AllocateProducerIds, 0, 0),
 ];
 
 /// The accepted version range of `api_key`, if it is implemented.
@@ -163,6 +168,12 @@ pub async fn handle(node: &Rc<Node>, request: &Request, peer: &str) -> Result<Re
         }
         RequestKind::OffsetDelete(body) => {
             ResponseKind::OffsetDelete(offset_delete::handle(node, body).await)
+        }
+        RequestKind::BrokerRegistration(body) => {
+            ResponseKind::BrokerRegistration(broker_registration::handle(node, body).await)
+        }
+        RequestKind::AllocateProducerIds(body) => {
+            ResponseKind::AllocateProducerIds(allocate_producer_ids::handle(node, body).await)
         }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(describe_cluster::handle(node))

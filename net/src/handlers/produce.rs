@@ -27,6 +27,7 @@ use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Timestamp, TopicPartitio
 use super::errors::kafka_error;
 use crate::node::Node;
 use crate::topic_config::TopicSettings;
+use spate_replication::driver::Acks;
 
 /// The leader epoch stamped into batches on a single node.
 const SINGLE_NODE_LEADER_EPOCH: LeaderEpoch = LeaderEpoch(0);
@@ -42,7 +43,7 @@ fn failure(index: i32, error: ResponseError, message: Option<String>) -> Partiti
 }
 
 async fn append(
-    node: &Node,
+    node: &Rc<Node>,
     tp: TopicPartition,
     records: Option<&bytes::Bytes>,
     policy: AckPolicy,
@@ -93,6 +94,17 @@ async fn append(
         Ok(time) => time,
         Err(e) => return failure(index, kafka_error(&e), message(e.to_string())),
     };
+    if node.cluster().is_some() {
+        let written = replicated_append(node, tp, batch, policy, durable_timeout).await;
+        return match written {
+            Ok(info) => PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(info.base_offset.0)
+                .with_log_append_time_ms(log_append_time.0)
+                .with_log_start_offset(if version >= 5 { info.log_start.0 } else { -1 }),
+            Err((error, text)) => failure(index, error, message(text)),
+        };
+    }
     // The append runs as its own task, so a produce that times out leaves it to finish
     // (Kafka's "maybe written"), never half done.
     let shard = node.shard.clone();
@@ -125,6 +137,42 @@ async fn append(
     }
 }
 
+/// Cluster mode: through the partition's replica. acks=all waits for the quorum commit
+/// index, refused up front if fewer than `min.insync.replicas` replicas are in sync.
+async fn replicated_append(
+    node: &Rc<Node>,
+    tp: TopicPartition,
+    batch: BytesMut,
+    policy: AckPolicy,
+    timeout: Option<Duration>,
+) -> Result<spate_engine::AppendInfo, crate::cluster::replicated::Failure> {
+    let known = node
+        .catalog()
+        .topics
+        .get(&*tp.topic)
+        .is_some_and(|t| (0..t.partitions).contains(&tp.partition.0));
+    if !known {
+        let text = format!("no partition {tp} in the cluster's metadata");
+        return Err((ResponseError::UnknownTopicOrPartition, text));
+    }
+    let acks = match policy {
+        AckPolicy::Durable => Acks::Quorum {
+            min_insync: settings_of(node, &tp).min_insync_replicas,
+        },
+        _ => Acks::Leader,
+    };
+    let timeout = timeout.unwrap_or(Duration::ZERO);
+    crate::cluster::replicated::write(node, tp, batch, acks, timeout).await
+}
+
+fn settings_of(node: &Node, tp: &TopicPartition) -> TopicSettings {
+    node.catalog()
+        .topics
+        .get(&*tp.topic)
+        .map(TopicSettings::of)
+        .unwrap_or_default()
+}
+
 /// For a topic with `message.timestamp.type=LogAppendTime`, stamps the batch with the
 /// broker's clock and returns the time; otherwise `Timestamp::NONE` (CreateTime).
 fn stamp_if_log_append_time(
@@ -132,13 +180,7 @@ fn stamp_if_log_append_time(
     tp: &TopicPartition,
     batch: &mut [u8],
 ) -> Result<Timestamp, EngineError> {
-    let settings = node
-        .catalog()
-        .topics
-        .get(&*tp.topic)
-        .map(TopicSettings::of)
-        .unwrap_or_default();
-    if !settings.log_append_time {
+    if !settings_of(node, tp).log_append_time {
         return Ok(Timestamp::NONE);
     }
     let now = Timestamp::now();

@@ -56,6 +56,7 @@ impl TestBroker {
             default_partitions: 2,
             auto_create_topics: true,
             groups,
+            cluster: None,
         };
         let broker = Broker::start(engine, server, stop.clone()).unwrap();
         for _ in 0..200 {

@@ -256,6 +256,35 @@ impl Replicator {
         Ok(())
     }
 
+    /// Stops replicating `key` and hands back its log (the caller closes or deletes
+    /// it); `None` if it is not here. A step under way finishes first; later writes to
+    /// it get `UnknownPartition`.
+    pub async fn remove(&self, key: &PartitionKey) -> Option<PartitionLog> {
+        let partition = self.0.partitions.borrow_mut().remove(key)?;
+        // Waits out a step under way; the permit is never given back, so no step follows.
+        let _step = partition.step.acquire_permit(1).await;
+        partition.failed.set(true);
+        partition.step.close();
+        Some(partition.log.clone())
+    }
+
+    /// The keys of the partitions replicated here.
+    pub fn keys(&self) -> Vec<PartitionKey> {
+        self.0.partitions.borrow().keys().cloned().collect()
+    }
+
+    /// OffsetForLeaderEpoch from a replica's epoch cache: the largest epoch at most
+    /// `epoch` and where it ends; `Ok(None)` when every epoch here is newer.
+    pub fn epoch_end(
+        &self,
+        key: &PartitionKey,
+        epoch: spate_engine::LeaderEpoch,
+    ) -> Result<Option<(spate_engine::LeaderEpoch, Offset)>, DriverError> {
+        let partition = self.0.partition(key)?;
+        let replica = partition.replica.borrow();
+        Ok(replica.epochs().end_of(epoch, replica.log_end()))
+    }
+
     /// This broker's id.
     pub fn broker(&self) -> ReplicaId {
         self.0.config.broker

@@ -43,6 +43,12 @@ pub enum MetadataError {
     InvalidAssignment { topic: String, reason: String },
     #[error("record at offset {offset} is not a valid metadata record: {reason}")]
     Undecodable { offset: i64, reason: String },
+    #[error("producer id block [{start}, {next}) does not start at the next free id {expected}")]
+    StaleProducerIds {
+        start: i64,
+        next: i64,
+        expected: i64,
+    },
     #[error("record at offset {offset} comes after offset {applied} was applied")]
     OutOfOrder { offset: i64, applied: i64 },
 }
@@ -77,8 +83,10 @@ pub enum MetadataRecord {
         name: String,
         configs: Vec<(String, String)>,
     },
-    /// Producer ids below `next` are handed out (each broker takes blocks).
+    /// Producer ids `[start, next)` are handed out to one broker (brokers take blocks).
+    /// `start` must be the image's next id, so a block is never given twice.
     ProducerIds {
+        start: i64,
         next: i64,
     },
 }
@@ -179,8 +187,15 @@ impl MetadataImage {
                     .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 topic.configs = configs.clone();
             }
-            MetadataRecord::ProducerIds { next } => {
-                self.next_producer_id = self.next_producer_id.max(*next);
+            MetadataRecord::ProducerIds { start, next } => {
+                if *start != self.next_producer_id || next <= start {
+                    return Err(MetadataError::StaleProducerIds {
+                        start: *start,
+                        next: *next,
+                        expected: self.next_producer_id,
+                    });
+                }
+                self.next_producer_id = *next;
             }
         }
         self.applied = offset.0;

@@ -62,7 +62,10 @@ fn records_apply_in_order_and_a_record_that_does_not_apply_changes_nothing() {
         .is_err());
     assert_eq!(image, before);
     assert!(matches!(
-        image.apply(Offset(1), &MetadataRecord::ProducerIds { next: 5 }),
+        image.apply(
+            Offset(1),
+            &MetadataRecord::ProducerIds { start: 0, next: 5 }
+        ),
         Err(MetadataError::OutOfOrder { .. })
     ));
     image
@@ -104,7 +107,7 @@ fn record() -> impl Strategy<Value = MetadataRecord> {
             name,
             configs: vec![("retention.ms".into(), v)]
         }),
-        (0i64..1000).prop_map(|next| MetadataRecord::ProducerIds { next }),
+        (0i64..1000).prop_map(|next| MetadataRecord::ProducerIds { start: 0, next }),
     ]
 }
 
@@ -145,7 +148,7 @@ proptest! {
 
 #[test]
 fn damaged_records_and_snapshots_are_refused_not_skipped() {
-    let mut bytes = encode_batch(&[MetadataRecord::ProducerIds { next: 3 }], 0);
+    let mut bytes = encode_batch(&[MetadataRecord::ProducerIds { start: 0, next: 3 }], 0);
     // Flip a byte inside the record's value and reseal the CRC: the batch is valid
     // Kafka, the value is not a metadata record.
     let at = bytes.len() - 3;

@@ -1,0 +1,155 @@
+//! A broker's own requests to the controller: its registration (where clients reach
+//! it) and blocks of producer ids. The controller may be another broker; it is asked in
+//! the Kafka protocol on its client listener (BrokerRegistration, AllocateProducerIds,
+//! as KRaft brokers ask theirs), with the blocking client on a short-lived thread, so
+//! the shard's executor never blocks. These are rare: once per start, once per
+//! `PRODUCER_ID_BLOCK` producers.
+
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kafka_protocol::messages::broker_registration_request::Listener;
+use kafka_protocol::messages::{
+    AllocateProducerIdsRequest, ApiKey, BrokerId, BrokerRegistrationRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::replicated::Failure;
+use crate::client::errors::failure;
+use crate::client::Client;
+use crate::node::Node;
+
+/// How long one request to the controller may take.
+const CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between registration attempts.
+const REGISTER_RETRY: Duration = Duration::from_millis(250);
+
+/// Runs blocking `work` on its own thread and waits for it without blocking the
+/// executor; `None` if the thread could not start or panicked.
+async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let slot = Arc::new(Mutex::new(None));
+    let filled = slot.clone();
+    let thread = std::thread::Builder::new()
+        .name("spate-controller-client".into())
+        .spawn(move || {
+            let value = work();
+            if let Ok(mut slot) = filled.lock() {
+                *slot = Some(value);
+            }
+        })
+        .ok()?;
+    while !thread.is_finished() {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    thread.join().ok()?;
+    let value = slot.lock().ok()?.take();
+    value
+}
+
+/// The controller's client address, if it is known and registered.
+fn controller_address(node: &Node) -> Option<String> {
+    let cluster = node.cluster()?;
+    let controller = cluster.controller()?;
+    let image = cluster.image();
+    let broker = image.brokers.get(&controller)?;
+    Some(format!("{}:{}", broker.host, broker.port))
+}
+
+fn connect(address: &str, me: u32) -> Result<Client, String> {
+    Client::connect(
+        address,
+        &format!("spate-broker-{me}"),
+        CONTROLLER_REQUEST_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn send_registration(
+    address: String,
+    me: u32,
+    cluster_id: String,
+    host: String,
+    port: u16,
+) -> Result<(), String> {
+    let mut client = connect(&address, me)?;
+    let version = client
+        .version(ApiKey::BrokerRegistration, (0, 0))
+        .map_err(|e| e.to_string())?;
+    let request = BrokerRegistrationRequest::default()
+        .with_broker_id(BrokerId(me as i32))
+        .with_cluster_id(StrBytes::from_string(cluster_id))
+        .with_incarnation_id(uuid::Uuid::from_bytes(rand::random()))
+        .with_listeners(vec![Listener::default()
+            .with_name(StrBytes::from_static_str("PLAINTEXT"))
+            .with_host(StrBytes::from_string(host))
+            .with_port(port)]);
+    let response = client.send(version, &request).map_err(|e| e.to_string())?;
+    match response.error_code {
+        0 => Ok(()),
+        code => Err(failure("BrokerRegistration", code)),
+    }
+}
+
+fn send_allocate(address: String, me: u32) -> Result<(i64, i32), String> {
+    let mut client = connect(&address, me)?;
+    let version = client
+        .version(ApiKey::AllocateProducerIds, (0, 0))
+        .map_err(|e| e.to_string())?;
+    let request = AllocateProducerIdsRequest::default().with_broker_id(BrokerId(me as i32));
+    let response = client.send(version, &request).map_err(|e| e.to_string())?;
+    match response.error_code {
+        0 if response.producer_id_len > 0 => {
+            Ok((response.producer_id_start.0, response.producer_id_len))
+        }
+        0 => Err("the controller answered an empty producer id block".into()),
+        code => Err(failure("AllocateProducerIds", code)),
+    }
+}
+
+/// On shard 0: registers this broker with the controller until the image lists it at
+/// its advertised address.
+pub async fn registration_loop(node: Rc<Node>) {
+    let Some(cluster) = node.cluster().cloned() else {
+        return;
+    };
+    let me = cluster.me();
+    let host = node.config.advertise.ip().to_string();
+    let port = node.config.advertise.port();
+    while !cluster.replicator.is_stopped() {
+        let known = cluster.image().brokers.get(&me).cloned();
+        if known.is_some_and(|b| b.host == host && b.port == port) {
+            return;
+        }
+        let leads = cluster.quorum.as_ref().is_some_and(|q| q.is_leader());
+        let outcome = if leads {
+            super::admin::register(&node, me, host.clone(), port)
+                .await
+                .map_err(|(_, m)| m)
+        } else if let Some(address) = controller_address(&node) {
+            let (cluster_id, host) = (cluster.config.cluster_id.clone(), host.clone());
+            run_blocking(move || send_registration(address, me, cluster_id, host, port))
+                .await
+                .unwrap_or_else(|| Err("the registration thread failed".into()))
+        } else {
+            Err("no controller known yet".into())
+        };
+        if let Err(reason) = outcome {
+            tracing::debug!(%reason, "registration with the controller not done yet");
+        }
+        glommio::timer::sleep(REGISTER_RETRY).await;
+    }
+}
+
+/// A block of producer ids from a controller on another broker.
+pub async fn remote_producer_ids(node: &Node) -> Result<(i64, i32), Failure> {
+    let unavailable = |m: String| (ResponseError::CoordinatorNotAvailable, m);
+    let address =
+        controller_address(node).ok_or_else(|| unavailable("no controller known yet".into()))?;
+    let me = node.cluster().map_or(0, |c| c.me());
+    run_blocking(move || send_allocate(address, me))
+        .await
+        .unwrap_or_else(|| Err("the controller request thread failed".into()))
+        .map_err(unavailable)
+}
