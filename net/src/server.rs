@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::FutureExt;
 use glommio::channels::local_channel;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 
@@ -58,7 +58,7 @@ async fn stopped(stop: &AtomicBool) {
 /// Serves connections on this shard until `stop` is set, then lets every connection
 /// finish the requests it has read and returns.
 pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
-    let listener = TcpListener::bind(node.config.listen)?;
+    let listener = spate_engine::shard::listen::listen(node.config.listen)?;
     // One permit per live connection; shutdown takes them all back to wait for every
     // connection to finish.
     let live = Rc::new(Semaphore::new(SHARD_CONNECTIONS_MAX as u64));

@@ -41,6 +41,31 @@ impl ClientArgs {
         let first = self.brokers.split(',').next().unwrap_or_default().trim();
         connect_to(first)
     }
+
+    /// A connection to the cluster's controller, which topic administration needs in
+    /// a cluster (a single broker is its own controller): the first broker listed is
+    /// asked where the controller is.
+    pub fn connect_controller(&self) -> Result<Client, String> {
+        let mut client = self.connect()?;
+        let metadata = spate_net::client::lookup::metadata_of(&mut client, &[])?;
+        let controller = metadata
+            .brokers
+            .iter()
+            .find(|b| b.node_id == metadata.controller_id);
+        match controller {
+            Some(b) => {
+                let address = format!("{}:{}", b.host.as_str(), b.port);
+                if address == client.address() {
+                    Ok(client)
+                } else {
+                    client.connect_like(&address).map_err(|e| e.to_string())
+                }
+            }
+            // No controller known (an election under way): the broker answers
+            // NOT_CONTROLLER, which says so.
+            None => Ok(client),
+        }
+    }
 }
 
 /// A connection to `address`.

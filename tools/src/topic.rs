@@ -152,7 +152,7 @@ fn create(
         .iter()
         .map(|c| key_value(c, "config"))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut client = args.connect()?;
+    let mut client = args.connect_controller()?;
     let version = client
         .version(ApiKey::CreateTopics, (2, 7))
         .map_err(|e| e.to_string())?;
@@ -369,7 +369,7 @@ fn describe(args: &ClientArgs, name: &str) -> Result<(), String> {
 }
 
 fn delete(args: &ClientArgs, names: &[String]) -> Result<(), String> {
-    let mut client = args.connect()?;
+    let mut client = args.connect_controller()?;
     let version = client
         .version(ApiKey::DeleteTopics, (1, 5))
         .map_err(|e| e.to_string())?;
@@ -420,7 +420,7 @@ fn alter(args: &ClientArgs, name: &str, set: &[String], delete: &[String]) -> Re
                 .with_value(None),
         );
     }
-    let mut client = args.connect()?;
+    let mut client = args.connect_controller()?;
     let version = client
         .version(ApiKey::IncrementalAlterConfigs, (0, 1))
         .map_err(|e| e.to_string())?;
@@ -451,7 +451,7 @@ fn alter(args: &ClientArgs, name: &str, set: &[String], delete: &[String]) -> Re
 }
 
 fn add_partitions(args: &ClientArgs, name: &str, total: i32) -> Result<(), String> {
-    let mut client = args.connect()?;
+    let mut client = args.connect_controller()?;
     let version = client
         .version(ApiKey::CreatePartitions, (0, 3))
         .map_err(|e| e.to_string())?;

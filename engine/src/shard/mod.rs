@@ -17,6 +17,7 @@
 //! requests until all peers have said the same, then closes its partitions cleanly.
 
 pub mod channels;
+pub mod listen;
 mod mesh;
 pub mod reply;
 

@@ -35,7 +35,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use spate_engine::{AckPolicy, AppendInfo, EngineError, Offset, PartitionLog};
 
@@ -178,9 +177,11 @@ pub struct Status {
 impl Replicator {
     /// Listens for peers and starts the tick loop and the outbound connections.
     pub fn start(config: DriverConfig) -> Result<Replicator, DriverError> {
-        let listener = TcpListener::bind(config.listen).map_err(|e| DriverError::Listen {
-            addr: config.listen,
-            source: std::io::Error::other(e.to_string()),
+        let listener = spate_engine::shard::listen::listen(config.listen).map_err(|e| {
+            DriverError::Listen {
+                addr: config.listen,
+                source: std::io::Error::other(e.to_string()),
+            }
         })?;
         let shared = Rc::new(Shared {
             outbox: RefCell::new(Outbox::new(config.broker)),

@@ -1,0 +1,609 @@
+"""A three-broker `spate serve` cluster under real process faults, driven by stock librdkafka.
+
+Usage: cluster.py SPATE_BINARY WORKDIR SCENARIO. Driven by tools/tests/cluster.rs.
+
+  kill-leader    three rounds of: SIGKILL the partition's leader, see another leader named
+                 within 10 s, produce on, restart the killed broker on its data directory
+                 and wait for it to rejoin the in-sync replicas
+  pause-leader   SIGSTOP the leader for a few seconds, see another leader elected while it
+                 is stopped, SIGCONT it and wait for it to rejoin the in-sync replicas
+  kill-all       SIGKILL all three brokers at once, restart them, produce on
+
+Throughout, one confluent-kafka producer (acks=all) writes v-000001, v-000002, ... in that
+order to the single partition of `chk` (replication factor 3) and records every delivery
+report. Afterwards the partition is read from its start to its high watermark, and these
+must hold for every acknowledged value:
+
+  lost           it is in the log;
+  wrong offset   the offset its acknowledgement gave holds it;
+  reordered      every value acknowledged and sent after it has a higher offset;
+  duplicated     it is written once (no value is written twice, acknowledged or not).
+
+The producer is idempotent, so a batch retried after its acknowledgement was lost to a
+fault (the leader replicated it, then died before answering) must be recognised by the new
+leader from the producer state replicated with the batches, not written again. Gaps in
+the offsets are expected (an election's control batch takes an offset that consumers
+skip) and are only counted. The run also fails if a broker exits on its own, a new leader
+takes 10 s or more, or nothing sent after the last fault is acknowledged.
+
+Each broker logs to WORKDIR/broker-N.log (appended across restarts); their tails are
+printed on failure. Every broker is killed when the script exits, however it exits.
+"""
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+TOPIC = "chk"
+NODE_IDS = (1, 2, 3)
+
+# The producer offers this many values a second; after a blocking call it catches up by at
+# most BURST_MAX values, so an outage does not turn into one huge batch.
+RATE = 1000
+BURST_MAX = 200
+MESSAGE_TIMEOUT_MS = 20_000
+# A request to a stopped leader times out this soon, so the producer moves to the new leader
+# while the old one is still stopped (and holds an unacknowledged suffix to truncate).
+SOCKET_TIMEOUT_MS = 2_500
+
+PROBE_INTERVAL = 0.05
+METADATA_TIMEOUT = 1.0
+LISTEN_TIMEOUT = 20
+FORM_TIMEOUT = 20
+CREATE_TIMEOUT = 15
+LEADER_TIMEOUT = 10
+ISR_TIMEOUT = 15
+READ_TIMEOUT = 30
+PAUSE_SECONDS = 4
+KILL_ROUNDS = 3
+
+EXAMPLES_MAX = 5
+LOG_TAIL_LINES = 40
+
+
+class Failure(Exception):
+    """A broken expectation; the message says which."""
+
+
+def fail(message):
+    raise Failure(message)
+
+
+def free_ports(count):
+    """Ports free on loopback now; all are held open together so that none repeats."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def sequence_of(value):
+    """The sequence number in v-NNNNNN, or None for anything else."""
+    if value is None or not value.startswith(b"v-") or not value[2:].isdigit():
+        return None
+    return int(value[2:])
+
+
+class Broker:
+    """One `spate serve` process, restartable on the same ports and data directory."""
+
+    def __init__(self, node_id, binary, workdir, port, peer_port):
+        self.node_id = node_id
+        self.binary = binary
+        self.port = port
+        self.peer_port = peer_port
+        self.data_dir = os.path.join(workdir, f"data-{node_id}")
+        self.log_path = os.path.join(workdir, f"broker-{node_id}.log")
+        self.process = None
+        self.paused = False
+
+    def start(self, voters):
+        command = [
+            self.binary, "serve", "--node-id", str(self.node_id),
+            "--listen", f"127.0.0.1:{self.port}", "--peer-listen", f"127.0.0.1:{self.peer_port}",
+            "--voters", voters, "--data-dir", self.data_dir, "--shards", "1",
+            "--group-initial-rebalance-delay-ms", "0",
+        ]
+        # `spate serve` also reads SPATE_* variables; only the flags above may configure it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPATE_")}
+        with open(self.log_path, "a") as log:
+            log.write(f"--- cluster.py: starting broker {self.node_id} ---\n")
+            log.flush()
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=log, env=env)
+        self.paused = False
+
+    @property
+    def serving(self):
+        """Running and not stopped: it can answer a request."""
+        return self.process is not None and not self.paused
+
+    def listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return None
+
+    def send(self, number):
+        os.kill(self.process.pid, number)
+
+    def pause(self):
+        self.send(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self):
+        self.send(signal.SIGCONT)
+        self.paused = False
+
+    def reap(self):
+        """Waits for a process already sent SIGKILL, and forgets it."""
+        self.process.wait()
+        self.process = None
+        self.paused = False
+
+    def tail(self):
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return log.readlines()[-LOG_TAIL_LINES:]
+        except OSError as e:
+            return [f"(no log: {e})\n"]
+
+
+class Cluster:
+    """Three brokers, the metadata probes that watch them, and what was seen."""
+
+    def __init__(self, binary, workdir):
+        ports = free_ports(2 * len(NODE_IDS))
+        self.brokers = {
+            node_id: Broker(node_id, binary, workdir, ports[2 * i], ports[2 * i + 1])
+            for i, node_id in enumerate(NODE_IDS)
+        }
+        self.voters = ",".join(f"{b.node_id}@127.0.0.1:{b.peer_port}" for b in self.brokers.values())
+        self.bootstrap = ",".join(f"127.0.0.1:{b.port}" for b in self.brokers.values())
+        self.workload = None
+        self.probe_error = None
+        self.leader_seen = None
+        self.leader_changes = 0
+        self.elections = []  # seconds from each fault to the next leader seen
+        self.notes = []
+        self.fault_sequence = 0  # the producer's last value sent before the last fault
+
+    # Processes.
+
+    def start(self, node_ids):
+        for node_id in node_ids:
+            self.brokers[node_id].start(self.voters)
+        for node_id in node_ids:
+            self.wait_for(f"broker {node_id} listening", LISTEN_TIMEOUT, self.brokers[node_id].listening)
+
+    def kill(self, node_ids):
+        """SIGKILL to all of `node_ids` before waiting for any, so that they die together."""
+        for node_id in node_ids:
+            self.brokers[node_id].send(signal.SIGKILL)
+        for node_id in node_ids:
+            self.brokers[node_id].reap()
+
+    def kill_all(self):
+        for broker in self.brokers.values():
+            if broker.process is not None:
+                broker.process.kill()  # SIGKILL ends a stopped process too.
+                broker.reap()
+
+    def check_processes(self):
+        for broker in self.brokers.values():
+            if broker.process is not None and broker.process.poll() is not None:
+                code = broker.process.returncode
+                broker.process = None
+                fail(f"broker {broker.node_id} exited on its own with status {code}")
+
+    def fault(self):
+        """Marks the moment of a fault: something sent after it must be acknowledged."""
+        self.fault_sequence = self.workload.sent if self.workload else 0
+
+    # Waiting, with the producer kept busy.
+
+    def idle(self, seconds):
+        if self.workload is None:
+            time.sleep(seconds)
+        else:
+            self.workload.pump(seconds)
+
+    def produce_for(self, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.check_processes()
+            self.idle(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def wait_for(self, what, timeout, probe, required=True):
+        """Calls `probe` until it returns something other than None, and returns that; after
+        `timeout` seconds fails, or returns None if not `required`."""
+        started = time.monotonic()
+        self.probe_error = None
+        while True:
+            self.check_processes()
+            found = probe()
+            if found is not None:
+                return found
+            if time.monotonic() - started > timeout:
+                if required:
+                    detail = f" (last error: {self.probe_error})" if self.probe_error else ""
+                    fail(f"{what}: not within {timeout} s{detail}")
+                return None
+            self.idle(PROBE_INTERVAL)
+
+    # Metadata probes. Each asks one broker through a fresh client: a long-lived client
+    # would pick any broker it knows, a stopped one included, and hang on it.
+
+    def metadata(self, node_id):
+        client = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.brokers[node_id].port}"})
+        try:
+            return client.list_topics(timeout=METADATA_TIMEOUT)
+        except KafkaException as e:
+            self.probe_error = f"metadata from broker {node_id}: {e}"
+            return None
+
+    def partition(self, node_id):
+        """Partition 0 of TOPIC as `node_id` sees it, or None."""
+        metadata = self.metadata(node_id)
+        topic = metadata.topics.get(TOPIC) if metadata else None
+        if topic is None or topic.error is not None:
+            return None
+        return topic.partitions.get(0)
+
+    def serving_ids(self, excluded=()):
+        return [n for n, b in self.brokers.items() if b.serving and n not in excluded]
+
+    def note_leader(self, leader):
+        if self.leader_seen is not None and leader != self.leader_seen:
+            self.leader_changes += 1
+        self.leader_seen = leader
+        return leader
+
+    def formed(self):
+        """True once every serving broker lists all three brokers and a controller."""
+        for node_id in self.serving_ids():
+            metadata = self.metadata(node_id)
+            if metadata is None or sorted(metadata.brokers) != list(NODE_IDS):
+                return None
+            if metadata.controller_id not in NODE_IDS:
+                return None
+        return True
+
+    def settled_view(self):
+        """The partition as its leader sees it, once every serving broker names that same
+        serving leader. Asking them all keeps a deposed leader that still believes in itself
+        from being believed."""
+        views = {n: self.partition(n) for n in self.serving_ids()}
+        leaders = {view.leader if view else None for view in views.values()}
+        leader = leaders.pop() if len(leaders) == 1 else None
+        if leader not in views:
+            return None
+        self.note_leader(leader)
+        return views[leader]
+
+    def settled_leader(self):
+        view = self.settled_view()
+        return view.leader if view else None
+
+    def new_leader(self, old):
+        """A serving leader other than `old`, as named by any serving broker but `old`."""
+        for node_id in self.serving_ids(excluded=(old,)):
+            view = self.partition(node_id)
+            if view and view.leader != old and view.leader in NODE_IDS and self.brokers[view.leader].serving:
+                return self.note_leader(view.leader)
+        return None
+
+    def full_isr(self):
+        """The settled leader's view once all three replicas are in sync."""
+        view = self.settled_view()
+        return view if view and sorted(view.isrs) == list(NODE_IDS) else None
+
+    def await_new_leader(self, old):
+        started = time.monotonic()
+        self.wait_for(f"a leader other than broker {old}", LEADER_TIMEOUT, lambda: self.new_leader(old))
+        elapsed = time.monotonic() - started
+        if elapsed >= LEADER_TIMEOUT:
+            fail(f"a leader other than broker {old}: seen only after {elapsed:.1f} s")
+        self.elections.append(elapsed)
+
+    # Set-up.
+
+    def create_topic(self):
+        # The admin client retries NOT_CONTROLLER itself; this loop covers a controller not
+        # yet elected or a request that timed out while one was.
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+
+        def attempt():
+            future = admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=3)],
+                                         request_timeout=5)[TOPIC]
+            try:
+                future.result()
+                return True
+            except KafkaException as e:
+                if e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    return True  # An earlier attempt that seemed to fail did create it.
+                self.probe_error = f"create topic: {e}"
+                return None
+
+        self.wait_for(f"creating topic {TOPIC}", CREATE_TIMEOUT, attempt)
+
+    def print_log_tails(self):
+        for broker in self.brokers.values():
+            print(f"--- last lines of {broker.log_path} ---")
+            print("".join(broker.tail()), end="")
+
+
+class Workload:
+    """One acks=all producer writing v-000001, v-000002, ... to partition 0 of TOPIC, and the
+    outcome of every value it sent."""
+
+    def __init__(self, bootstrap):
+        self.producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            # Idempotence: retries keep their sequence numbers, so the leader (or the one
+            # that replaces it, from the producer state replicated with the batches)
+            # refuses a batch it already holds, and every value is written once.
+            "enable.idempotence": True,
+            "max.in.flight.requests.per.connection": 5,
+            "retries": 1_000_000,
+            "message.timeout.ms": MESSAGE_TIMEOUT_MS,
+            "socket.timeout.ms": SOCKET_TIMEOUT_MS,
+            "linger.ms": 5,
+            # After an outage, reconnect within a second rather than librdkafka's default 10 s.
+            "reconnect.backoff.max.ms": 1000,
+        })
+        self.sent = 0  # v-000001 .. v-{sent} were handed to the producer
+        self.acked = {}  # sequence -> offset its acknowledgement gave
+        self.failed = {}  # sequence -> error
+        self.credit = 0.0
+        self.last_refill = time.monotonic()
+
+    def _report(self, error, message):
+        sequence = sequence_of(message.value())
+        if error is None:
+            self.acked[sequence] = message.offset()
+        else:
+            self.failed[sequence] = error.str()
+
+    def pump(self, seconds):
+        """Produces at RATE and serves delivery reports for `seconds` (at least once)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            self.credit = min(self.credit + (now - self.last_refill) * RATE, BURST_MAX)
+            self.last_refill = now
+            while self.credit >= 1:
+                try:
+                    self.producer.produce(TOPIC, value=b"v-%06d" % (self.sent + 1), partition=0,
+                                          on_delivery=self._report)
+                except BufferError:
+                    break  # The local queue is full during an outage; poll drains it.
+                self.sent += 1
+                self.credit -= 1
+            self.producer.poll(0.005)
+            if time.monotonic() >= deadline:
+                return
+
+    def finish(self):
+        """Stops producing and waits for a report on every value; message.timeout.ms bounds it."""
+        remaining = self.producer.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
+        if remaining:
+            fail(f"{remaining} values still without a delivery report after the message timeout")
+
+
+def read_partition(bootstrap, offset_end_min):
+    """Every record of partition 0 of TOPIC as (offset, value), in offset order, read up to the
+    high watermark (and at least to `offset_end_min`); with the log start and the end reached."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "cluster-check",  # Required by the client; no group is joined (assign below).
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "isolation.level": "read_uncommitted",
+        "reconnect.backoff.max.ms": 1000,
+    })
+    try:
+        deadline = time.monotonic() + READ_TIMEOUT
+        watermarks, error = None, None
+        while watermarks is None:
+            try:
+                watermarks = consumer.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=5)
+            except KafkaException as e:
+                error = e
+                if time.monotonic() > deadline:
+                    fail(f"watermarks of {TOPIC}: {error}")
+                time.sleep(0.5)
+        low, high = watermarks
+        # A fresh leader's high watermark may lag for a moment; reading must reach every
+        # acknowledged offset anyway, or those records are not readable.
+        end = max(high, offset_end_min)
+        consumer.assign([TopicPartition(TOPIC, 0, OFFSET_BEGINNING)])
+        records, eof, errors = [], low, collections.deque(maxlen=EXAMPLES_MAX)
+        while time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                error = message.error()
+                if error is None:
+                    records.append((message.offset(), message.value()))
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    eof = message.offset()
+                    if eof >= end:
+                        return low, eof, records
+                else:
+                    errors.append(str(error))
+        fail(f"reading {TOPIC}: stopped at offset {eof}, not {end} (high watermark {high}), "
+             f"after {len(records)} records; last consumer errors: {list(errors)}")
+    finally:
+        consumer.close()
+
+
+def check(workload, low, high, records):
+    """The invariants of the module doc: returns (failures, information), each a list of
+    (name, items, describe-one-item)."""
+    acked = workload.acked
+    offsets_of, held, strangers = {}, {}, []
+    for offset, value in records:
+        sequence = sequence_of(value)
+        if sequence is None or not 1 <= sequence <= workload.sent:
+            strangers.append((offset, value))
+            continue
+        offsets_of.setdefault(sequence, []).append(offset)
+        held[offset] = sequence
+
+    in_order = sorted(acked.items())
+    lost = [(s, o) for s, o in in_order if s not in offsets_of]
+    wrong = [(s, o, held.get(o)) for s, o in in_order if s in offsets_of and held.get(o) != s]
+    reordered = [(a, b) for a, b in zip(in_order, in_order[1:]) if b[1] <= a[1]]
+    duplicated = [(s, offsets) for s, offsets in sorted(offsets_of.items()) if len(offsets) > 1]
+    present_failed = [(s, offsets_of[s]) for s in sorted(workload.failed) if s in offsets_of]
+    bounds = [low - 1] + sorted(list(held) + [o for o, _ in strangers]) + [high]
+    gaps = [(a + 1, b) for a, b in zip(bounds, bounds[1:]) if b > a + 1]
+
+    def value(s):
+        return f"v-{s:06d}"
+
+    failures = [
+        ("lost (acknowledged, not in the log)", lost, lambda i: f"{value(i[0])} acked at {i[1]}"),
+        ("wrong offset (the acknowledged offset holds another value)", wrong,
+         lambda i: f"{value(i[0])} acked at {i[1]}, which holds {'nothing' if i[2] is None else value(i[2])}"),
+        ("reordered (sent later, acknowledged at a lower offset)", reordered,
+         lambda i: f"{value(i[0][0])}@{i[0][1]} then {value(i[1][0])}@{i[1][1]}"),
+        ("duplicated (written more than once)", duplicated,
+         lambda i: f"{value(i[0])} at {i[1]}, acked at {acked.get(i[0], 'none')}"),
+        ("values this producer never sent", strangers, lambda i: f"{i[1]!r} at {i[0]}"),
+    ]
+    information = [
+        ("reported failed yet written", present_failed, lambda i: f"{value(i[0])} at {i[1]}"),
+        ("offset gaps (control batches)", gaps, lambda i: f"[{i[0]}, {i[1]})"),
+    ]
+    return failures, information
+
+
+def describe(name, items, one):
+    examples = "; ".join(one(item) for item in items[:EXAMPLES_MAX])
+    return f"  {name}: {len(items)}" + (f", e.g. {examples}" if items else "")
+
+
+# Scenarios. Each starts with the topic in place and the producer running, and leaves a
+# cluster that should settle on a leader.
+
+def kill_leader(cluster):
+    for round_number in range(1, KILL_ROUNDS + 1):
+        cluster.produce_for(1)
+        leader = cluster.wait_for("a leader all brokers agree on", LEADER_TIMEOUT, cluster.settled_leader)
+        cluster.kill([leader])
+        cluster.fault()
+        cluster.await_new_leader(leader)
+        cluster.produce_for(2)
+        cluster.start([leader])
+        if cluster.wait_for("three in-sync replicas", ISR_TIMEOUT, cluster.full_isr, required=False) is None:
+            cluster.notes.append(f"round {round_number}: broker {leader} not back in sync within {ISR_TIMEOUT} s")
+    cluster.produce_for(1)
+
+
+def pause_leader(cluster):
+    cluster.produce_for(2)
+    leader = cluster.wait_for("a leader all brokers agree on", LEADER_TIMEOUT, cluster.settled_leader)
+    broker = cluster.brokers[leader]
+    paused_at = time.monotonic()
+    broker.pause()
+    cluster.fault()
+    # `new_leader` asks only serving brokers, so this leader is elected while the old one is stopped.
+    cluster.await_new_leader(leader)
+    cluster.produce_for(max(0.0, PAUSE_SECONDS - (time.monotonic() - paused_at)))
+    broker.resume()
+    cluster.wait_for(f"broker {leader} back in the in-sync replicas", ISR_TIMEOUT, cluster.full_isr)
+    cluster.produce_for(1)
+
+
+def kill_all(cluster):
+    cluster.produce_for(3)
+    cluster.kill(NODE_IDS)
+    cluster.fault()
+    cluster.produce_for(1)  # The producer keeps retrying into a cluster that is gone.
+    restarted_at = time.monotonic()
+    cluster.start(NODE_IDS)
+    cluster.wait_for("a leader after restarting every broker", FORM_TIMEOUT, cluster.settled_leader)
+    cluster.elections.append(time.monotonic() - restarted_at)
+    cluster.produce_for(2)
+
+
+SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all}
+
+
+def run(cluster, scenario):
+    """Sets up, runs `scenario`, checks; returns the exit status."""
+    started = time.monotonic()
+    cluster.start(NODE_IDS)
+    cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
+    cluster.create_topic()
+    cluster.wait_for(f"a leader and three in-sync replicas for {TOPIC}", ISR_TIMEOUT, cluster.full_isr)
+    workload = cluster.workload = Workload(cluster.bootstrap)
+    SCENARIOS[scenario](cluster)
+    cluster.wait_for("a leader all brokers agree on, before checking", LEADER_TIMEOUT, cluster.settled_leader)
+    workload.finish()
+    cluster.workload = None
+
+    low, high, records = read_partition(cluster.bootstrap, max(workload.acked.values(), default=-1) + 1)
+    failures, information = check(workload, low, high, records)
+    if not any(s > cluster.fault_sequence for s in workload.acked):
+        failures.append(("stalled (nothing sent after the last fault was acknowledged)", [cluster.fault_sequence],
+                         lambda s: f"v-{s:06d} was the last value sent before it"))
+    broken = [f for f in failures if f[1]]
+    counts = (f"{workload.sent} sent, {len(workload.acked)} acknowledged, {len(workload.failed)} failed, "
+              f"{len(records)} read from offsets {low}..{high}, {cluster.leader_changes} leader changes, "
+              f"new leader after {', '.join(f'{s:.1f}' for s in cluster.elections)} s, "
+              f"{time.monotonic() - started:.0f} s in all")
+    if broken:
+        print(f"FAILED: cluster.py {scenario}: {len(broken)} invariant(s) broken ({counts})")
+        for failure in broken:
+            print(describe(*failure))
+        for item in information:
+            print(describe(*item))
+        for note in cluster.notes:
+            print(f"  note: {note}")
+        if workload.failed:
+            first = min(workload.failed)
+            print(f"  first delivery failure: v-{first:06d}: {workload.failed[first]}")
+        cluster.print_log_tails()
+        return 1
+    extras = ", ".join(f"{len(items)} {name.split(' (')[0]}" for name, items, _ in information)
+    notes = "".join(f"; note: {note}" for note in cluster.notes)
+    print(f"cluster.py {scenario} ok: {counts}; {extras}{notes}")
+    return 0
+
+
+def main():
+    if len(sys.argv) != 4 or sys.argv[3] not in SCENARIOS:
+        print(f"usage: cluster.py SPATE_BINARY WORKDIR {{{'|'.join(SCENARIOS)}}}", file=sys.stderr)
+        return 2
+    binary, workdir, scenario = sys.argv[1:]
+    # A SIGTERM (a test harness giving up) must still reach the `finally` that kills the brokers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"cluster.py {scenario}: terminated"))
+    cluster = Cluster(binary, workdir)
+    try:
+        return run(cluster, scenario)
+    except (Failure, KafkaException) as error:
+        print(f"FAILED: cluster.py {scenario}: {error}")
+        for note in cluster.notes:
+            print(f"  note: {note}")
+        cluster.print_log_tails()
+        return 1
+    finally:
+        cluster.kill_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
