@@ -50,8 +50,8 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: i32,
-        /// Replication factor (a single broker takes 1).
-        #[arg(long, default_value_t = 1)]
+        /// Replication factor [default: the broker's; a single broker takes 1].
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
         replicas: i16,
         /// A topic config, `key=value` (repeatable).
         #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
