@@ -29,8 +29,59 @@ pub fn topic_name(topic: &str) -> TopicName {
 }
 
 /// The offset of each partition at `timestamp`; every partition asked for is in the
-/// answer, or this is an error. (LATEST, EARLIEST or a time in ms).
+/// answer, or this is an error. (LATEST, EARLIEST or a time in ms). Each partition is
+/// asked of its leader, as brokers of a cluster answer only for what they lead.
 pub fn offsets_at(
+    client: &mut Client,
+    partitions: &BTreeSet<(String, i32)>,
+    timestamp: i64,
+) -> Result<BTreeMap<(String, i32), i64>, String> {
+    let topics: BTreeSet<String> = partitions.iter().map(|(t, _)| t.clone()).collect();
+    let metadata = metadata_of(client, &topics.into_iter().collect::<Vec<_>>())?;
+    let addresses: BTreeMap<i32, String> = metadata
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+        .collect();
+    let leaders: BTreeMap<(String, i32), &String> = metadata
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+        .filter_map(|(t, p)| {
+            Some((
+                (name_of(t), p.partition_index),
+                addresses.get(&p.leader_id.0)?,
+            ))
+        })
+        .collect();
+    let mut by_leader: BTreeMap<String, BTreeSet<(String, i32)>> = BTreeMap::new();
+    for key in partitions {
+        // No leader known (or no such partition): the broker at hand says why.
+        let leader = leaders
+            .get(key)
+            .map_or_else(|| client.address().to_string(), |a| a.to_string());
+        by_leader.entry(leader).or_default().insert(key.clone());
+    }
+    let mut out = BTreeMap::new();
+    for (leader, asked) in &by_leader {
+        if leader == client.address() {
+            out.extend(offsets_from(client, asked, timestamp)?);
+        } else {
+            let mut other = client.connect_like(leader).map_err(|e| e.to_string())?;
+            out.extend(offsets_from(&mut other, asked, timestamp)?);
+        }
+    }
+    // Callers index the answer by every partition they asked for.
+    if let Some((topic, p)) = partitions.iter().find(|tp| !out.contains_key(*tp)) {
+        return Err(format!(
+            "the broker did not answer the offsets of {topic}-{p}"
+        ));
+    }
+    Ok(out)
+}
+
+/// `offsets_at` for partitions that `client`'s broker leads.
+fn offsets_from(
     client: &mut Client,
     partitions: &BTreeSet<(String, i32)>,
     timestamp: i64,
@@ -81,12 +132,6 @@ pub fn offsets_at(
             }
             out.insert((topic.name.to_string(), p.partition_index), p.offset);
         }
-    }
-    // Callers index the answer by every partition they asked for.
-    if let Some((topic, p)) = partitions.iter().find(|tp| !out.contains_key(*tp)) {
-        return Err(format!(
-            "the broker did not answer the offsets of {topic}-{p}"
-        ));
     }
     Ok(out)
 }

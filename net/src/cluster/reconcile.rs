@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spate_engine::{EngineError, TopicPartition};
 use spate_replication::metadata::MetadataImage;
@@ -24,6 +24,9 @@ use crate::topic_config;
 
 /// How often a shard looks for a new image and for leadership changes.
 const MAINTAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How soon a pass that failed (a partition that could not be created, say) is tried
+/// again, when no new image comes first.
+const RECONCILE_RETRY: Duration = Duration::from_secs(1);
 
 /// On shard 0: publishes each image the metadata quorum applies.
 pub async fn publish_loop(node: Rc<Node>) {
@@ -49,13 +52,20 @@ pub async fn maintain_loop(node: Rc<Node>) {
     let Some(cluster) = node.cluster().cloned() else {
         return;
     };
-    let mut state = Reconciled::default();
+    let mut state = Reconciled {
+        applied: i64::MIN,
+        tried: Instant::now(),
+        complete: false,
+        configs: BTreeMap::new(),
+    };
     let mut reported: Option<Views> = None;
     while !cluster.replicator.is_stopped() {
         let image = cluster.image();
-        if image.applied != state.applied || !state.complete {
+        let retry_due = !state.complete && state.tried.elapsed() >= RECONCILE_RETRY;
+        if image.applied != state.applied || retry_due {
             state.complete = reconcile(&node, &cluster, &image, &mut state).await;
             state.applied = image.applied;
+            state.tried = Instant::now();
         }
         let views = Arc::new(views(&cluster));
         if reported.as_ref() != Some(&views) {
@@ -67,9 +77,10 @@ pub async fn maintain_loop(node: Rc<Node>) {
 }
 
 /// What a shard has made of the images so far.
-#[derive(Default)]
 struct Reconciled {
     applied: i64,
+    /// When the last pass ran: a failed one is retried after `RECONCILE_RETRY`.
+    tried: Instant,
     /// False when something failed and the next turn must try again.
     complete: bool,
     /// The topic configs applied to each local replica.

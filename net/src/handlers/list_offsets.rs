@@ -1,5 +1,6 @@
 //! ListOffsets (key 2), versions 1–7: earliest (-2), latest (-1, the high watermark),
-//! max timestamp (-3, v7), or the first offset at or after a timestamp.
+//! max timestamp (-3, v7), or the first offset at or after a timestamp. Answered by the
+//! partition's leader only (see `cluster::leader_check`).
 
 use std::rc::Rc;
 
@@ -11,6 +12,7 @@ use kafka_protocol::ResponseError;
 use spate_engine::{Timestamp, TopicPartition};
 
 use super::errors::kafka_error;
+use crate::cluster::leader_check;
 use crate::node::Node;
 
 const LATEST: i64 = -1;
@@ -20,10 +22,16 @@ const MAX_TIMESTAMP: i64 = -3;
 async fn lookup(
     node: &Node,
     tp: TopicPartition,
-    timestamp: i64,
+    (timestamp, current_leader_epoch): (i64, i32),
     version: i16,
 ) -> ListOffsetsPartitionResponse {
     let response = ListOffsetsPartitionResponse::default().with_partition_index(tp.partition.0);
+    if let Some(error) = leader_check(node, &tp, current_leader_epoch) {
+        return response
+            .with_error_code(error.code())
+            .with_offset(-1)
+            .with_timestamp(-1);
+    }
     let found = match timestamp {
         LATEST | EARLIEST => node.shard.offsets(tp).await.map(|o| {
             let offset = if timestamp == LATEST {
@@ -77,7 +85,7 @@ pub async fn handle(
                 lookup(
                     node,
                     TopicPartition::new(name, p.partition_index),
-                    p.timestamp,
+                    (p.timestamp, p.current_leader_epoch),
                     version,
                 )
                 .await,
