@@ -34,6 +34,8 @@ fn body(key: ApiKey) -> Option<RequestKind> {
         ApiKey::DescribeGroups => RequestKind::DescribeGroups(Default::default()),
         ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),
         ApiKey::OffsetDelete => RequestKind::OffsetDelete(Default::default()),
+        ApiKey::BrokerRegistration => RequestKind::BrokerRegistration(Default::default()),
+        ApiKey::AllocateProducerIds => RequestKind::AllocateProducerIds(Default::default()),
         _ => return None,
     })
 }
