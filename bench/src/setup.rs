@@ -165,11 +165,7 @@ type Leaders = (Vec<PartitionLayout>, Option<String>, usize);
 /// Every partition with its leader's address, or `None` while some have no leader yet.
 fn leaders(client: &mut Client, workload: &Workload, topics: &[String]) -> Result<Option<Leaders>> {
     let metadata = metadata_of(client, topics).map_err(BenchError::Broker)?;
-    let addresses: BTreeMap<i32, String> = metadata
-        .brokers
-        .iter()
-        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
-        .collect();
+    let addresses = spate_net::client::lookup::broker_addresses(&metadata);
     let mut partitions = Vec::new();
     for topic in &metadata.topics {
         let name = name_of(topic);

@@ -537,7 +537,9 @@ impl Node {
                     }
                 }
                 ControlMessage::Replica { tp, call, reply } => {
-                    // A write waits for the quorum: it must not hold up the channel.
+                    // A write waits for the quorum: it must not hold up the channel. The
+                    // tasks are bounded by the sending shard, which holds the request's
+                    // bytes (SHARD_INFLIGHT_BYTES_MAX) until the answer comes back.
                     let node = self.clone();
                     glommio::spawn_local(async move {
                         reply.send(crate::cluster::replicated::run_here(&node, &tp, call).await);

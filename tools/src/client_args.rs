@@ -48,17 +48,13 @@ impl ClientArgs {
     pub fn connect_controller(&self) -> Result<Client, String> {
         let mut client = self.connect()?;
         let metadata = spate_net::client::lookup::metadata_of(&mut client, &[])?;
-        let controller = metadata
-            .brokers
-            .iter()
-            .find(|b| b.node_id == metadata.controller_id);
-        match controller {
-            Some(b) => {
-                let address = format!("{}:{}", b.host.as_str(), b.port);
+        let addresses = spate_net::client::lookup::broker_addresses(&metadata);
+        match addresses.get(&metadata.controller_id.0) {
+            Some(address) => {
                 if address == client.address() {
                     Ok(client)
                 } else {
-                    client.connect_like(&address).map_err(|e| e.to_string())
+                    client.connect_like(address).map_err(|e| e.to_string())
                 }
             }
             // No controller known (an election under way): the broker answers

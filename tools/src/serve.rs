@@ -226,7 +226,8 @@ fn cluster_settings(
     // Shard i of every voter listens on its port plus i: the ranges must not overlap
     // (the listeners use SO_REUSEPORT, so an overlap would silently share a port).
     for (a, x) in &voters {
-        for (b, y) in voters.range(a + 1..) {
+        let later = (std::ops::Bound::Excluded(*a), std::ops::Bound::Unbounded);
+        for (b, y) in voters.range(later) {
             let (lo, hi) = if x.port() <= y.port() { (x, y) } else { (y, x) };
             if x.ip() == y.ip() && usize::from(hi.port()) < usize::from(lo.port()) + shards {
                 return Err(format!(

@@ -38,11 +38,7 @@ pub fn offsets_at(
 ) -> Result<BTreeMap<(String, i32), i64>, String> {
     let topics: BTreeSet<String> = partitions.iter().map(|(t, _)| t.clone()).collect();
     let metadata = metadata_of(client, &topics.into_iter().collect::<Vec<_>>())?;
-    let addresses: BTreeMap<i32, String> = metadata
-        .brokers
-        .iter()
-        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
-        .collect();
+    let addresses = broker_addresses(&metadata);
     let leaders: BTreeMap<(String, i32), &String> = metadata
         .topics
         .iter()
@@ -78,6 +74,15 @@ pub fn offsets_at(
         ));
     }
     Ok(out)
+}
+
+/// Each broker of a Metadata answer by id, as `host:port`.
+pub fn broker_addresses(metadata: &MetadataResponse) -> BTreeMap<i32, String> {
+    metadata
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+        .collect()
 }
 
 /// `offsets_at` for partitions that `client`'s broker leads.

@@ -308,10 +308,20 @@ pub async fn producer_id_block(node: &Node) -> Result<(i64, i32), Failure> {
 /// the controller when it runs out. `None` if no block could be had.
 pub async fn next_producer_id(node: &Node) -> Option<i64> {
     let cluster = node.cluster()?;
-    let (next, end) = cluster.producer_ids.get();
-    if next < end {
-        cluster.producer_ids.set((next + 1, end));
-        return Some(next);
+    let take = || {
+        let (next, end) = cluster.producer_ids.get();
+        (next < end).then(|| {
+            cluster.producer_ids.set((next + 1, end));
+            next
+        })
+    };
+    if let Some(id) = take() {
+        return Some(id);
+    }
+    let _refill = cluster.refilling.acquire_permit(1).await.ok()?;
+    // Another caller may have refilled the block while this one waited.
+    if let Some(id) = take() {
+        return Some(id);
     }
     let block = match producer_id_block(node).await {
         Err((ResponseError::NotController, _)) => super::register::remote_producer_ids(node).await,
@@ -319,8 +329,6 @@ pub async fn next_producer_id(node: &Node) -> Option<i64> {
     };
     match block {
         Ok((start, len)) => {
-            // Another caller may have refilled the block meanwhile; the newer one wins,
-            // and the ids of the other stay unused (ids are never reused, only skipped).
             cluster
                 .producer_ids
                 .set((start + 1, start + i64::from(len)));

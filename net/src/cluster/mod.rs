@@ -93,6 +93,9 @@ pub struct Cluster {
     /// On shard 0: producer ids taken from the metadata log and not yet handed out,
     /// `[next, end)`.
     pub(crate) producer_ids: Cell<(i64, i64)>,
+    /// One refill of `producer_ids` at a time: callers that find the block empty wait
+    /// for it instead of each taking a block (and, off the controller, a thread).
+    pub(crate) refilling: glommio::sync::Semaphore,
 }
 
 pub fn key_of(tp: &TopicPartition) -> PartitionKey {
@@ -157,6 +160,7 @@ impl Cluster {
             image: RefCell::new(Arc::new(image)),
             views: RefCell::new(vec![Views::default(); node.shard.shard_count()]),
             producer_ids: Cell::new((0, 0)),
+            refilling: glommio::sync::Semaphore::new(1),
         }))
     }
 
@@ -186,6 +190,14 @@ impl Cluster {
         self.views.borrow().get(owner)?.get(tp).cloned()
     }
 
+    /// The leader and epoch of `tp` as `view` has them, without copying the ISR (for
+    /// the fetch path).
+    pub fn leader_of(&self, owner: usize, tp: &TopicPartition) -> Option<(Option<u32>, i32)> {
+        let views = self.views.borrow();
+        let view = views.get(owner)?.get(tp)?;
+        Some((view.leader, view.epoch))
+    }
+
     /// The controller (the metadata quorum's leader), if one is known.
     pub fn controller(&self) -> Option<u32> {
         self.view(0, &metadata_partition())?.leader
@@ -206,29 +218,27 @@ pub fn leader_check(
         return (current_leader_epoch > 0).then_some(ResponseError::UnknownLeaderEpoch);
     };
     let owner = node.shard.owner(tp).index();
-    match cluster.view(owner, tp) {
-        Some(view) if view.leader == Some(cluster.me()) => {
-            if current_leader_epoch >= 0 && current_leader_epoch < view.epoch {
+    match cluster.leader_of(owner, tp) {
+        Some((leader, epoch)) if leader == Some(cluster.me()) => {
+            if current_leader_epoch >= 0 && current_leader_epoch < epoch {
                 Some(ResponseError::FencedLeaderEpoch)
-            } else if current_leader_epoch > view.epoch {
+            } else if current_leader_epoch > epoch {
                 Some(ResponseError::UnknownLeaderEpoch)
             } else {
                 None
             }
         }
-        _ => {
-            let known = node
-                .catalog()
-                .topics
-                .get(&*tp.topic)
-                .is_some_and(|t| (0..t.partitions).contains(&tp.partition.0));
-            Some(if known {
-                ResponseError::NotLeaderOrFollower
-            } else {
-                ResponseError::UnknownTopicOrPartition
-            })
-        }
+        _ if has_partition(&node.catalog(), tp) => Some(ResponseError::NotLeaderOrFollower),
+        _ => Some(ResponseError::UnknownTopicOrPartition),
     }
+}
+
+/// Whether the cluster's topics include partition `tp`.
+pub fn has_partition(catalog: &spate_engine::catalog::Catalog, tp: &TopicPartition) -> bool {
+    catalog
+        .topics
+        .get(&*tp.topic)
+        .is_some_and(|t| (0..t.partitions).contains(&tp.partition.0))
 }
 
 impl ClusterConfig {
@@ -267,10 +277,13 @@ pub fn parse_voters(text: &str) -> Result<BTreeMap<u32, SocketAddr>, String> {
     for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let invalid = |why: &str| format!("invalid voter '{entry}': {why} (expected ID@HOST:PORT)");
         let (id, address) = entry.split_once('@').ok_or_else(|| invalid("no '@'"))?;
+        // Kafka's broker ids are non-negative i32s.
         let id: u32 = id
             .trim()
             .parse()
-            .map_err(|_| invalid("the id is not a number"))?;
+            .ok()
+            .filter(|id| i32::try_from(*id).is_ok())
+            .ok_or_else(|| invalid("the id is not a number from 0 to 2147483647"))?;
         let address = address
             .to_socket_addrs()
             .map_err(|e| invalid(&e.to_string()))?

@@ -38,7 +38,7 @@ pub async fn publish_loop(node: Rc<Node>) {
     };
     let mut published = i64::MIN;
     while !cluster.replicator.is_stopped() {
-        let applied = quorum.image().applied;
+        let applied = quorum.applied();
         if applied != published {
             super::admin::publish(&node, &quorum).await;
             published = applied;

@@ -146,18 +146,17 @@ async fn replicated_append(
     policy: AckPolicy,
     timeout: Option<Duration>,
 ) -> Result<spate_engine::AppendInfo, crate::cluster::replicated::Failure> {
-    let known = node
-        .catalog()
-        .topics
-        .get(&*tp.topic)
-        .is_some_and(|t| (0..t.partitions).contains(&tp.partition.0));
-    if !known {
+    let catalog = node.catalog();
+    if !crate::cluster::has_partition(&catalog, &tp) {
         let text = format!("no partition {tp} in the cluster's metadata");
         return Err((ResponseError::UnknownTopicOrPartition, text));
     }
     let acks = match policy {
         AckPolicy::Durable => Acks::Quorum {
-            min_insync: settings_of(node, &tp).min_insync_replicas,
+            min_insync: catalog
+                .topics
+                .get(&*tp.topic)
+                .map_or(1, |t| TopicSettings::of(t).min_insync_replicas),
         },
         _ => Acks::Leader,
     };

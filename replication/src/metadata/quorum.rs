@@ -106,6 +106,11 @@ impl MetadataQuorum {
         Ok(quorum)
     }
 
+    /// The offset of the last record applied to the image (-1 before any).
+    pub fn applied(&self) -> i64 {
+        self.0.image.borrow().applied
+    }
+
     /// The image as applied so far.
     pub fn image(&self) -> MetadataImage {
         self.0.image.borrow().clone()
