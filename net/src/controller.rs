@@ -65,15 +65,18 @@ impl TopicOutcome {
 /// Validates a CreateTopics entry.
 /// `clustered`: in cluster mode any replication factor may be asked (the controller
 /// checks it against the registered brokers); a single broker has one replica.
+/// `internal`: the request may create a topic named `__...` (a broker creating one it
+/// needs; clients may not).
 pub fn spec_from_request(
     topic: &CreatableTopic,
     default_partitions: i32,
     clustered: bool,
+    internal: bool,
 ) -> Result<TopicSpec, (ResponseError, String)> {
     let name = topic.name.0.as_str().to_string();
     spate_engine::types::validate_topic_name(&name)
         .map_err(|e| (ResponseError::InvalidTopicException, e.to_string()))?;
-    if name.starts_with("__") {
+    if name.starts_with("__") && !internal {
         return Err((
             ResponseError::InvalidTopicException,
             "names starting with __ are reserved for internal topics".into(),

@@ -278,6 +278,22 @@ impl Node {
         outcomes.unwrap_or_else(|| names.into_iter().map(TopicOutcome::shutting_down).collect())
     }
 
+    /// Creates topics the broker needs itself (auto-created topics, `__consumer_offsets`).
+    /// In cluster mode, a broker that is not the controller asks the controller in the
+    /// Kafka protocol, as a client would; it never forwards a client's CreateTopics, so a
+    /// request cannot travel in circles between brokers that disagree on the controller.
+    pub async fn create_topics_for_broker(
+        self: &Rc<Self>,
+        topics: Vec<TopicSpec>,
+    ) -> Vec<TopicOutcome> {
+        if let Some(cluster) = self.cluster() {
+            if cluster.controller().is_some_and(|id| id != cluster.me()) {
+                return crate::cluster::register::forward_create_topics(self, topics).await;
+            }
+        }
+        self.create_topics(topics, false).await
+    }
+
     async fn controller_create(
         &self,
         topics: Vec<TopicSpec>,

@@ -27,7 +27,8 @@ use spate_net::group::consumer_protocol;
 
 use crate::client_args::{failure, print_json, print_table, report, say, ClientArgs, Format};
 use spate_net::client::lookup::{
-    commit_offsets, coordinator_of, offsets_at, partitions_of, EARLIEST, LATEST,
+    broker_addresses, commit_offsets, coordinator_of, metadata_of, offsets_at, partitions_of,
+    EARLIEST, LATEST,
 };
 
 #[derive(Subcommand, Debug)]
@@ -107,8 +108,8 @@ fn coordinator(args: &ClientArgs, group: &str) -> Result<Client, String> {
     coordinator_of(args.connect()?, group)
 }
 
-fn list(args: &ClientArgs) -> Result<(), String> {
-    let mut client = args.connect()?;
+/// The groups one broker coordinates: (group, state, protocol type).
+fn groups_of(client: &mut Client) -> Result<Vec<(String, String, String)>, String> {
     let version = client
         .version(ApiKey::ListGroups, (0, 4))
         .map_err(|e| e.to_string())?;
@@ -116,9 +117,12 @@ fn list(args: &ClientArgs) -> Result<(), String> {
         .send(version, &ListGroupsRequest::default())
         .map_err(|e| e.to_string())?;
     if listed.error_code != 0 {
-        return Err(failure("could not list groups", listed.error_code));
+        return Err(failure(
+            &format!("could not list the groups of {}", client.address()),
+            listed.error_code,
+        ));
     }
-    let mut groups: Vec<(String, String, String)> = listed
+    Ok(listed
         .groups
         .iter()
         .map(|g| {
@@ -129,7 +133,25 @@ fn list(args: &ClientArgs) -> Result<(), String> {
             };
             (g.group_id.to_string(), state, g.protocol_type.to_string())
         })
-        .collect();
+        .collect())
+}
+
+/// Every broker's groups: each broker lists those it coordinates, as in Kafka.
+fn list(args: &ClientArgs) -> Result<(), String> {
+    let mut client = args.connect()?;
+    let metadata = metadata_of(&mut client, &[])?;
+    let mut groups = Vec::new();
+    for address in broker_addresses(&metadata).values() {
+        if address == client.address() {
+            groups.extend(groups_of(&mut client)?);
+        } else {
+            let mut other = client.connect_like(address).map_err(|e| e.to_string())?;
+            groups.extend(groups_of(&mut other)?);
+        }
+    }
+    if metadata.brokers.is_empty() {
+        groups.extend(groups_of(&mut client)?);
+    }
     groups.sort();
     match args.format {
         Format::Json => print_json(&json!(groups

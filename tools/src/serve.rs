@@ -21,8 +21,8 @@ use spate_net::{Broker, ServerConfig};
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML file with any of: listen, advertise, data_dir, shards, node_id,
-    /// offsets_partitions, group_initial_rebalance_delay_ms, voters, peer_listen,
-    /// cluster_id, default_replication_factor.
+    /// offsets_partitions, offsets_replication_factor, group_initial_rebalance_delay_ms,
+    /// voters, peer_listen, cluster_id, default_replication_factor.
     #[arg(long, env = "SPATE_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].
@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// offsets.topic.num.partitions) [default: 50].
     #[arg(long, env = "SPATE_OFFSETS_PARTITIONS")]
     offsets_partitions: Option<i32>,
+    /// Cluster mode: replicas of each `__consumer_offsets` partition when it is created,
+    /// at most the number of voters (Kafka's offsets.topic.replication.factor)
+    /// [default: 3].
+    #[arg(long, env = "SPATE_OFFSETS_REPLICATION_FACTOR")]
+    offsets_replication_factor: Option<u32>,
     /// How long the first rebalance of an empty group waits for more members (Kafka's
     /// group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
@@ -77,6 +82,7 @@ struct FileConfig {
     shards: Option<usize>,
     node_id: Option<i32>,
     offsets_partitions: Option<i32>,
+    offsets_replication_factor: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u64>,
     voters: Option<String>,
     peer_listen: Option<String>,
@@ -166,6 +172,19 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             ));
         }
         groups.offsets_partitions = n;
+    }
+    if let Some(n) = args
+        .offsets_replication_factor
+        .or(file.offsets_replication_factor)
+    {
+        // Kafka's replication factors are i16s.
+        if !(1..=i16::MAX as u32).contains(&n) {
+            return Err(format!(
+                "invalid offsets replication factor {n}: must be between 1 and {}",
+                i16::MAX
+            ));
+        }
+        groups.offsets_replication_factor = n;
     }
     if let Some(ms) = args
         .group_initial_rebalance_delay_ms

@@ -4,8 +4,9 @@
 //! leader frozen with SIGSTOP, and every broker killed at once: each time another leader
 //! is named within 10 s, the idempotent producer carries on, and afterwards every
 //! acks=all acknowledgement is in the log at the offset it gave, in the order it was
-//! sent, and no value is written twice. The scenarios and the checker are
-//! `python/cluster.py`.
+//! sent, and no value is written twice. A consumer group whose coordinator is killed
+//! twice keeps consuming, and never resumes below an acknowledged commit. The scenarios
+//! and the checker are `python/cluster.py`.
 
 use std::path::Path;
 use std::process::Command;
@@ -54,4 +55,9 @@ fn a_stopped_leader_is_replaced_and_its_unacknowledged_suffix_never_surfaces() {
 #[test]
 fn every_acknowledged_record_survives_killing_every_broker_at_once() {
     run("kill-all");
+}
+
+#[test]
+fn a_consumer_group_keeps_consuming_and_its_commits_across_coordinator_failovers() {
+    run("group-failover");
 }

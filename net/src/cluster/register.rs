@@ -1,17 +1,20 @@
 //! A broker's own requests to the controller: its registration (where clients reach
-//! it) and blocks of producer ids. The controller may be another broker; it is asked in
-//! the Kafka protocol on its client listener (BrokerRegistration, AllocateProducerIds,
-//! as KRaft brokers ask theirs), with the blocking client on a short-lived thread, so
-//! the shard's executor never blocks. These are rare: once per start, once per
-//! `PRODUCER_ID_BLOCK` producers.
+//! it), blocks of producer ids, and the topics it creates itself (auto-created topics,
+//! `__consumer_offsets`). The controller may be another broker; it is asked in the
+//! Kafka protocol on its client listener (BrokerRegistration, AllocateProducerIds,
+//! CreateTopics, as KRaft brokers ask theirs), with the blocking client on a
+//! short-lived thread, so the shard's executor never blocks. These are rare: once per
+//! start, once per `PRODUCER_ID_BLOCK` producers, once per topic.
 
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::messages::broker_registration_request::Listener;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::{
-    AllocateProducerIdsRequest, ApiKey, BrokerId, BrokerRegistrationRequest,
+    AllocateProducerIdsRequest, ApiKey, BrokerId, BrokerRegistrationRequest, CreateTopicsRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -19,7 +22,12 @@ use kafka_protocol::ResponseError;
 use super::replicated::Failure;
 use crate::client::errors::failure;
 use crate::client::Client;
+use crate::controller::{TopicOutcome, TopicSpec};
 use crate::node::Node;
+
+/// The client id of a broker's requests to another: `spate-broker-<node id>`. The
+/// controller lets such a request create internal (`__`) topics.
+pub const BROKER_CLIENT_ID_PREFIX: &str = "spate-broker-";
 
 /// How long one request to the controller may take.
 const CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,7 +68,7 @@ fn controller_address(node: &Node) -> Option<String> {
 fn connect(address: &str, me: u32) -> Result<Client, String> {
     Client::connect(
         address,
-        &format!("spate-broker-{me}"),
+        &format!("{BROKER_CLIENT_ID_PREFIX}{me}"),
         CONTROLLER_REQUEST_TIMEOUT,
     )
     .map_err(|e| e.to_string())
@@ -152,4 +160,100 @@ pub async fn remote_producer_ids(node: &Node) -> Result<(i64, i32), Failure> {
         .await
         .unwrap_or_else(|| Err("the controller request thread failed".into()))
         .map_err(unavailable)
+}
+
+/// A topic to create and what became of it: (name, error code, message).
+type Created = (String, i16, Option<String>);
+
+fn send_create_topics(
+    address: String,
+    me: u32,
+    topics: Vec<CreatableTopic>,
+) -> Result<Vec<Created>, String> {
+    let mut client = connect(&address, me)?;
+    let version = client
+        .version(ApiKey::CreateTopics, (2, 7))
+        .map_err(|e| e.to_string())?;
+    let timeout_ms = i32::try_from(CONTROLLER_REQUEST_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    let request = CreateTopicsRequest::default()
+        .with_topics(topics)
+        .with_timeout_ms(timeout_ms);
+    let response = client.send(version, &request).map_err(|e| e.to_string())?;
+    Ok(response
+        .topics
+        .into_iter()
+        .map(|t| {
+            (
+                t.name.0.to_string(),
+                t.error_code,
+                t.error_message.map(|m| m.to_string()),
+            )
+        })
+        .collect())
+}
+
+/// Creates `specs` through the controller on another broker, one outcome per spec.
+pub async fn forward_create_topics(node: &Node, specs: Vec<TopicSpec>) -> Vec<TopicOutcome> {
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let failed = |why: String| -> Vec<TopicOutcome> {
+        names
+            .iter()
+            .map(|n| TopicOutcome::failed(n.clone(), ResponseError::NotController, why.clone()))
+            .collect()
+    };
+    let Some(address) = controller_address(node) else {
+        return failed("no controller known yet".into());
+    };
+    let me = node.cluster().map_or(0, |c| c.me());
+    let topics: Vec<CreatableTopic> = specs
+        .into_iter()
+        .map(|spec| {
+            let rf = spec
+                .replication_factor
+                .map_or(-1, |rf| i16::try_from(rf).unwrap_or(i16::MAX));
+            let configs = spec
+                .overrides
+                .into_iter()
+                .map(|(name, value)| {
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_string(name))
+                        .with_value(Some(StrBytes::from_string(value)))
+                })
+                .collect();
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(spec.name)))
+                .with_num_partitions(spec.partitions)
+                .with_replication_factor(rf)
+                .with_configs(configs)
+        })
+        .collect();
+    let answered = run_blocking(move || send_create_topics(address, me, topics))
+        .await
+        .unwrap_or_else(|| Err("the controller request thread failed".into()));
+    let created = match answered {
+        Ok(created) => created,
+        Err(why) => return failed(format!("asking the controller: {why}")),
+    };
+    names
+        .iter()
+        .map(|name| match created.iter().find(|(n, _, _)| n == name) {
+            Some((_, 0, _)) => TopicOutcome {
+                name: name.clone(),
+                id: [0; 16],
+                partitions: -1,
+                replication_factor: -1,
+                error: None,
+            },
+            Some((_, code, message)) => {
+                let error = ResponseError::try_from_code(*code)
+                    .unwrap_or(ResponseError::UnknownServerError);
+                TopicOutcome::failed(name.clone(), error, message.clone().unwrap_or_default())
+            }
+            None => TopicOutcome::failed(
+                name.clone(),
+                ResponseError::UnknownServerError,
+                "the controller did not answer for this topic",
+            ),
+        })
+        .collect()
 }

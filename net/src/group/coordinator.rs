@@ -11,6 +11,14 @@
 //! Group metadata is appended after a generation becomes Stable and when a group
 //! empties; the sync answers do not wait for it, as the metadata only restores the
 //! generation number after a restart (members rejoin then).
+//!
+//! In cluster mode a partition's groups live with its leader, as in Kafka: appends go
+//! through the partition's replica and are acknowledged at the quorum commit index, a
+//! broker answers for the groups of the partitions it leads only (NOT_COORDINATOR
+//! elsewhere), and a partition's groups are loaded per leader epoch. A new leader first
+//! waits until the records of earlier epochs are committed (its epoch marker is), so
+//! the replay sees every acknowledged commit; a broker that stops leading drops the
+//! partition's groups and answers their waiting members NOT_COORDINATOR.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -26,6 +34,8 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, Timestamp, TopicPartition};
+use spate_replication::driver::Acks;
+use spate_replication::replica::ReplicaId;
 
 use super::consumer_protocol;
 use super::records::{self, Entry};
@@ -35,6 +45,7 @@ use super::{partition_for, GroupConfig, OFFSETS_TOPIC};
 use crate::controller::TopicSpec;
 use crate::limits::{OFFSET_METADATA_BYTES_MAX, SHARD_GROUPS_MAX, SHARD_GROUP_CALLS_INFLIGHT_MAX};
 use crate::node::Node;
+use crate::topic_config::TopicSettings;
 
 /// How often the timer task runs. Session and rebalance timeouts are honoured to
 /// within this.
@@ -42,6 +53,15 @@ const GROUP_TICK: Duration = Duration::from_millis(100);
 
 /// Bytes read per step when replaying a partition.
 const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// In cluster mode, how long an append waits for the quorum commit index (Kafka's
+/// `offsets.commit.timeout.ms`).
+const OFFSETS_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new leader waits for its earlier epochs to commit before answering
+/// COORDINATOR_LOAD_IN_PROGRESS (clients retry that).
+const LOAD_COMMIT_WAIT: Duration = Duration::from_secs(2);
+/// Between two looks at the commit index while waiting for it.
+const LOAD_COMMIT_POLL: Duration = Duration::from_millis(10);
 
 /// A SyncGroup.
 #[derive(Debug)]
@@ -118,8 +138,9 @@ pub enum GroupAnswer {
 #[derive(Debug)]
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
-    /// `__consumer_offsets` partitions already replayed into `groups`.
-    loaded: RefCell<HashSet<i32>>,
+    /// `__consumer_offsets` partitions replayed into `groups`, and the leader epoch
+    /// they were replayed in (0 outside cluster mode).
+    loaded: RefCell<HashMap<i32, i32>>,
     loading: Semaphore,
     /// Bounds calls from other shards running here (`SHARD_GROUP_CALLS_INFLIGHT_MAX`).
     pub remote_calls: Rc<Semaphore>,
@@ -137,7 +158,7 @@ impl Coordinator {
     pub fn new(config: GroupConfig) -> Coordinator {
         Coordinator {
             groups: RefCell::new(HashMap::new()),
-            loaded: RefCell::new(HashSet::new()),
+            loaded: RefCell::new(HashMap::new()),
             loading: Semaphore::new(1),
             remote_calls: Rc::new(Semaphore::new(SHARD_GROUP_CALLS_INFLIGHT_MAX as u64)),
             settings: config,
@@ -165,7 +186,8 @@ pub fn offsets_partitions(node: &Node) -> i32 {
 }
 
 /// Creates `__consumer_offsets` if it does not exist yet, as Kafka does on the first
-/// FindCoordinator.
+/// FindCoordinator. In cluster mode it gets `offsets.topic.replication.factor`
+/// replicas, at most one per voter, and the controller creates it wherever asked.
 pub async fn ensure_offsets_topic(node: &Rc<Node>) -> Result<(), ResponseError> {
     if node.catalog().topics.contains_key(OFFSETS_TOPIC) {
         return Ok(());
@@ -181,11 +203,14 @@ pub async fn ensure_offsets_topic(node: &Rc<Node>) -> Result<(), ResponseError> 
     let spec = TopicSpec {
         name: OFFSETS_TOPIC.to_string(),
         partitions: node.config.groups.offsets_partitions,
-        replication_factor: None,
+        replication_factor: node.cluster().map(|c| {
+            let voters = u32::try_from(c.config.voters.len()).unwrap_or(u32::MAX);
+            node.config.groups.offsets_replication_factor.min(voters)
+        }),
         config,
         overrides,
     };
-    let outcome = node.create_topics(vec![spec], false).await;
+    let outcome = node.create_topics_for_broker(vec![spec]).await;
     match outcome.first().and_then(|o| o.error.as_ref()) {
         None | Some((ResponseError::TopicAlreadyExists, _)) => Ok(()),
         Some((error, message)) => {
@@ -443,6 +468,12 @@ async fn commit(node: &Rc<Node>, group: &str, partition: i32, commit: CommitCall
         }
         return GroupAnswer::Each(errors);
     }
+    // The commit is durable; if the partition moved to another leader meanwhile, that
+    // leader's replay holds it, and this broker must not keep a group it no longer
+    // coordinates.
+    if !coordinator.loaded.borrow().contains_key(&partition) {
+        return GroupAnswer::Each(errors);
+    }
     let mut groups = coordinator.groups.borrow_mut();
     let entry = groups
         .entry(group.to_string())
@@ -642,6 +673,9 @@ async fn append(
         ResponseError::UnknownServerError
     })?;
     let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    if node.cluster().is_some() {
+        return append_replicated(node, tp, buf).await;
+    }
     node.shard
         .append(tp, buf, LeaderEpoch(0), AckPolicy::Durable)
         .await
@@ -650,6 +684,31 @@ async fn append(
             tracing::warn!(partition, error = %e, "could not append to {OFFSETS_TOPIC}");
             ResponseError::CoordinatorNotAvailable
         })
+}
+
+/// Appends `batch` through the partition's replica, acknowledged once the quorum
+/// commit index passes it (and refused below `min.insync.replicas`). The errors are
+/// those Kafka's coordinator answers: NOT_COORDINATOR once another broker leads.
+async fn append_replicated(
+    node: &Rc<Node>,
+    tp: TopicPartition,
+    batch: BytesMut,
+) -> Result<(), ResponseError> {
+    let min_insync = node
+        .catalog()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map_or(1, |t| TopicSettings::of(t).min_insync_replicas);
+    let acks = Acks::Quorum { min_insync };
+    let written =
+        crate::cluster::replicated::write(node, tp.clone(), batch, acks, OFFSETS_COMMIT_TIMEOUT);
+    written.await.map(|_| ()).map_err(|(code, message)| {
+        tracing::warn!(%tp, %message, "could not append to {OFFSETS_TOPIC}");
+        match code {
+            ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
+            _ => ResponseError::CoordinatorNotAvailable,
+        }
+    })
 }
 
 /// Appends the metadata of the groups that became Stable or Empty: `group` only (after a
@@ -680,10 +739,25 @@ async fn persist_changes(node: &Rc<Node>, group: Option<&str>) {
     }
 }
 
-/// Replays partition `partition` of `__consumer_offsets` into memory, once.
+/// The leader epoch in which this broker leads partition `partition` of the offsets
+/// topic: 0 outside cluster mode; NOT_COORDINATOR where it does not lead it.
+fn leading_epoch(node: &Node, partition: i32) -> Result<i32, ResponseError> {
+    let Some(cluster) = node.cluster() else {
+        return Ok(0);
+    };
+    let key = crate::cluster::key_of(&TopicPartition::new(OFFSETS_TOPIC, partition));
+    match cluster.replicator.status(&key) {
+        Some(status) if status.leader == Some(ReplicaId(cluster.me())) => Ok(status.epoch),
+        _ => Err(ResponseError::NotCoordinator),
+    }
+}
+
+/// Replays partition `partition` of `__consumer_offsets` into memory, once per leader
+/// epoch; fails with NOT_COORDINATOR where another broker leads it.
 async fn ensure_loaded(node: &Rc<Node>, partition: i32) -> Result<(), ResponseError> {
     let coordinator = &node.groups;
-    if coordinator.loaded.borrow().contains(&partition) {
+    let epoch = leading_epoch(node, partition)?;
+    if coordinator.loaded.borrow().get(&partition) == Some(&epoch) {
         return Ok(());
     }
     let _one_at_a_time = coordinator
@@ -691,22 +765,102 @@ async fn ensure_loaded(node: &Rc<Node>, partition: i32) -> Result<(), ResponseEr
         .acquire_permit(1)
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-    if coordinator.loaded.borrow().contains(&partition) {
+    let epoch = leading_epoch(node, partition)?;
+    if coordinator.loaded.borrow().get(&partition) == Some(&epoch) {
         return Ok(());
     }
+    // Loaded in an earlier epoch: what another leader committed since is not in memory.
+    unload(node, partition);
+    earlier_epochs_committed(node, partition, epoch).await?;
     let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
     match replay(node, &tp).await {
         Ok(count) => {
-            if count > 0 {
-                tracing::info!(%tp, records = count, "loaded consumer groups");
+            if count > 0 || node.cluster().is_some() {
+                tracing::info!(%tp, records = count, epoch, "loaded consumer groups");
             }
-            coordinator.loaded.borrow_mut().insert(partition);
+            if leading_epoch(node, partition) != Ok(epoch) {
+                unload(node, partition);
+                return Err(ResponseError::NotCoordinator);
+            }
+            coordinator.loaded.borrow_mut().insert(partition, epoch);
             Ok(())
         }
         Err(e) => {
+            unload(node, partition);
             tracing::error!(%tp, error = %e, "could not load consumer groups");
             Err(ResponseError::CoordinatorNotAvailable)
         }
+    }
+}
+
+/// In cluster mode, waits until this leader's commit index reaches the log end it found
+/// (its epoch marker included), so every record of earlier epochs is committed and the
+/// replay, which reads up to the high watermark, sees all of them.
+async fn earlier_epochs_committed(
+    node: &Node,
+    partition: i32,
+    epoch: i32,
+) -> Result<(), ResponseError> {
+    let Some(cluster) = node.cluster() else {
+        return Ok(());
+    };
+    let key = crate::cluster::key_of(&TopicPartition::new(OFFSETS_TOPIC, partition));
+    let me = Some(ReplicaId(cluster.me()));
+    let started = Instant::now();
+    let mut target = None;
+    loop {
+        let status = cluster
+            .replicator
+            .status(&key)
+            .filter(|s| s.leader == me && s.epoch == epoch)
+            .ok_or(ResponseError::NotCoordinator)?;
+        let end = *target.get_or_insert(status.log_end);
+        if status.commit >= end {
+            return Ok(());
+        }
+        if started.elapsed() >= LOAD_COMMIT_WAIT {
+            return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        glommio::timer::sleep(LOAD_COMMIT_POLL).await;
+    }
+}
+
+/// Forgets the groups of partition `partition` (another broker coordinates them now, or
+/// they are about to be replayed): waiting members are answered NOT_COORDINATOR, so
+/// they look for the coordinator again.
+fn unload(node: &Node, partition: i32) {
+    let coordinator = &node.groups;
+    if coordinator.loaded.borrow_mut().remove(&partition).is_none() {
+        return;
+    }
+    let partitions = offsets_partitions(node);
+    let mut groups = coordinator.groups.borrow_mut();
+    groups.retain(|id, group| {
+        let keep = partition_for(id, partitions) != partition;
+        if !keep {
+            group.abandon_waiters(ResponseError::NotCoordinator);
+        }
+        keep
+    });
+}
+
+/// Drops the groups of the partitions this broker no longer leads, or leads in a newer
+/// epoch than they were loaded in (they are replayed at their next use).
+fn unload_moved(node: &Node) {
+    let moved: Vec<i32> = node
+        .groups
+        .loaded
+        .borrow()
+        .iter()
+        .filter(|(p, epoch)| leading_epoch(node, **p) != Ok(**epoch))
+        .map(|(p, _)| *p)
+        .collect();
+    for partition in moved {
+        tracing::info!(
+            partition,
+            "no longer coordinating the groups of {OFFSETS_TOPIC} partition"
+        );
+        unload(node, partition);
     }
 }
 
@@ -714,11 +868,9 @@ async fn ensure_all_loaded(node: &Rc<Node>) -> Result<(), ResponseError> {
     let partitions = offsets_partitions(node);
     let me = node.shard.id();
     for partition in 0..partitions {
-        if node
-            .shard
-            .owner(&TopicPartition::new(OFFSETS_TOPIC, partition))
-            == me
-        {
+        let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+        // In cluster mode, only the partitions this broker leads.
+        if node.shard.owner(&tp) == me && leading_epoch(node, partition).is_ok() {
             ensure_loaded(node, partition).await?;
         }
     }
@@ -749,6 +901,10 @@ async fn replay(node: &Rc<Node>, tp: &TopicPartition) -> Result<usize, String> {
                 .map_err(|e| format!("undecodable batch at offset {}: {e}", offset.0))?;
             for record in batches.iter().flat_map(|b| &b.records) {
                 offset = Offset(record.offset + 1);
+                // Control records (a leader's epoch marker) hold no group data.
+                if record.control {
+                    continue;
+                }
                 if let Some(key) = &record.key {
                     let entry = records::decode(key, record.value.as_deref())
                         .map_err(|e| format!("record at offset {}: {e}", record.offset))?;
@@ -819,6 +975,7 @@ pub async fn run_timers(node: Rc<Node>) {
     let mut since_expiry = Duration::ZERO;
     while !node.groups.closed.get() {
         glommio::timer::sleep(GROUP_TICK).await;
+        unload_moved(&node);
         {
             let now = Instant::now();
             let settings = node.groups.settings;

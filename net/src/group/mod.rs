@@ -25,6 +25,9 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub struct GroupConfig {
     /// `offsets.topic.num.partitions`, used when the topic is created.
     pub offsets_partitions: i32,
+    /// `offsets.topic.replication.factor`, used when the topic is created in cluster
+    /// mode (at most the number of voters).
+    pub offsets_replication_factor: u32,
     /// `offsets.retention.minutes`: offsets of an empty group are dropped this long
     /// after their commit.
     pub offsets_retention: Duration,
@@ -41,6 +44,7 @@ impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
             offsets_partitions: 50,
+            offsets_replication_factor: 3,
             offsets_retention: Duration::from_secs(7 * 24 * 3600),
             offsets_retention_check: Duration::from_secs(600),
             initial_rebalance_delay: Duration::from_secs(3),

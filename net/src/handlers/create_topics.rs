@@ -1,6 +1,7 @@
 //! CreateTopics (key 19), versions 2–7. Each topic is validated here, then created whole
 //! by the controller (see `controller`), or reported with Kafka's error code and a
-//! message naming the problem.
+//! message naming the problem. Names starting with `__` are refused, except from
+//! another broker of the cluster creating an internal topic through this controller.
 
 use std::rc::Rc;
 
@@ -21,7 +22,10 @@ pub async fn handle(
     node: &Rc<Node>,
     request: &CreateTopicsRequest,
     version: i16,
+    client_id: &str,
 ) -> CreateTopicsResponse {
+    let from_broker = node.cluster().is_some()
+        && client_id.starts_with(crate::cluster::register::BROKER_CLIENT_ID_PREFIX);
     let mut outcomes: Vec<Option<TopicOutcome>> = Vec::with_capacity(request.topics.len());
     let mut specs = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -39,6 +43,7 @@ pub async fn handle(
             topic,
             node.config.default_partitions,
             node.cluster().is_some(),
+            from_broker,
         ) {
             Ok(spec) => {
                 specs.push(spec);

@@ -1,7 +1,8 @@
-//! FindCoordinator (key 10), versions 0–6: every group's coordinator is this broker.
-//! The first request creates `__consumer_offsets`, as Kafka does. Transactional ids
-//! (key type 1) get COORDINATOR_NOT_AVAILABLE: transactions are not implemented yet; so
-//! do groups in cluster mode, until coordinators fail over with their partitions.
+//! FindCoordinator (key 10), versions 0–6. A group's coordinator is the leader of its
+//! `__consumer_offsets` partition: this broker outside cluster mode, the partition's
+//! leader in it. The first request creates `__consumer_offsets`, as Kafka does (in
+//! cluster mode through the controller). Transactional ids (key type 1) get
+//! COORDINATOR_NOT_AVAILABLE: transactions are not implemented yet.
 
 use std::rc::Rc;
 
@@ -10,36 +11,80 @@ use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoord
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use spate_engine::TopicPartition;
 
-use crate::group::coordinator::ensure_offsets_topic;
+use crate::group::coordinator::{ensure_offsets_topic, offsets_partitions};
+use crate::group::{partition_for, OFFSETS_TOPIC};
 use crate::node::Node;
 
 /// Kafka's key types.
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-/// The coordinator for one key: an error and its message, or none.
-async fn find(node: &Rc<Node>, key_type: i8) -> Option<(ResponseError, &'static str)> {
+/// A coordinator: node id, host, port.
+type Found = (i32, String, i32);
+/// Why there is none: an error and its message.
+type NotFound = (ResponseError, String);
+
+/// The coordinator of `key`.
+async fn find(node: &Rc<Node>, key_type: i8, key: &str) -> Result<Found, NotFound> {
     match key_type {
-        // Group coordinators that fail over with their `__consumer_offsets` partition
-        // are not built yet; a local one would split groups between brokers.
-        KEY_TYPE_GROUP if node.cluster().is_some() => Some((
+        KEY_TYPE_GROUP => {
+            ensure_offsets_topic(node)
+                .await
+                .map_err(|e| (e, "the consumer offsets topic is not available".into()))?;
+            group_coordinator(node, key)
+        }
+        KEY_TYPE_TRANSACTION => Err((
             ResponseError::CoordinatorNotAvailable,
-            "consumer groups are not available in cluster mode yet",
+            "transactions are not supported by this broker yet".into(),
         )),
-        KEY_TYPE_GROUP => ensure_offsets_topic(node)
-            .await
-            .err()
-            .map(|e| (e, "the consumer offsets topic is not available")),
-        KEY_TYPE_TRANSACTION => Some((
-            ResponseError::CoordinatorNotAvailable,
-            "transactions are not supported by this broker yet",
-        )),
-        _ => Some((
+        _ => Err((
             ResponseError::InvalidRequest,
-            "unknown coordinator key type",
+            "unknown coordinator key type".into(),
         )),
     }
+}
+
+/// The leader of `group`'s offsets partition, and where clients reach it.
+fn group_coordinator(node: &Node, group: &str) -> Result<Found, NotFound> {
+    let Some(cluster) = node.cluster() else {
+        let advertise = node.config.advertise;
+        return Ok((
+            node.config.node_id,
+            advertise.ip().to_string(),
+            i32::from(advertise.port()),
+        ));
+    };
+    let partition = partition_for(group, offsets_partitions(node));
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    let image = cluster.image();
+    let unavailable = |why: String| (ResponseError::CoordinatorNotAvailable, why);
+    let leader = match cluster.leader_of(node.shard.owner(&tp).index(), &tp) {
+        Some((leader, _)) => leader,
+        None => {
+            let replicas = image
+                .topics
+                .get(OFFSETS_TOPIC)
+                .and_then(|t| t.assignments.get(partition as usize))
+                .cloned()
+                .unwrap_or_default();
+            // A replica not added yet (the broker is starting) knows nothing; one that is
+            // not a replica names the preferred leader, as Metadata does (a client sent
+            // astray is answered NOT_COORDINATOR there and asks again).
+            if replicas.contains(&cluster.me()) {
+                return Err(unavailable(format!("{tp} is not replicated here yet")));
+            }
+            replicas.first().copied()
+        }
+    };
+    let leader = leader.ok_or_else(|| unavailable(format!("{tp} has no leader yet")))?;
+    let broker = image.brokers.get(&leader).ok_or_else(|| {
+        unavailable(format!(
+            "broker {leader}, the leader of {tp}, is not registered"
+        ))
+    })?;
+    Ok((leader as i32, broker.host.clone(), i32::from(broker.port)))
 }
 
 pub async fn handle(
@@ -47,42 +92,48 @@ pub async fn handle(
     body: &FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let advertise = node.config.advertise;
-    let host = StrBytes::from_string(advertise.ip().to_string());
-    let port = i32::from(advertise.port());
     let key_type = if version >= 1 {
         body.key_type
     } else {
         KEY_TYPE_GROUP
     };
-    let error = find(node, key_type).await;
-    let code = error.map_or(0, |(e, _)| e.code());
-    let message =
-        |v: i16| (v >= 1).then(|| StrBytes::from_static_str(error.map_or("", |(_, m)| m)));
-    let (node_id, host, port) = match error {
-        None => (BrokerId(node.config.node_id), host, port),
-        Some(_) => (BrokerId(-1), StrBytes::default(), -1),
-    };
     if version >= 4 {
-        let coordinators = body
-            .coordinator_keys
-            .iter()
-            .map(|key| {
+        let mut coordinators = Vec::with_capacity(body.coordinator_keys.len());
+        for key in &body.coordinator_keys {
+            let found = find(node, key_type, key.as_str()).await;
+            let (node_id, host, port, code, message) = fields(found);
+            coordinators.push(
                 Coordinator::default()
                     .with_key(key.clone())
                     .with_node_id(node_id)
-                    .with_host(host.clone())
+                    .with_host(host)
                     .with_port(port)
                     .with_error_code(code)
-                    .with_error_message(error.map(|(_, m)| StrBytes::from_static_str(m)))
-            })
-            .collect();
+                    .with_error_message(message),
+            );
+        }
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
+    let found = find(node, key_type, body.key.as_str()).await;
+    let (node_id, host, port, code, message) = fields(found);
     FindCoordinatorResponse::default()
         .with_error_code(code)
-        .with_error_message(message(version))
+        .with_error_message((version >= 1).then(|| message.unwrap_or_default()))
         .with_node_id(node_id)
         .with_host(host)
         .with_port(port)
+}
+
+/// The response fields for one key: node id, host, port, error code and message.
+fn fields(found: Result<Found, NotFound>) -> (BrokerId, StrBytes, i32, i16, Option<StrBytes>) {
+    match found {
+        Ok((id, host, port)) => (BrokerId(id), StrBytes::from_string(host), port, 0, None),
+        Err((error, message)) => (
+            BrokerId(-1),
+            StrBytes::default(),
+            -1,
+            error.code(),
+            Some(StrBytes::from_string(message)),
+        ),
+    }
 }

@@ -165,7 +165,7 @@ pub async fn handle(node: &Rc<Node>, request: &MetadataRequest, version: i16) ->
             }
         }
         if !to_create.is_empty() {
-            for outcome in node.create_topics(to_create, false).await {
+            for outcome in node.create_topics_for_broker(to_create).await {
                 if let Some((error, message)) = outcome
                     .error
                     .filter(|(e, _)| *e != ResponseError::TopicAlreadyExists)

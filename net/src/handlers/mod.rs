@@ -101,7 +101,8 @@ pub async fn handle(node: &Rc<Node>, request: &Request, peer: &str) -> Result<Re
             ResponseKind::Metadata(metadata::handle(node, body, version).await)
         }
         RequestKind::CreateTopics(body) => {
-            ResponseKind::CreateTopics(create_topics::handle(node, body, version).await)
+            let client_id = request.header.client_id.as_deref().unwrap_or("");
+            ResponseKind::CreateTopics(create_topics::handle(node, body, version, client_id).await)
         }
         RequestKind::ListOffsets(body) => {
             ResponseKind::ListOffsets(list_offsets::handle(node, body, version).await)

@@ -8,6 +8,9 @@ Usage: cluster.py SPATE_BINARY WORKDIR SCENARIO. Driven by tools/tests/cluster.r
   pause-leader   SIGSTOP the leader for a few seconds, see another leader elected while it
                  is stopped, SIGCONT it and wait for it to rejoin the in-sync replicas
   kill-all       SIGKILL all three brokers at once, restart them, produce on
+  group-failover two rounds of: SIGKILL the coordinator of a consumer group that consumes
+                 the topic and commits as it goes, see another coordinator named within
+                 10 s and a commit acknowledged by it, restart the killed broker
 
 Throughout, one confluent-kafka producer (acks=all) writes v-000001, v-000002, ... in that
 order to the single partition of `chk` (replication factor 3) and records every delivery
@@ -26,14 +29,27 @@ the offsets are expected (an election's control batch takes an offset that consu
 skip) and are only counted. The run also fails if a broker exits on its own, a new leader
 takes 10 s or more, or nothing sent after the last fault is acknowledged.
 
+In group-failover a confluent-kafka consumer in group GROUP reads the partition and commits
+its position asynchronously every COMMIT_INTERVAL seconds, recording each acknowledged
+commit. Afterwards, besides the producer's invariants:
+
+  commit lost    whenever the group hands the partition to the consumer again (the
+                 coordinator's failover makes it rejoin), the first record it reads is at
+                 or past every commit acknowledged before; and the group's committed
+                 offset at the end is at least the last acknowledged one;
+  skipped        every acknowledged value below the consumer's final position was read;
+  stalled        a commit sent after the last fault is acknowledged.
+
 Each broker logs to WORKDIR/broker-N.log (appended across restarts); their tails are
 printed on failure. Every broker is killed when the script exits, however it exits.
 """
 
 import collections
+import ctypes
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -63,6 +79,10 @@ ISR_TIMEOUT = 15
 READ_TIMEOUT = 30
 PAUSE_SECONDS = 4
 KILL_ROUNDS = 3
+GROUP = "cluster-group"
+GROUP_ROUNDS = 2
+COMMIT_INTERVAL = 0.2
+COMMIT_TIMEOUT = 30
 
 EXAMPLES_MAX = 5
 LOG_TAIL_LINES = 40
@@ -95,6 +115,54 @@ def sequence_of(value):
     return int(value[2:])
 
 
+def die_with_parent():
+    """In a broker's process before it runs: SIGKILL it when this script dies, even if the
+    script's own clean-up never runs (librdkafka aborting the interpreter, say); a broker
+    left behind would hold its ports and write into the next run's directories."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def event(text):
+    """Notes what the script does, with the time, in the brokers' logs' time zone (UTC), on
+    standard error."""
+    now = time.time()
+    stamp = time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}"
+    print(f"{stamp} cluster.py: {text}", file=sys.stderr, flush=True)
+
+
+def find_coordinator(port, group):
+    """The node id the broker at `port` names as `group`'s coordinator (FindCoordinator v1,
+    on a fresh connection). The probe speaks the protocol itself: librdkafka's admin client
+    can abort the whole process on an assertion when a broker it asks dies mid-request."""
+    client_id = b"cluster.py"
+    key = group.encode()
+    body = (struct.pack(">hhih", 10, 1, 1, len(client_id)) + client_id
+            + struct.pack(">h", len(key)) + key + struct.pack(">b", 0))
+    with socket.create_connection(("127.0.0.1", port), timeout=METADATA_TIMEOUT) as connection:
+        connection.sendall(struct.pack(">i", len(body)) + body)
+        size = struct.unpack(">i", receive(connection, 4))[0]
+        answer = receive(connection, size)
+    # correlation id, throttle time, error code, error message (nullable string), node id
+    error_code = struct.unpack_from(">h", answer, 8)[0]
+    message_length = struct.unpack_from(">h", answer, 10)[0]
+    node_offset = 12 + max(message_length, 0)
+    if error_code != 0:
+        message = answer[12:node_offset].decode(errors="replace")
+        raise ValueError(f"error {error_code}: {message}")
+    return struct.unpack_from(">i", answer, node_offset)[0]
+
+
+def receive(connection, size):
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise OSError("the broker closed the connection")
+        data += chunk
+    return data
+
+
 class Broker:
     """One `spate serve` process, restartable on the same ports and data directory."""
 
@@ -109,6 +177,7 @@ class Broker:
         self.paused = False
 
     def start(self, voters):
+        event(f"starting broker {self.node_id}")
         command = [
             self.binary, "serve", "--node-id", str(self.node_id),
             "--listen", f"127.0.0.1:{self.port}", "--peer-listen", f"127.0.0.1:{self.peer_port}",
@@ -121,7 +190,7 @@ class Broker:
             log.write(f"--- cluster.py: starting broker {self.node_id} ---\n")
             log.flush()
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=log, env=env)
+                                            stderr=log, env=env, preexec_fn=die_with_parent)
         self.paused = False
 
     @property
@@ -173,6 +242,7 @@ class Cluster:
         self.voters = ",".join(f"{b.node_id}@127.0.0.1:{b.peer_port}" for b in self.brokers.values())
         self.bootstrap = ",".join(f"127.0.0.1:{b.port}" for b in self.brokers.values())
         self.workload = None
+        self.reader = None
         self.probe_error = None
         self.leader_seen = None
         self.leader_changes = 0
@@ -190,6 +260,7 @@ class Cluster:
 
     def kill(self, node_ids):
         """SIGKILL to all of `node_ids` before waiting for any, so that they die together."""
+        event(f"killing brokers {list(node_ids)}")
         for node_id in node_ids:
             self.brokers[node_id].send(signal.SIGKILL)
         for node_id in node_ids:
@@ -215,10 +286,18 @@ class Cluster:
     # Waiting, with the producer kept busy.
 
     def idle(self, seconds):
-        if self.workload is None:
-            time.sleep(seconds)
-        else:
-            self.workload.pump(seconds)
+        """Waits `seconds`, producing and consuming meanwhile if a workload or a reader runs."""
+        deadline = time.monotonic() + seconds
+        while True:
+            step = min(0.05, max(0.0, deadline - time.monotonic()))
+            if self.workload is not None:
+                self.workload.pump(step)
+            else:
+                time.sleep(step)
+            if self.reader is not None:
+                self.reader.pump()
+            if time.monotonic() >= deadline:
+                return
 
     def produce_for(self, seconds):
         deadline = time.monotonic() + seconds
@@ -309,6 +388,24 @@ class Cluster:
         """The settled leader's view once all three replicas are in sync."""
         view = self.settled_view()
         return view if view and sorted(view.isrs) == list(NODE_IDS) else None
+
+    def coordinator(self, excluded=()):
+        """The coordinator of GROUP, once every serving broker but `excluded` names the same
+        serving one. (A broker that has not caught up yet may name a stale one.)"""
+        named = {}
+        for node_id in self.serving_ids(excluded):
+            try:
+                named[node_id] = find_coordinator(self.brokers[node_id].port, GROUP)
+            except (OSError, ValueError) as e:
+                self.probe_error = f"FindCoordinator for {GROUP} at broker {node_id}: {e}"
+                return None
+        coordinators = set(named.values())
+        coordinator = coordinators.pop() if len(coordinators) == 1 else None
+        if coordinator not in self.serving_ids(excluded):
+            self.probe_error = f"coordinators named (asked: named): {named}"
+            return None
+        event(f"the brokers name broker {coordinator} the coordinator of {GROUP}")
+        return coordinator
 
     def await_new_leader(self, old):
         started = time.monotonic()
@@ -402,6 +499,73 @@ class Workload:
         remaining = self.producer.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
         if remaining:
             fail(f"{remaining} values still without a delivery report after the message timeout")
+
+
+class GroupReader:
+    """A consumer in GROUP reading partition 0 of TOPIC and committing its position, with
+    what it read and which commits were acknowledged."""
+
+    def __init__(self, bootstrap):
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": GROUP,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,  # the broker's group.min.session.timeout.ms
+            "heartbeat.interval.ms": 500,
+            "socket.timeout.ms": SOCKET_TIMEOUT_MS,
+            "reconnect.backoff.max.ms": 1000,
+            "on_commit": self._committed,
+        })
+        self.consumer.subscribe([TOPIC], on_assign=self._assigned)
+        self.read = {}  # offset -> value
+        self.position = None  # the offset after the last record read
+        self.acks = []  # (time acknowledged, committed offset)
+        self.acked_max = -1
+        self.commit_failures = collections.Counter()
+        self.assignments = 0
+        self.resumed = []  # (first offset read after an assignment, highest commit acked before it)
+        self.pending_resume = None
+        self.sent_position = None
+        self.last_commit = 0.0
+
+    def _assigned(self, consumer, partitions):
+        self.assignments += 1
+        self.pending_resume = self.acked_max
+
+    def _committed(self, error, partitions):
+        now = time.monotonic()
+        for partition in partitions:
+            failure = error or partition.error
+            if failure is None:
+                self.acks.append((now, partition.offset))
+                self.acked_max = max(self.acked_max, partition.offset)
+            else:
+                self.commit_failures[str(failure)] += 1
+
+    def pump(self):
+        for message in self.consumer.consume(500, 0):
+            if message.error() is not None:
+                continue
+            if self.pending_resume is not None:
+                self.resumed.append((message.offset(), self.pending_resume))
+                self.pending_resume = None
+            self.read[message.offset()] = message.value()
+            self.position = message.offset() + 1
+        now = time.monotonic()
+        if self.position is not None and self.position != self.sent_position and now - self.last_commit >= COMMIT_INTERVAL:
+            self.consumer.commit(offsets=[TopicPartition(TOPIC, 0, self.position)], asynchronous=True)
+            self.sent_position, self.last_commit = self.position, now
+
+    def acked_since(self, moment):
+        return any(t > moment for t, _ in self.acks)
+
+    def committed(self):
+        """The group's committed offset of the partition, asked of its coordinator."""
+        found = self.consumer.committed([TopicPartition(TOPIC, 0)], timeout=10)[0]
+        if found.error is not None:
+            fail(f"the committed offset of group {GROUP}: {found.error}")
+        return found.offset
 
 
 def read_partition(bootstrap, offset_end_min):
@@ -540,7 +704,61 @@ def kill_all(cluster):
     cluster.produce_for(2)
 
 
-SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all}
+def group_failover(cluster):
+    reader = cluster.reader = GroupReader(cluster.bootstrap)
+    for _ in range(GROUP_ROUNDS):
+        coordinator = cluster.wait_for(f"a coordinator for group {GROUP}", LEADER_TIMEOUT, cluster.coordinator)
+        committed_before = len(reader.acks)
+        cluster.wait_for("a commit acknowledged by that coordinator", COMMIT_TIMEOUT,
+                         lambda: True if len(reader.acks) > committed_before else None)
+        cluster.kill([coordinator])
+        cluster.fault()
+        killed_at = time.monotonic()
+        started = time.monotonic()
+        cluster.wait_for(f"a coordinator for group {GROUP} other than broker {coordinator}", LEADER_TIMEOUT,
+                         lambda: cluster.coordinator(excluded=(coordinator,)))
+        cluster.elections.append(time.monotonic() - started)
+        cluster.wait_for(f"a commit acknowledged after killing broker {coordinator}", COMMIT_TIMEOUT,
+                         lambda: True if reader.acked_since(killed_at) else None)
+        cluster.start([coordinator])
+        cluster.produce_for(2)
+
+
+def group_check(cluster, workload):
+    """The consumer group's invariants of the module doc, as `check` returns them; the
+    consumer first reads every acknowledged record and commits its position."""
+    reader = cluster.reader
+    end = max(workload.acked.values(), default=-1) + 1
+    cluster.wait_for("the group's consumer reading every acknowledged record", READ_TIMEOUT,
+                     lambda: True if reader.position is not None and reader.position >= end else None)
+    final = reader.position
+    reader.consumer.commit(offsets=[TopicPartition(TOPIC, 0, final)], asynchronous=False)
+    committed = reader.committed()
+    reader.consumer.close()
+    event(f"group {GROUP}: committed {committed}; failed commits: {dict(reader.commit_failures)}")
+    cluster.reader = None
+    read_values = set(reader.read.values())
+    lost = [(first, acked) for first, acked in reader.resumed if first < acked]
+    if committed < max(reader.acked_max, final):
+        lost.append((committed, max(reader.acked_max, final)))
+    skipped = [(s, o) for s, o in sorted(workload.acked.items()) if o < final and b"v-%06d" % s not in read_values]
+    failures = [
+        ("commit lost (resumed or committed below an acknowledged commit)", lost,
+         lambda i: f"at offset {i[0]} after a commit of {i[1]} was acknowledged"),
+        ("skipped (acknowledged below the final position, never read)", skipped,
+         lambda i: f"v-{i[0]:06d} at {i[1]}"),
+    ]
+    information = [
+        ("resumptions after an assignment", reader.resumed,
+         lambda i: f"read from {i[0]} with {i[1]} acknowledged"),
+        ("commits acknowledged", reader.acks, lambda i: str(i[1])),
+        ("commits failed", sorted(reader.commit_failures.items()), lambda i: f"{i[1]} x {i[0]}"),
+    ]
+    return failures, information
+
+
+SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
+             "group-failover": group_failover}
 
 
 def run(cluster, scenario):
@@ -555,9 +773,12 @@ def run(cluster, scenario):
     cluster.wait_for("a leader all brokers agree on, before checking", LEADER_TIMEOUT, cluster.settled_leader)
     workload.finish()
     cluster.workload = None
+    group = group_check(cluster, workload) if cluster.reader is not None else ([], [])
 
     low, high, records = read_partition(cluster.bootstrap, max(workload.acked.values(), default=-1) + 1)
     failures, information = check(workload, low, high, records)
+    failures += group[0]
+    information += group[1]
     if not any(s > cluster.fault_sequence for s in workload.acked):
         failures.append(("stalled (nothing sent after the last fault was acknowledged)", [cluster.fault_sequence],
                          lambda s: f"v-{s:06d} was the last value sent before it"))
