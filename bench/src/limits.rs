@@ -33,6 +33,9 @@ pub const LATENCY_US_MAX: u64 = 3_600_000_000;
 pub const LATENCY_DIGITS: u8 = 3;
 /// Seconds of per-second timeline a run keeps (a day); later seconds are not charted.
 pub const TIMELINE_SECONDS_MAX: usize = 86_400;
+/// After a partition's leader refused a batch (NOT_LEADER_OR_FOLLOWER), how soon a
+/// producer may ask for leaders again while the cluster has not settled.
+pub const LEADER_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long connecting and setup requests may take.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of random payload each producer draws record values from.

@@ -10,6 +10,13 @@
 //! records left unmade, never as unbounded memory. At the end it sends what it holds
 //! and waits up to `DRAIN_TIMEOUT` for answers; a request still unanswered then is
 //! counted as failed, so sent = acknowledged + failed holds.
+//!
+//! Against a cluster, leaders move (a broker dies, the preferred leader takes back its
+//! partitions). A batch refused with NOT_LEADER_OR_FOLLOWER (or lost with its
+//! connection) counts as failed, as a benchmark does not retry, and marks its partition
+//! stale; at most every `LEADER_REFRESH_INTERVAL` the producer asks for the stale
+//! partitions' leaders and sends their next batches there. An idempotent producer then
+//! takes a new producer id, since the refused batches left gaps in its sequences.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -20,17 +27,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
 use kafka_protocol::messages::{ProduceResponse, ProducerId};
+use kafka_protocol::ResponseError;
 use spate_engine::batch::{BatchBuilder, ProducerFields};
 use spate_net::client::errors::{error_of, kafka_name};
-use spate_net::client::lookup::topic_name;
+use spate_net::client::lookup::{broker_addresses, name_of, topic_name};
 use spate_net::client::partitioner::keyed_partition;
 
 use crate::conn::Conn;
-use crate::limits::{DRAIN_TIMEOUT, PRODUCE_TIMEOUT_MS};
+use crate::limits::{DRAIN_TIMEOUT, LEADER_REFRESH_INTERVAL, PRODUCE_TIMEOUT_MS, SETUP_TIMEOUT};
 use crate::payload::RecordMaker;
 use crate::schedule::{Clock, Schedule};
 use crate::setup::{PartitionLayout, Versions};
@@ -98,7 +107,14 @@ struct Producer {
     leaders: Vec<Leader>,
     producer: Option<(i64, i16)>,
     tally: Rc<RefCell<ProduceTally>>,
+    /// Partitions whose leader refused a batch or could not be reached.
+    stale: Rc<RefCell<Stale>>,
+    /// When leaders were last asked for.
+    refreshed_ns: u64,
 }
+
+/// Partitions (topic, partition) whose leader must be looked up again.
+type Stale = std::collections::BTreeSet<(String, i32)>;
 
 pub async fn run(spec: ProducerSpec) -> ProduceTally {
     let tally = Rc::new(RefCell::new(ProduceTally::new(spec.measure_from_ns)));
@@ -157,6 +173,8 @@ impl Producer {
             leaders,
             producer: None,
             tally,
+            stale: Rc::default(),
+            refreshed_ns: 0,
         }
     }
 
@@ -187,6 +205,10 @@ impl Producer {
             let now = clock.now_ns();
             if now >= spec.end_ns || spec.live.stopping() {
                 break;
+            }
+            let refresh_due = now >= self.refreshed_ns + LEADER_REFRESH_INTERVAL.as_nanos() as u64;
+            if refresh_due && !self.stale.borrow().is_empty() {
+                self.refresh_leaders().await;
             }
             let wall_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -365,7 +387,7 @@ impl Producer {
             match conn.request_unanswered(version, &request).await {
                 // Nothing will answer: a record counts as acknowledged once written.
                 Ok(()) => settle(
-                    &self.tally,
+                    (&self.tally, &self.stale),
                     &spec.live,
                     &sent,
                     Ok(None),
@@ -380,12 +402,13 @@ impl Producer {
         match conn.request(version, &request).await {
             Ok(reply) => {
                 let tally = self.tally.clone();
+                let stale = self.stale.clone();
                 let live = spec.live.clone();
                 let from = spec.measure_from_ns;
                 glommio::spawn_local(async move {
                     let answer = reply.wait().await;
                     settle(
-                        &tally,
+                        (&tally, &stale),
                         &live,
                         &sent,
                         answer.map(Some),
@@ -404,7 +427,7 @@ impl Producer {
     fn settle_failed(&self, sent: &[Sent], why: &str) {
         let now = self.spec.clock.now_ns();
         settle(
-            &self.tally,
+            (&self.tally, &self.stale),
             &self.spec.live,
             sent,
             Err(why.to_string()),
@@ -428,38 +451,136 @@ impl Producer {
         Ok(conn)
     }
 
+    /// Looks up the leaders of the stale partitions and moves each that has one to it.
+    async fn refresh_leaders(&mut self) {
+        self.refreshed_ns = self.spec.clock.now_ns();
+        let Some(version) = self.spec.versions.metadata else {
+            return;
+        };
+        let topics: std::collections::BTreeSet<String> =
+            self.stale.borrow().iter().map(|(t, _)| t.clone()).collect();
+        let request = MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(Some(
+                topics
+                    .iter()
+                    .map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t))))
+                    .collect(),
+            ));
+        // Any broker that answers will do: the old leader may be the one that is gone.
+        let mut metadata = None;
+        for leader in 0..self.leaders.len() {
+            let asked = async {
+                let conn = self.conn(leader).await?;
+                conn.request(version, &request).await?.wait().await
+            };
+            if let Some(Ok(answer)) = within(SETUP_TIMEOUT, asked).await {
+                metadata = Some(answer);
+                break;
+            }
+        }
+        let Some(metadata) = metadata else {
+            return;
+        };
+        let addresses = broker_addresses(&metadata);
+        let mut moved = false;
+        for topic in &metadata.topics {
+            let name = name_of(topic);
+            for p in &topic.partitions {
+                let key = (name.clone(), p.partition_index);
+                // No leader yet: it stays stale.
+                let Some(address) = addresses.get(&p.leader_id.0) else {
+                    continue;
+                };
+                if !self.stale.borrow_mut().remove(&key) {
+                    continue;
+                }
+                let Some(index) = self
+                    .partitions
+                    .iter()
+                    .position(|x| x.layout.topic == key.0 && x.layout.partition == key.1)
+                else {
+                    continue;
+                };
+                let leader = self.leader_at(address);
+                let partition = &mut self.partitions[index];
+                if partition.leader != leader {
+                    partition.leader = leader;
+                    partition.layout.leader = address.clone();
+                    moved = true;
+                }
+            }
+        }
+        if moved && self.producer.is_some() {
+            // The refused batches left gaps in the sequences: start over as a new producer.
+            // If that fails the old id stays, and its batches are refused and counted.
+            if let Ok(producer) = self.ask_producer_id().await {
+                self.producer = Some(producer);
+                for partition in &mut self.partitions {
+                    partition.next_sequence = 0;
+                }
+            }
+        }
+    }
+
+    /// The index of the leader at `address`, added if new.
+    fn leader_at(&mut self, address: &str) -> usize {
+        if let Some(index) = self.leaders.iter().position(|l| l.address == address) {
+            return index;
+        }
+        self.leaders.push(Leader {
+            address: address.to_string(),
+            conn: None,
+            window: Rc::new(Semaphore::new(self.spec.workload.max_in_flight as u64)),
+        });
+        self.leaders.len() - 1
+    }
+
     /// Asks for a producer id; on failure every due record of the run would fail, so
     /// the producer stops and says why.
     async fn init_producer_id(&mut self) -> bool {
-        let outcome = async {
-            let version = self
-                .spec
-                .versions
-                .init_producer_id
-                .ok_or("no InitProducerId")?;
-            let conn = self.conn(0).await?;
-            let request = InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1);
-            let answer = conn.request(version, &request).await?.wait().await?;
-            match error_of(answer.error_code) {
-                Some(e) => Err(format!("InitProducerId failed: {}", kafka_name(e))),
-                None => Ok((answer.producer_id.0, answer.producer_epoch)),
-            }
-        }
-        .await;
-        match outcome {
+        match self.ask_producer_id().await {
             Ok(producer) => {
                 self.producer = Some(producer);
                 true
             }
             Err(why) => {
-                self.tally.borrow_mut().fatal.push(why.to_string());
+                self.tally.borrow_mut().fatal.push(why);
                 false
             }
         }
+    }
+
+    /// A new producer id and epoch from the first leader that answers.
+    async fn ask_producer_id(&mut self) -> Result<(i64, i16), String> {
+        let version = self
+            .spec
+            .versions
+            .init_producer_id
+            .ok_or("no InitProducerId")?;
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let mut last = String::from("no broker to ask");
+        for leader in 0..self.leaders.len() {
+            let asked = async {
+                let conn = self.conn(leader).await?;
+                conn.request(version, &request).await?.wait().await
+            };
+            match within(SETUP_TIMEOUT, asked).await {
+                Some(Ok(answer)) => {
+                    return match error_of(answer.error_code) {
+                        Some(e) => Err(format!("InitProducerId failed: {}", kafka_name(e))),
+                        None => Ok((answer.producer_id.0, answer.producer_epoch)),
+                    }
+                }
+                Some(Err(why)) => last = why,
+                None => last = "InitProducerId was not answered in time".into(),
+            }
+        }
+        Err(last)
     }
 
     /// Waits for every outstanding answer, up to `DRAIN_TIMEOUT`; what is still
@@ -499,7 +620,7 @@ impl Producer {
 /// Counts the outcome of one produce request: its answer (`None` for acks=0), or why
 /// there is none.
 fn settle(
-    tally: &Rc<RefCell<ProduceTally>>,
+    (tally, stale): (&Rc<RefCell<ProduceTally>>, &RefCell<Stale>),
     live: &Live,
     sent: &[Sent],
     answer: Result<Option<ProduceResponse>, String>,
@@ -540,15 +661,39 @@ fn settle(
                 }
             }
             Ok(code) => {
-                let name = error_of(code).map_or_else(|| code.to_string(), kafka_name);
+                let error = error_of(code);
+                let moved = matches!(
+                    error,
+                    Some(ResponseError::NotLeaderOrFollower | ResponseError::LeaderNotAvailable)
+                );
+                if moved {
+                    stale
+                        .borrow_mut()
+                        .insert((batch.topic.clone(), batch.partition));
+                }
+                let name = error.map_or_else(|| code.to_string(), kafka_name);
                 tally.fail(n, &name, measure_from_ns, done_ns);
                 Live::add(&live.failed, n);
             }
             Err(why) => {
+                // The leader may be gone with its connection.
+                stale
+                    .borrow_mut()
+                    .insert((batch.topic.clone(), batch.partition));
                 tally.fail(n, &why, measure_from_ns, done_ns);
                 Live::add(&live.failed, n);
             }
         }
+    }
+}
+
+/// `future`'s output, or `None` if it takes longer than `limit`.
+async fn within<T>(limit: Duration, future: impl std::future::Future<Output = T>) -> Option<T> {
+    let future = std::pin::pin!(future);
+    let timer = std::pin::pin!(glommio::timer::sleep(limit));
+    match futures::future::select(future, timer).await {
+        futures::future::Either::Left((output, _)) => Some(output),
+        futures::future::Either::Right(_) => None,
     }
 }
 

@@ -301,6 +301,7 @@ mod tests {
                 brokers: 1,
                 api_versions: vec![(0, 0, 11), (1, 4, 12)],
                 versions: Versions {
+                    metadata: Some(9),
                     produce: 9,
                     fetch: 12,
                     init_producer_id: Some(4),

@@ -36,6 +36,9 @@ pub struct Versions {
     pub produce: i16,
     pub fetch: i16,
     pub init_producer_id: Option<i16>,
+    /// For finding partitions' new leaders during a run (absent from older results).
+    #[serde(default)]
+    pub metadata: Option<i16>,
 }
 
 /// What the broker told about itself.
@@ -68,6 +71,7 @@ pub fn prepare(bootstrap: &str, workload: &Workload) -> Result<Layout> {
         produce: client.version(ApiKey::Produce, (3, 9))?,
         fetch: client.version(ApiKey::Fetch, (4, 12))?,
         init_producer_id: client.version(ApiKey::InitProducerId, (0, 4)).ok(),
+        metadata: client.version(ApiKey::Metadata, (4, 12)).ok(),
     };
     if workload.idempotent && versions.init_producer_id.is_none() {
         return Err(BenchError::Broker(format!(
@@ -77,7 +81,7 @@ pub fn prepare(bootstrap: &str, workload: &Workload) -> Result<Layout> {
     let topics = workload.topic_names();
     let missing = missing_topics(&mut client, workload, &topics)?;
     if !missing.is_empty() {
-        create_topics(&mut client, workload, &missing)?;
+        create_topics_at_controller(&mut client, workload, &missing)?;
     }
     let deadline = Instant::now() + SETUP_TIMEOUT;
     loop {
@@ -126,6 +130,24 @@ fn missing_topics(
         }
     }
     Ok(missing)
+}
+
+/// Creates topics through the controller Metadata names (in a cluster, other brokers
+/// answer NOT_CONTROLLER); the broker at hand if it names none.
+fn create_topics_at_controller(
+    client: &mut Client,
+    workload: &Workload,
+    names: &[String],
+) -> Result<()> {
+    let metadata = metadata_of(client, &[]).map_err(BenchError::Broker)?;
+    let addresses = spate_net::client::lookup::broker_addresses(&metadata);
+    match addresses
+        .get(&metadata.controller_id.0)
+        .filter(|a| a.as_str() != client.address())
+    {
+        Some(address) => create_topics(&mut client.connect_like(address)?, workload, names),
+        None => create_topics(client, workload, names),
+    }
 }
 
 fn create_topics(client: &mut Client, workload: &Workload, names: &[String]) -> Result<()> {

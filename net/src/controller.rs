@@ -65,8 +65,9 @@ impl TopicOutcome {
 /// Validates a CreateTopics entry.
 /// `clustered`: in cluster mode any replication factor may be asked (the controller
 /// checks it against the registered brokers); a single broker has one replica.
-/// `internal`: the request may create a topic named `__...` (a broker creating one it
-/// needs; clients may not).
+/// `internal`: the request comes from a broker of the cluster, which may create
+/// `__consumer_offsets` (with its fixed configs, whatever the request says). No other
+/// `__` topic can be created.
 pub fn spec_from_request(
     topic: &CreatableTopic,
     default_partitions: i32,
@@ -76,7 +77,8 @@ pub fn spec_from_request(
     let name = topic.name.0.as_str().to_string();
     spate_engine::types::validate_topic_name(&name)
         .map_err(|e| (ResponseError::InvalidTopicException, e.to_string()))?;
-    if name.starts_with("__") && !internal {
+    let offsets_topic = internal && name == crate::group::OFFSETS_TOPIC;
+    if name.starts_with("__") && !offsets_topic {
         return Err((
             ResponseError::InvalidTopicException,
             "names starting with __ are reserved for internal topics".into(),
@@ -123,7 +125,11 @@ pub fn spec_from_request(
         .iter()
         .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
         .collect();
-    let overrides = topic_config::apply(&[], &ConfigChange::Replace(given))?;
+    let overrides = if offsets_topic {
+        crate::group::coordinator::offsets_topic_configs()
+    } else {
+        topic_config::apply(&[], &ConfigChange::Replace(given))?
+    };
     let config = topic_config::partition_config(&overrides)?;
     Ok(TopicSpec {
         name,

@@ -136,21 +136,36 @@ fn groups_of(client: &mut Client) -> Result<Vec<(String, String, String)>, Strin
         .collect())
 }
 
-/// Every broker's groups: each broker lists those it coordinates, as in Kafka.
+/// Every broker's groups: each broker lists those it coordinates, as in Kafka. A broker
+/// that cannot be asked is reported on standard error, and the others' groups are
+/// listed; if none can be, that is the error.
 fn list(args: &ClientArgs) -> Result<(), String> {
     let mut client = args.connect()?;
     let metadata = metadata_of(&mut client, &[])?;
     let mut groups = Vec::new();
-    for address in broker_addresses(&metadata).values() {
-        if address == client.address() {
-            groups.extend(groups_of(&mut client)?);
+    let mut failures = Vec::new();
+    let addresses = broker_addresses(&metadata);
+    for address in addresses.values() {
+        let listed = if address == client.address() {
+            groups_of(&mut client)
         } else {
-            let mut other = client.connect_like(address).map_err(|e| e.to_string())?;
-            groups.extend(groups_of(&mut other)?);
+            client
+                .connect_like(address)
+                .map_err(|e| e.to_string())
+                .and_then(|mut other| groups_of(&mut other))
+        };
+        match listed {
+            Ok(listed) => groups.extend(listed),
+            Err(why) => failures.push(why),
         }
     }
-    if metadata.brokers.is_empty() {
+    if addresses.is_empty() {
         groups.extend(groups_of(&mut client)?);
+    } else if failures.len() == addresses.len() {
+        return Err(failures.join("; "));
+    }
+    for why in &failures {
+        eprintln!("warning: groups left out: {why}");
     }
     groups.sort();
     match args.format {

@@ -1,5 +1,6 @@
-//! `spate serve` as a user runs it: start, answer, stop on SIGTERM with exit 0, and refuse
-//! bad settings with one clear line and nothing created.
+//! `spate serve` as a user runs it: start, answer, stop on SIGTERM with exit 0, refuse
+//! bad settings with one clear line and nothing created, and refuse a data directory
+//! another broker holds.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -64,6 +65,17 @@ fn serves_and_stops_cleanly_on_sigterm() {
     );
     // The data directory is free again: a second broker can take it.
     let child = start(&data, port, &[]);
+    // But not a third while the second runs: it is refused with one line.
+    let output = spate()
+        .args(["serve", "--shards", "1", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("is another broker using it?"), "{stderr}");
     assert_eq!(api_versions(port, 43), (43, 0));
     assert!(terminate(child).status.success());
 }

@@ -25,6 +25,8 @@ pub enum ReplicaCall {
         batch: BytesMut,
         acks: Acks,
         timeout: Duration,
+        /// Only while the replica leads in this epoch (`Replicator::write_in`).
+        epoch: Option<i32>,
     },
     /// OffsetForLeaderEpoch.
     EpochEnd { epoch: i32 },
@@ -72,8 +74,13 @@ pub async fn run_here(node: &Node, tp: &TopicPartition, call: ReplicaCall) -> Re
             batch,
             acks,
             timeout,
+            epoch,
         } => {
-            let written = cluster.replicator.write(&key, batch, acks, timeout).await;
+            let epoch = epoch.map(LeaderEpoch);
+            let written = cluster
+                .replicator
+                .write_in(&key, batch, acks, timeout, epoch)
+                .await;
             ReplicaAnswer::Written(written.map_err(failure))
         }
         ReplicaCall::EpochEnd { epoch } => {
@@ -86,18 +93,20 @@ pub async fn run_here(node: &Node, tp: &TopicPartition, call: ReplicaCall) -> Re
     }
 }
 
-/// Appends a client's batch through the partition's replica, answering per `acks`.
+/// Appends a client's batch through the partition's replica, answering per `acks`;
+/// with `epoch`, only if the replica leads in that epoch.
 pub async fn write(
     node: &Rc<Node>,
     tp: TopicPartition,
     batch: BytesMut,
-    acks: Acks,
-    timeout: Duration,
+    (acks, timeout): (Acks, Duration),
+    epoch: Option<i32>,
 ) -> Result<AppendInfo, Failure> {
     let call = ReplicaCall::Write {
         batch,
         acks,
         timeout,
+        epoch,
     };
     match node.replica_call(tp, call).await {
         Some(ReplicaAnswer::Written(written)) => written,

@@ -176,6 +176,11 @@ impl Coordinator {
     }
 }
 
+/// The leader epoch partition `partition`'s groups were loaded in, if they are loaded.
+fn loaded_epoch(coordinator: &Coordinator, partition: i32) -> Option<i32> {
+    coordinator.loaded.borrow().get(&partition).copied()
+}
+
 /// The partition count of `__consumer_offsets`: the topic's if it exists, else the
 /// count it will be created with.
 pub fn offsets_partitions(node: &Node) -> i32 {
@@ -185,6 +190,16 @@ pub fn offsets_partitions(node: &Node) -> i32 {
         .map_or(node.config.groups.offsets_partitions, |t| t.partitions)
 }
 
+/// The topic configs `__consumer_offsets` is created with, whoever asks.
+pub fn offsets_topic_configs() -> Vec<(String, String)> {
+    vec![
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+        // Until compaction exists, nothing may be deleted from it by age or size.
+        ("retention.ms".to_string(), "-1".to_string()),
+    ]
+}
+
 /// Creates `__consumer_offsets` if it does not exist yet, as Kafka does on the first
 /// FindCoordinator. In cluster mode it gets `offsets.topic.replication.factor`
 /// replicas, at most one per voter, and the controller creates it wherever asked.
@@ -192,12 +207,7 @@ pub async fn ensure_offsets_topic(node: &Rc<Node>) -> Result<(), ResponseError> 
     if node.catalog().topics.contains_key(OFFSETS_TOPIC) {
         return Ok(());
     }
-    let overrides = vec![
-        ("cleanup.policy".to_string(), "compact".to_string()),
-        ("segment.bytes".to_string(), (100u64 << 20).to_string()),
-        // Until compaction exists, nothing may be deleted from it by age or size.
-        ("retention.ms".to_string(), "-1".to_string()),
-    ];
+    let overrides = offsets_topic_configs();
     let config = crate::topic_config::partition_config(&overrides)
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     let spec = TopicSpec {
@@ -462,16 +472,17 @@ async fn commit(node: &Rc<Node>, group: &str, partition: i32, commit: CommitCall
             )
         })
         .collect();
-    if let Err(error) = append(node, partition, records).await {
+    let epoch = loaded_epoch(coordinator, partition);
+    if let Err(error) = append(node, (partition, epoch), records).await {
         for e in errors.iter_mut().filter(|e| e.is_none()) {
             *e = Some(error);
         }
         return GroupAnswer::Each(errors);
     }
-    // The commit is durable; if the partition moved to another leader meanwhile, that
-    // leader's replay holds it, and this broker must not keep a group it no longer
-    // coordinates.
-    if !coordinator.loaded.borrow().contains_key(&partition) {
+    // The commit is durable; if the partition's groups were dropped or reloaded
+    // meanwhile, the replay that reloaded them holds it (and a broker must not keep a
+    // group it no longer coordinates).
+    if loaded_epoch(coordinator, partition) != epoch {
         return GroupAnswer::Each(errors);
     }
     let mut groups = coordinator.groups.borrow_mut();
@@ -572,8 +583,12 @@ async fn delete(node: &Rc<Node>, group: &str, partition: i32) -> Option<Response
             .chain([(records::group_key(group), None)])
             .collect()
     };
-    if let Err(error) = append(node, partition, keys).await {
+    let epoch = loaded_epoch(&node.groups, partition);
+    if let Err(error) = append(node, (partition, epoch), keys).await {
         return Some(error);
+    }
+    if loaded_epoch(&node.groups, partition) != epoch {
+        return None;
     }
     let mut groups = node.groups.groups.borrow_mut();
     if let Some(mut g) = groups.remove(group) {
@@ -619,8 +634,12 @@ async fn offset_delete(
         .filter(|(_, e)| e.is_none())
         .map(|((topic, p), _)| (records::offset_key(group, topic, *p), None))
         .collect();
-    if let Err(error) = append(node, partition, tombstones).await {
+    let epoch = loaded_epoch(&node.groups, partition);
+    if let Err(error) = append(node, (partition, epoch), tombstones).await {
         return GroupAnswer::Error(Some(error));
+    }
+    if loaded_epoch(&node.groups, partition) != epoch {
+        return GroupAnswer::Each(errors);
     }
     let mut groups = node.groups.groups.borrow_mut();
     if let Some(g) = groups.get_mut(group) {
@@ -632,15 +651,21 @@ async fn offset_delete(
 }
 
 /// Appends records to `__consumer_offsets` partition `partition` and waits until they
-/// are durable.
+/// are durable (in cluster mode, committed). `epoch` is the leader epoch the caller's
+/// view of the groups was loaded in: the append is refused (NOT_COORDINATOR) unless the
+/// partition is still loaded in it, so a view taken before a failover is never written
+/// after one.
 async fn append(
     node: &Rc<Node>,
-    partition: i32,
+    (partition, epoch): (i32, Option<i32>),
     entries: Vec<(Bytes, Option<Bytes>)>,
 ) -> Result<(), ResponseError> {
     if entries.is_empty() {
         return Ok(());
     }
+    let Some(epoch) = epoch.filter(|e| loaded_epoch(&node.groups, partition) == Some(*e)) else {
+        return Err(ResponseError::NotCoordinator);
+    };
     ensure_offsets_topic(node).await?;
     let timestamp = now_ms();
     let batch: Vec<Record> = entries
@@ -674,7 +699,7 @@ async fn append(
     })?;
     let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
     if node.cluster().is_some() {
-        return append_replicated(node, tp, buf).await;
+        return append_replicated(node, tp, buf, epoch).await;
     }
     node.shard
         .append(tp, buf, LeaderEpoch(0), AckPolicy::Durable)
@@ -693,6 +718,7 @@ async fn append_replicated(
     node: &Rc<Node>,
     tp: TopicPartition,
     batch: BytesMut,
+    epoch: i32,
 ) -> Result<(), ResponseError> {
     let min_insync = node
         .catalog()
@@ -700,8 +726,8 @@ async fn append_replicated(
         .get(OFFSETS_TOPIC)
         .map_or(1, |t| TopicSettings::of(t).min_insync_replicas);
     let acks = Acks::Quorum { min_insync };
-    let written =
-        crate::cluster::replicated::write(node, tp.clone(), batch, acks, OFFSETS_COMMIT_TIMEOUT);
+    let limits = (acks, OFFSETS_COMMIT_TIMEOUT);
+    let written = crate::cluster::replicated::write(node, tp.clone(), batch, limits, Some(epoch));
     written.await.map(|_| ()).map_err(|(code, message)| {
         tracing::warn!(%tp, %message, "could not append to {OFFSETS_TOPIC}");
         match code {
@@ -714,7 +740,7 @@ async fn append_replicated(
 /// Appends the metadata of the groups that became Stable or Empty: `group` only (after a
 /// call, which changes no other group), or all of them (after the timers ran).
 async fn persist_changes(node: &Rc<Node>, group: Option<&str>) {
-    let changed: Vec<(i32, Bytes, Bytes)> = {
+    let changed: Vec<((i32, Option<i32>), Bytes, Bytes)> = {
         let partitions = offsets_partitions(node);
         let mut groups = node.groups.groups.borrow_mut();
         let candidates: Vec<&mut Group> = match group {
@@ -725,17 +751,18 @@ async fn persist_changes(node: &Rc<Node>, group: Option<&str>) {
             .into_iter()
             .filter_map(|g| g.take_changed().then_some(g))
             .map(|g| {
+                let partition = partition_for(&g.id, partitions);
                 (
-                    partition_for(&g.id, partitions),
+                    (partition, loaded_epoch(&node.groups, partition)),
                     records::group_key(&g.id),
                     records::group_value(g, now_ms()),
                 )
             })
             .collect()
     };
-    for (partition, key, value) in changed {
+    for (at, key, value) in changed {
         // A failure loses only the generation number at the next restart.
-        let _ = append(node, partition, vec![(key, Some(value))]).await;
+        let _ = append(node, at, vec![(key, Some(value))]).await;
     }
 }
 
@@ -794,8 +821,10 @@ async fn ensure_loaded(node: &Rc<Node>, partition: i32) -> Result<(), ResponseEr
 }
 
 /// In cluster mode, waits until this leader's commit index reaches the log end it found
-/// (its epoch marker included), so every record of earlier epochs is committed and the
-/// replay, which reads up to the high watermark, sees all of them.
+/// (its epoch marker included), so every record of earlier epochs is committed, and
+/// until its high watermark does too: the replay reads up to the high watermark, which
+/// also waits for this broker's own fsync (the followers' may complete the quorum
+/// first).
 async fn earlier_epochs_committed(
     node: &Node,
     partition: i32,
@@ -804,7 +833,8 @@ async fn earlier_epochs_committed(
     let Some(cluster) = node.cluster() else {
         return Ok(());
     };
-    let key = crate::cluster::key_of(&TopicPartition::new(OFFSETS_TOPIC, partition));
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    let key = crate::cluster::key_of(&tp);
     let me = Some(ReplicaId(cluster.me()));
     let started = Instant::now();
     let mut target = None;
@@ -816,7 +846,15 @@ async fn earlier_epochs_committed(
             .ok_or(ResponseError::NotCoordinator)?;
         let end = *target.get_or_insert(status.log_end);
         if status.commit >= end {
-            return Ok(());
+            let visible = node
+                .shard
+                .offsets(tp.clone())
+                .await
+                .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+                .high_watermark;
+            if visible >= end {
+                return Ok(());
+            }
         }
         if started.elapsed() >= LOAD_COMMIT_WAIT {
             return Err(ResponseError::CoordinatorLoadInProgress);
@@ -830,9 +868,9 @@ async fn earlier_epochs_committed(
 /// they look for the coordinator again.
 fn unload(node: &Node, partition: i32) {
     let coordinator = &node.groups;
-    if coordinator.loaded.borrow_mut().remove(&partition).is_none() {
-        return;
-    }
+    // Groups may be in memory without the partition counting as loaded (a replay that
+    // failed halfway, or lost the leadership meanwhile): they go too.
+    coordinator.loaded.borrow_mut().remove(&partition);
     let partitions = offsets_partitions(node);
     let mut groups = coordinator.groups.borrow_mut();
     groups.retain(|id, group| {
@@ -869,9 +907,13 @@ async fn ensure_all_loaded(node: &Rc<Node>) -> Result<(), ResponseError> {
     let me = node.shard.id();
     for partition in 0..partitions {
         let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
-        // In cluster mode, only the partitions this broker leads.
+        // In cluster mode, only the partitions this broker leads; one that cannot be
+        // loaded now (its leadership just moved, say) leaves its groups out of the list
+        // rather than failing it.
         if node.shard.owner(&tp) == me && leading_epoch(node, partition).is_ok() {
-            ensure_loaded(node, partition).await?;
+            if let Err(error) = ensure_loaded(node, partition).await {
+                tracing::debug!(%tp, ?error, "groups left out of a list");
+            }
         }
     }
     Ok(())
@@ -997,15 +1039,19 @@ pub async fn run_timers(node: Rc<Node>) {
 async fn expire_offsets(node: &Rc<Node>) {
     let cutoff = now_ms() - node.config.groups.offsets_retention.as_millis() as i64;
     let partitions = offsets_partitions(node);
-    // (group, its expired partitions, whether that is all of its offsets)
-    type Expired = (String, Vec<(String, i32)>, bool);
-    let expired: Vec<Expired> = node
+    let candidates: Vec<String> = node
         .groups
         .groups
         .borrow()
         .values()
         .filter(|g| g.state == GroupState::Empty)
-        .filter_map(|g| {
+        .map(|g| g.id.clone())
+        .collect();
+    for group in candidates {
+        let partition = partition_for(&group, partitions);
+        // Looked at just before its append (earlier appends may have waited): the
+        // group's expired offsets, and whether they are all of them.
+        let expired = node.groups.groups.borrow().get(&group).and_then(|g| {
             let old: Vec<(String, i32)> = g
                 .offsets
                 .iter()
@@ -1013,11 +1059,11 @@ async fn expire_offsets(node: &Rc<Node>) {
                 .map(|(k, _)| k.clone())
                 .collect();
             let emptied = old.len() == g.offsets.len();
-            (!old.is_empty()).then(|| (g.id.clone(), old, emptied))
-        })
-        .collect();
-    for (group, old, emptied) in expired {
-        let partition = partition_for(&group, partitions);
+            (g.state == GroupState::Empty && !old.is_empty()).then_some((old, emptied))
+        });
+        let Some((old, emptied)) = expired else {
+            continue;
+        };
         let mut tombstones: Vec<(Bytes, Option<Bytes>)> = old
             .iter()
             .map(|(topic, p)| (records::offset_key(&group, topic, *p), None))
@@ -1025,7 +1071,10 @@ async fn expire_offsets(node: &Rc<Node>) {
         if emptied {
             tombstones.push((records::group_key(&group), None));
         }
-        if append(node, partition, tombstones).await.is_err() {
+        let epoch = loaded_epoch(&node.groups, partition);
+        if append(node, (partition, epoch), tombstones).await.is_err()
+            || loaded_epoch(&node.groups, partition) != epoch
+        {
             continue;
         }
         let mut groups = node.groups.groups.borrow_mut();

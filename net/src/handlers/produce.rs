@@ -161,7 +161,7 @@ async fn replicated_append(
         _ => Acks::Leader,
     };
     let timeout = timeout.unwrap_or(Duration::ZERO);
-    crate::cluster::replicated::write(node, tp, batch, acks, timeout).await
+    crate::cluster::replicated::write(node, tp, batch, (acks, timeout), None).await
 }
 
 fn settings_of(node: &Node, tp: &TopicPartition) -> TopicSettings {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use glommio::sync::Semaphore;
-use spate_engine::{AckPolicy, AppendInfo, EngineError, Offset, PartitionLog};
+use spate_engine::{AckPolicy, AppendInfo, EngineError, LeaderEpoch, Offset, PartitionLog};
 
 use crate::epochs::EpochCache;
 use crate::limits::FETCH_RECORDS_MAX;
@@ -279,8 +279,8 @@ impl Replicator {
     pub fn epoch_end(
         &self,
         key: &PartitionKey,
-        epoch: spate_engine::LeaderEpoch,
-    ) -> Result<Option<(spate_engine::LeaderEpoch, Offset)>, DriverError> {
+        epoch: LeaderEpoch,
+    ) -> Result<Option<(LeaderEpoch, Offset)>, DriverError> {
         let partition = self.0.partition(key)?;
         let replica = partition.replica.borrow();
         Ok(replica.epochs().end_of(epoch, replica.log_end()))
@@ -326,6 +326,20 @@ impl Replicator {
         acks: Acks,
         timeout: Duration,
     ) -> Result<AppendInfo, DriverError> {
+        self.write_in(key, batch, acks, timeout, None).await
+    }
+
+    /// `write`, refused as `NotLeader` unless the replica leads in `epoch` (when given):
+    /// for a writer whose state belongs to one leadership, so that it never appends in
+    /// a later one (a broker that lost and regained leadership meanwhile).
+    pub async fn write_in(
+        &self,
+        key: &PartitionKey,
+        batch: BytesMut,
+        acks: Acks,
+        timeout: Duration,
+        epoch: Option<LeaderEpoch>,
+    ) -> Result<AppendInfo, DriverError> {
         let shared = &self.0;
         let partition = shared.partition(key)?;
         let (info, epoch) = {
@@ -337,7 +351,8 @@ impl Replicator {
             let epoch = {
                 let replica = partition.replica.borrow();
                 let stopped = shared.stopped.get() || partition.failed.get();
-                if stopped || !replica.is_leader() || replica.transferring() {
+                let other_epoch = epoch.is_some_and(|e| e != replica.epoch());
+                if stopped || !replica.is_leader() || replica.transferring() || other_epoch {
                     return Err(not_leader(&partition.key, replica.leader()));
                 }
                 if let Acks::Quorum { min_insync } = acks {
@@ -429,7 +444,7 @@ impl Shared {
         &self,
         partition: &Partition,
         last: Offset,
-        epoch: spate_engine::LeaderEpoch,
+        epoch: LeaderEpoch,
         timeout: Duration,
     ) -> Result<(), DriverError> {
         let deadline = Instant::now() + timeout;

@@ -37,8 +37,10 @@ commit. Afterwards, besides the producer's invariants:
                  coordinator's failover makes it rejoin), the first record it reads is at
                  or past every commit acknowledged before; and the group's committed
                  offset at the end is at least the last acknowledged one;
-  skipped        every acknowledged value below the consumer's final position was read;
-  stalled        a commit sent after the last fault is acknowledged.
+  skipped        every acknowledged value below the consumer's final position was read.
+
+The scenario itself fails unless, after each kill, a commit sent after the kill is
+acknowledged within COMMIT_TIMEOUT seconds.
 
 Each broker logs to WORKDIR/broker-N.log (appended across restarts); their tails are
 printed on failure. Every broker is killed when the script exits, however it exits.
@@ -520,7 +522,8 @@ class GroupReader:
         self.consumer.subscribe([TOPIC], on_assign=self._assigned)
         self.read = {}  # offset -> value
         self.position = None  # the offset after the last record read
-        self.acks = []  # (time acknowledged, committed offset)
+        self.acks = []  # (time the commit was sent, committed offset), for each acknowledged one
+        self.sent_at = {}  # committed offset -> when its commit was sent
         self.acked_max = -1
         self.commit_failures = collections.Counter()
         self.assignments = 0
@@ -534,11 +537,10 @@ class GroupReader:
         self.pending_resume = self.acked_max
 
     def _committed(self, error, partitions):
-        now = time.monotonic()
         for partition in partitions:
             failure = error or partition.error
             if failure is None:
-                self.acks.append((now, partition.offset))
+                self.acks.append((self.sent_at.get(partition.offset, 0.0), partition.offset))
                 self.acked_max = max(self.acked_max, partition.offset)
             else:
                 self.commit_failures[str(failure)] += 1
@@ -556,9 +558,26 @@ class GroupReader:
         if self.position is not None and self.position != self.sent_position and now - self.last_commit >= COMMIT_INTERVAL:
             self.consumer.commit(offsets=[TopicPartition(TOPIC, 0, self.position)], asynchronous=True)
             self.sent_position, self.last_commit = self.position, now
+            self.sent_at[self.position] = now
 
     def acked_since(self, moment):
-        return any(t > moment for t, _ in self.acks)
+        """Whether a commit sent after `moment` was acknowledged. (The send time, not the
+        time the acknowledgement was seen: a commit the killed coordinator acknowledged may
+        be reported only after the kill.)"""
+        return any(sent > moment for sent, _ in self.acks)
+
+    def commit_now(self, position):
+        """Commits `position` and waits for it, retrying what the coordinator may answer
+        while it settles (COORDINATOR_LOAD_IN_PROGRESS, say)."""
+        deadline = time.monotonic() + COMMIT_TIMEOUT
+        while True:
+            try:
+                self.consumer.commit(offsets=[TopicPartition(TOPIC, 0, position)], asynchronous=False)
+                return
+            except KafkaException as e:
+                if time.monotonic() > deadline:
+                    fail(f"committing {position} for group {GROUP}: {e}")
+                time.sleep(0.2)
 
     def committed(self):
         """The group's committed offset of the partition, asked of its coordinator."""
@@ -708,9 +727,9 @@ def group_failover(cluster):
     reader = cluster.reader = GroupReader(cluster.bootstrap)
     for _ in range(GROUP_ROUNDS):
         coordinator = cluster.wait_for(f"a coordinator for group {GROUP}", LEADER_TIMEOUT, cluster.coordinator)
-        committed_before = len(reader.acks)
+        named_at = time.monotonic()
         cluster.wait_for("a commit acknowledged by that coordinator", COMMIT_TIMEOUT,
-                         lambda: True if len(reader.acks) > committed_before else None)
+                         lambda: True if reader.acked_since(named_at) else None)
         cluster.kill([coordinator])
         cluster.fault()
         killed_at = time.monotonic()
@@ -732,7 +751,7 @@ def group_check(cluster, workload):
     cluster.wait_for("the group's consumer reading every acknowledged record", READ_TIMEOUT,
                      lambda: True if reader.position is not None and reader.position >= end else None)
     final = reader.position
-    reader.consumer.commit(offsets=[TopicPartition(TOPIC, 0, final)], asynchronous=False)
+    reader.commit_now(final)
     committed = reader.committed()
     reader.consumer.close()
     event(f"group {GROUP}: committed {committed}; failed commits: {dict(reader.commit_failures)}")
