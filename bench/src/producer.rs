@@ -27,7 +27,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
-use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
@@ -35,7 +34,7 @@ use kafka_protocol::messages::{ProduceResponse, ProducerId};
 use kafka_protocol::ResponseError;
 use spate_engine::batch::{BatchBuilder, ProducerFields};
 use spate_net::client::errors::{error_of, kafka_name};
-use spate_net::client::lookup::{broker_addresses, name_of, topic_name};
+use spate_net::client::lookup::{broker_addresses, metadata_request, name_of, topic_name};
 use spate_net::client::partitioner::keyed_partition;
 
 use crate::conn::Conn;
@@ -459,14 +458,7 @@ impl Producer {
         };
         let topics: std::collections::BTreeSet<String> =
             self.stale.borrow().iter().map(|(t, _)| t.clone()).collect();
-        let request = MetadataRequest::default()
-            .with_allow_auto_topic_creation(false)
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t))))
-                    .collect(),
-            ));
+        let request = metadata_request(&topics);
         // Any broker that answers will do: the old leader may be the one that is gone.
         let mut metadata = None;
         for leader in 0..self.leaders.len() {

@@ -147,16 +147,22 @@ pub fn metadata_of(client: &mut Client, topics: &[String]) -> Result<MetadataRes
         .version(ApiKey::Metadata, (1, 9))
         .map_err(|e| e.to_string())?;
     let version = version.max(4);
-    // Looking a topic up must not create it (the default from v4).
-    let request = MetadataRequest::default()
+    client
+        .send(version, &metadata_request(topics))
+        .map_err(|e| e.to_string())
+}
+
+/// A Metadata request (v4 or later) for `topics`, asked so that it creates none of them
+/// (the default from v4).
+pub fn metadata_request<S: AsRef<str>>(topics: impl IntoIterator<Item = S>) -> MetadataRequest {
+    MetadataRequest::default()
         .with_allow_auto_topic_creation(false)
         .with_topics(Some(
             topics
-                .iter()
-                .map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t))))
+                .into_iter()
+                .map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t.as_ref()))))
                 .collect(),
-        ));
-    client.send(version, &request).map_err(|e| e.to_string())
+        ))
 }
 
 /// A Metadata topic's name ("" if the broker left it out).
