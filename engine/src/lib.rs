@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod cache;
 pub mod catalog;
+pub mod compact;
 pub mod compression;
 pub mod config;
 pub mod error;
@@ -38,8 +39,8 @@ pub mod types;
 pub use config::{AckPolicy, PartitionConfig};
 pub use error::{BatchError, EngineError, Result};
 pub use log::{
-    AppendInfo, LogOffsets, LogStats, PartitionLog, ReadChunk, ReadResult, ShardResources,
-    ValidBatch,
+    AppendInfo, CompactionOutcome, CompactionSettings, LogOffsets, LogStats, PartitionLog,
+    ReadChunk, ReadResult, ShardResources, SwapStep, ValidBatch,
 };
 pub use shard::{EngineConfig, Shard, ShardSet};
 pub use types::{LeaderEpoch, Offset, PartitionId, ShardId, Timestamp, TopicPartition};

@@ -104,6 +104,11 @@ pub const INDEX_INTERVAL_BYTES: u32 = 4096;
 /// it (exact timestamp lookups). Transient, one batch per request at a time; a batch
 /// inflating further is answered from its base offset instead.
 pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The cleaner reads and writes segments in steps of this many bytes.
+pub const COMPACTION_IO_BYTES: usize = 1024 * 1024;
+/// Bytes a cleaning pass's key map may take (each key's bytes plus about 48): a
+/// partition with more distinct keys is cleaned in part, oldest segments first.
+pub const COMPACTION_KEY_MAP_BYTES: usize = 64 * 1024 * 1024;
 
 /// A flush cycle's write or sync stage taking at least this long is logged (with its
 /// bytes and whether it preallocated): acks=all latency is bounded below by it.

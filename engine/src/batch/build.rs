@@ -167,11 +167,22 @@ pub fn for_each_record<'a>(
     count: i32,
     mut f: impl FnMut(RecordView<'a>),
 ) -> Result<(), BatchError> {
+    for_each_record_at(records, count, |_, record| f(record)).map(|_| ())
+}
+
+/// `for_each_record`, with each record's byte range in `records` (its length varint
+/// included); returns where the last record ends.
+pub(crate) fn for_each_record_at<'a>(
+    records: &'a [u8],
+    count: i32,
+    mut f: impl FnMut(std::ops::Range<usize>, RecordView<'a>),
+) -> Result<usize, BatchError> {
     let malformed = |reason: &str| BatchError::MalformedRecords {
         reason: reason.into(),
     };
     let mut at = 0;
     for _ in 0..count {
+        let start = at;
         let length =
             read_varint(records, &mut at).ok_or_else(|| malformed("truncated record length"))?;
         let end = usize::try_from(length)
@@ -187,15 +198,18 @@ pub fn for_each_record<'a>(
             read_varint(record, &mut at).ok_or_else(|| malformed("truncated offset delta"))?;
         let key = read_bytes(record, &mut at).ok_or_else(|| malformed("truncated key"))?;
         let value = read_bytes(record, &mut at).ok_or_else(|| malformed("truncated value"))?;
-        f(RecordView {
-            offset_delta,
-            timestamp_delta,
-            key,
-            value,
-        });
+        f(
+            start..end,
+            RecordView {
+                offset_delta,
+                timestamp_delta,
+                key,
+                value,
+            },
+        );
         at = end;
     }
-    Ok(())
+    Ok(at)
 }
 
 /// A varint-length byte string at `*at` (-1 is null), advancing `*at`.

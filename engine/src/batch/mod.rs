@@ -25,6 +25,7 @@
 
 mod build;
 
+pub(crate) use build::for_each_record_at;
 pub use build::{for_each_record, BatchBuilder, ProducerFields, RecordView};
 
 use crate::error::BatchError;

@@ -15,6 +15,7 @@
 //! partition's flusher (group commit, see `flush`). A storage failure takes the partition
 //! offline through `Inner::fail`, the one place that does so.
 
+mod compact;
 mod flush;
 pub(crate) mod open;
 mod read;
@@ -43,6 +44,7 @@ use crate::producers::{ProducerStates, Verdict};
 use crate::segment::Segment;
 use crate::types::{LeaderEpoch, Offset, ShardId, Timestamp, TopicPartition};
 
+pub use compact::{CompactionOutcome, CompactionSettings, SwapStep};
 pub use read::{ReadChunk, ReadResult};
 pub use replica::{ReplicaRead, ValidBatch};
 pub use retention::RetentionOutcome;
@@ -135,6 +137,8 @@ pub(crate) struct LogState {
     commit: Offset,
     /// A truncation is cutting files: retention and `delete_records` wait their turn.
     truncating: bool,
+    /// A cleaning pass is rewriting sealed segments: retention waits its turn.
+    cleaning: bool,
     leader_epoch: LeaderEpoch,
     /// Bytes staged since the last flush cycle took them.
     staged_bytes: usize,

@@ -24,7 +24,7 @@ use glommio::channels::local_channel;
 use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 
-use super::{flush, scan, Inner, LogState, PartitionLog, ShardResources};
+use super::{compact, flush, scan, Inner, LogState, PartitionLog, ShardResources};
 use crate::cache::TailCache;
 use crate::config::PartitionConfig;
 use crate::error::{EngineError, Result};
@@ -182,6 +182,7 @@ impl PartitionLog {
             high_watermark: log_end,
             replicated: false,
             truncating: false,
+            cleaning: false,
             commit: Offset::ZERO,
             leader_epoch: recovered.checkpoint.leader_epoch,
             staged_bytes: 0,
@@ -343,15 +344,26 @@ pub(super) async fn write_checkpoint(dir: &Path, checkpoint: &RecoveryCheckpoint
     .await
 }
 
-/// Lists `<20 digits>.log` files by base offset, removing leftover temporaries.
+/// Lists `<20 digits>.log` files by base offset, removing leftover temporaries and
+/// cleaned segments never committed, and finishing the swaps of committed ones.
 async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
     let mut logs = Vec::new();
+    let mut swaps = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io("list directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| EngineError::io("list directory", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
+        if name.ends_with(".tmp") || name.ends_with(compact::CLEANED_SUFFIX) {
             file::remove(&entry.path()).await?;
+        } else if let Some(stem) = name.strip_suffix(compact::SWAP_SUFFIX) {
+            match stem.parse::<i64>() {
+                Ok(base) if stem.len() == 20 && (0..i64::MAX / 2).contains(&base) => {
+                    swaps.push((Offset(base), entry.path()))
+                }
+                _ => {
+                    tracing::warn!(file = %entry.path().display(), "ignoring a swap file whose name is not a valid base offset")
+                }
+            }
         } else if let Some(stem) = name.strip_suffix(".log") {
             if stem.len() == 20 {
                 // Base offsets near i64::MAX would overflow offset arithmetic; no real log
@@ -367,8 +379,52 @@ async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
             }
         }
     }
+    swaps.sort();
+    for (base, path) in swaps {
+        finish_swap(dir, base, &path, &mut logs).await?;
+    }
     logs.sort();
     Ok(logs)
+}
+
+/// Finishes a cleaning pass's swap that a crash interrupted after its commit point: the
+/// segments whose bases lie in the swap's offsets go, and the swap takes its place (its
+/// indexes are rebuilt when it is loaded).
+async fn finish_swap(
+    dir: &Path,
+    base: Offset,
+    swap: &Path,
+    logs: &mut Vec<(Offset, PathBuf)>,
+) -> Result<()> {
+    let dma = file::open_dma(swap, false).await?;
+    let size = dma
+        .file_size()
+        .await
+        .map_err(|e| EngineError::glommio("stat", swap, e))?;
+    let mut next = base;
+    scan::headers(&dma, swap, 0, size, |_, header| {
+        next = header.last_offset().next();
+        std::ops::ControlFlow::Continue(())
+    })
+    .await?;
+    let replaced: Vec<Offset> = logs
+        .iter()
+        .map(|(b, _)| *b)
+        .filter(|b| (base..next).contains(b))
+        .chain([base])
+        .collect();
+    for old in &replaced {
+        for ext in ["log", "index", "timeindex"] {
+            file::remove(&file::segment_path(dir, old.0, ext)).await?;
+        }
+    }
+    logs.retain(|(b, _)| !(base..next).contains(b));
+    let final_path = file::segment_path(dir, base.0, "log");
+    std::fs::rename(swap, &final_path).map_err(|e| EngineError::io("rename", swap, e))?;
+    file::sync_dir(dir).await?;
+    tracing::info!(dir = %dir.display(), base_offset = base.0, next_offset = next.0, "finished a cleaned segment's swap after a crash");
+    logs.push((base, final_path));
+    Ok(())
 }
 
 async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {

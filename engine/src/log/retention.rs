@@ -62,8 +62,8 @@ impl PartitionLog {
         let removed: Vec<Segment> = {
             let mut st = inner.state.borrow_mut();
             st.usable(&inner.tp)?;
-            if st.truncating {
-                // A truncation is deleting and cutting segments; the next pass runs.
+            if st.truncating || st.cleaning {
+                // A truncation or a cleaning pass is replacing segments; the next pass runs.
                 return Ok(RetentionOutcome::default());
             }
             let config = st.config().clone();

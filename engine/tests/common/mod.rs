@@ -103,3 +103,53 @@ pub fn small_segments(bytes: u64) -> PartitionConfig {
     c.set("segment.bytes", &bytes.to_string()).unwrap();
     c
 }
+
+/// (offset, key, value) of every record of some stored batches, in order.
+pub type Records = Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)>;
+
+pub fn records_of(batches: &[Vec<u8>]) -> Records {
+    let mut out = Vec::new();
+    for bytes in batches {
+        let header = batch::verify_stored(bytes).expect("a stored batch");
+        let section = spate_engine::compact::records_section(
+            bytes,
+            spate_engine::limits::DECOMPRESSED_BATCH_BYTES_MAX,
+        )
+        .expect("readable records");
+        spate_engine::compact::each_record(&header, &section, |r| {
+            out.push((
+                r.offset.0,
+                r.key.map(<[u8]>::to_vec),
+                r.value.map(<[u8]>::to_vec),
+            ));
+        })
+        .expect("well-formed records");
+    }
+    out
+}
+
+/// What a reader from the beginning ends with: each key's last value, tombstones deleting.
+pub fn table(records: &Records) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut map = std::collections::BTreeMap::new();
+    for (_, key, value) in records {
+        match (key, value) {
+            (Some(k), Some(v)) => {
+                map.insert(k.clone(), v.clone());
+            }
+            (Some(k), None) => {
+                map.remove(k);
+            }
+            (None, _) => {}
+        }
+    }
+    map
+}
+
+/// Every codec a batch may carry.
+pub const CODECS: [batch::Compression; 5] = [
+    batch::Compression::None,
+    batch::Compression::Gzip,
+    batch::Compression::Snappy,
+    batch::Compression::Lz4,
+    batch::Compression::Zstd,
+];

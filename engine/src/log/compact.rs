@@ -1,0 +1,563 @@
+//! One cleaning pass of a compacted partition (`PartitionLog::compact`): the sealed
+//! segments below the active one and the high watermark are read twice, once to note
+//! each key's latest offset (`compact::KeyMap`, within a byte budget) and once to rewrite
+//! them with only the records that survive (`compact::clean_batch`), neighbours merged
+//! while the result fits in `segment.bytes`.
+//!
+//! A run of batches removed whole becomes one empty filler batch, so batches still follow
+//! each other without gaps and a segment still ends where the next begins.
+//!
+//! Each output segment replaces its inputs in an order that a crash at any step leaves
+//! either the old segments or the new one, never a mix:
+//! 1. the new log is written to `<base>.log.cleaned` and fsynced (a crash: recovery
+//!    deletes `.cleaned` files);
+//! 2. it is renamed to `<base>.log.swap` and the directory fsynced: the commit point
+//!    (a crash: recovery finishes the swap: it deletes every segment whose base lies in
+//!    the swap's offsets, then renames the swap);
+//! 3. the segments are replaced in memory; readers holding the old files keep reading
+//!    them, new reads find the new segment;
+//! 4. the old segments' files are deleted;
+//! 5. the swap is renamed to `<base>.log`, its indexes written, the directory fsynced.
+//!
+//! Output segments are swapped one at a time from the oldest, so a crash between two
+//! leaves the older ones cleaned and the younger ones not. That is a correct log: a
+//! tombstone is removed only where the records it deleted are older, and those were in
+//! segments already swapped.
+//!
+//! Retention skips the partition while a pass runs (`LogState::cleaning`); truncation
+//! never reaches below the high watermark, where cleaning stays.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::io::DmaFile;
+
+use super::PartitionLog;
+use crate::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::compact::{self, Cleaned, KeyMap, RecordRef};
+use crate::error::{EngineError, Result};
+use crate::file;
+use crate::index::SegmentIndex;
+use crate::limits::{COMPACTION_IO_BYTES, DECOMPRESSED_BATCH_BYTES_MAX};
+use crate::segment::Segment;
+use crate::types::{Offset, Timestamp};
+
+/// Suffix of a cleaned log not yet committed, and of one committed but not yet in place.
+pub(crate) const CLEANED_SUFFIX: &str = ".log.cleaned";
+pub(crate) const SWAP_SUFFIX: &str = ".log.swap";
+
+/// How a cleaning pass treats records (Kafka's topic configs of the same names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionSettings {
+    /// `delete.retention.ms`: a tombstone stays at least this long after its segment was
+    /// last written (sealed or cleaned), so consumers behind can see the delete.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: a segment whose newest record is younger is not cleaned.
+    pub min_compaction_lag_ms: i64,
+    /// Bytes the pass's key map may take; a log with more keys is cleaned in part.
+    pub key_map_bytes: usize,
+    /// Tests only: stop after this step of the first swap, as a crash would.
+    pub stop_after: Option<SwapStep>,
+}
+
+/// The steps of a swap (see the module doc), for crash tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SwapStep {
+    Written,
+    Committed,
+    OldDeleted,
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionOutcome {
+    pub segments_in: usize,
+    pub segments_out: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub records_removed: u64,
+    /// True if a test's `stop_after` ended the pass midway.
+    pub stopped: bool,
+}
+
+/// A sealed segment picked for cleaning.
+#[derive(Clone, Debug)]
+struct Input {
+    base: Offset,
+    next: Offset,
+    size: u64,
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    /// Milliseconds since the epoch when its file was last written.
+    written_ms: i64,
+}
+
+/// Clears `LogState::cleaning` however the pass ends.
+struct Cleaning<'a>(&'a PartitionLog);
+
+impl Drop for Cleaning<'_> {
+    fn drop(&mut self) {
+        self.0 .0.state.borrow_mut().cleaning = false;
+    }
+}
+
+impl PartitionLog {
+    /// Runs one cleaning pass over the sealed segments below the high watermark.
+    pub async fn compact(
+        &self,
+        settings: &CompactionSettings,
+        now: Timestamp,
+    ) -> Result<CompactionOutcome> {
+        let Some(inputs) = self.pick(settings, now)? else {
+            return Ok(CompactionOutcome::default());
+        };
+        let _cleaning = Cleaning(self);
+        let (keys, inputs) = self.note_keys(inputs, settings.key_map_bytes).await?;
+        if inputs.is_empty() {
+            return Ok(CompactionOutcome::default());
+        }
+        let segment_bytes = self.0.state.borrow().config().segment_bytes;
+        let mut outcome = CompactionOutcome::default();
+        for group in groups(&inputs, segment_bytes) {
+            let stopped = self
+                .clean_group(group, &keys, settings, now, &mut outcome)
+                .await?;
+            if stopped {
+                outcome.stopped = true;
+                break;
+            }
+        }
+        tracing::info!(partition = %self.0.tp, ?outcome, "cleaned");
+        Ok(outcome)
+    }
+
+    /// The segments a pass may clean, oldest first; `None` if none (or the partition is
+    /// busy). Marks the partition as being cleaned.
+    fn pick(&self, settings: &CompactionSettings, now: Timestamp) -> Result<Option<Vec<Input>>> {
+        let inner = &self.0;
+        let mut st = inner.state.borrow_mut();
+        st.usable(&inner.tp)?;
+        if st.truncating || st.cleaning {
+            return Ok(None);
+        }
+        let active = st.active().base_offset;
+        let mut inputs = Vec::new();
+        for segment in st.segments.values() {
+            let cleanable = segment.sealed
+                && segment.base_offset != active
+                && segment.next_offset <= st.high_watermark
+                && !segment.is_empty();
+            let lagging = segment.max_timestamp != Timestamp::NONE
+                && now.0.saturating_sub(segment.max_timestamp.0) < settings.min_compaction_lag_ms;
+            if !cleanable || lagging {
+                break;
+            }
+            inputs.push(Input {
+                base: segment.base_offset,
+                next: segment.next_offset,
+                size: segment.size,
+                file: segment.file.clone(),
+                path: segment.log_path.clone(),
+                written_ms: modified_ms(&segment.log_path),
+            });
+        }
+        if inputs.is_empty() {
+            return Ok(None);
+        }
+        st.cleaning = true;
+        Ok(Some(inputs))
+    }
+
+    /// Notes every key's latest offset; returns the map and the inputs it covers whole
+    /// (all of them, unless the map filled up).
+    async fn note_keys(&self, inputs: Vec<Input>, budget: usize) -> Result<(KeyMap, Vec<Input>)> {
+        let mut keys = KeyMap::new(budget);
+        let mut covered = 0;
+        'segments: for input in &inputs {
+            let mut full = false;
+            let mut batches = Batches::new(input);
+            while let Some((bytes, header)) = batches.next().await? {
+                if header.is_control() {
+                    continue;
+                }
+                let section = compact::records_section(bytes, DECOMPRESSED_BATCH_BYTES_MAX)?;
+                compact::each_record(&header, &section, |record| {
+                    if let Some(key) = record.key {
+                        full |= !full && !keys.insert(key, record.offset);
+                    }
+                })?;
+                if full {
+                    break;
+                }
+            }
+            if full {
+                tracing::warn!(partition = %self.0.tp, base_offset = input.base.0, keys = keys.len(),
+                    "the cleaner's key map is full: cleaning the segments before this one");
+                break 'segments;
+            }
+            covered += 1;
+        }
+        let mut inputs = inputs;
+        inputs.truncate(covered);
+        Ok((keys, inputs))
+    }
+
+    /// Rewrites one group of neighbouring segments into one and swaps it in; returns true
+    /// if a test's `stop_after` stopped it.
+    async fn clean_group(
+        &self,
+        group: &[Input],
+        keys: &KeyMap,
+        settings: &CompactionSettings,
+        now: Timestamp,
+        outcome: &mut CompactionOutcome,
+    ) -> Result<bool> {
+        let inner = &self.0;
+        let base = group[0].base;
+        let cleaned_path = inner.dir.join(format!("{:020}{CLEANED_SUFFIX}", base.0));
+        let interval = inner.state.borrow().config().index_interval_bytes;
+        let mut out = Output::create(&cleaned_path, base, interval).await?;
+        for input in group {
+            let tombstones_expire =
+                now.0.saturating_sub(input.written_ms) > settings.delete_retention_ms;
+            let keep = |record: &RecordRef<'_>| match record.key {
+                None => true,
+                Some(key) => {
+                    keys.latest(key)
+                        .is_none_or(|latest| latest <= record.offset)
+                        && !(record.is_tombstone() && tombstones_expire)
+                }
+            };
+            let mut batches = Batches::new(input);
+            while let Some((bytes, header)) = batches.next().await? {
+                let cleaned = compact::clean_batch(bytes, DECOMPRESSED_BATCH_BYTES_MAX, keep)?;
+                outcome.records_removed += removed_records(&header, &cleaned);
+                match cleaned {
+                    Cleaned::Kept => out.push(bytes).await?,
+                    Cleaned::Rewritten(new) => out.push(&new).await?,
+                    Cleaned::Removed => out.skip(&header),
+                }
+                glommio::yield_if_needed().await;
+            }
+            outcome.segments_in += 1;
+            outcome.bytes_in += input.size;
+        }
+        let written = out.finish().await?;
+        assert_eq!(
+            written.next,
+            group.last().expect("a group has a segment").next,
+            "a cleaned segment ends where its inputs ended"
+        );
+        outcome.segments_out += 1;
+        outcome.bytes_out += written.size;
+        if settings.stop_after == Some(SwapStep::Written) {
+            return Ok(true);
+        }
+        self.swap(group, written, settings.stop_after).await
+    }
+
+    /// Steps 2 to 5 of the module doc; returns true if stopped midway by a test.
+    async fn swap(
+        &self,
+        group: &[Input],
+        written: Written,
+        stop: Option<SwapStep>,
+    ) -> Result<bool> {
+        let inner = &self.0;
+        let base = group[0].base;
+        let swap_path = inner.dir.join(format!("{:020}{SWAP_SUFFIX}", base.0));
+        let final_path = file::segment_path(&inner.dir, base.0, "log");
+        rename(&written.path, &swap_path)?;
+        file::sync_dir(&inner.dir).await?;
+        if stop == Some(SwapStep::Committed) {
+            return Ok(true);
+        }
+        let segment = Segment {
+            base_offset: base,
+            next_offset: written.next,
+            log_path: final_path.clone(),
+            file: Rc::new(file::open_dma(&swap_path, false).await?),
+            reader: Arc::new(file::open_reader(&swap_path)?),
+            size: written.size,
+            durable: written.size,
+            allocated: written.size,
+            max_timestamp: written.max_timestamp.0,
+            max_timestamp_offset: written.max_timestamp.1,
+            index: written.index,
+            first_append_at: None,
+            staging: None,
+            sealed: true,
+        };
+        {
+            let mut st = inner.state.borrow_mut();
+            for input in group {
+                let old = st
+                    .segments
+                    .remove(&input.base)
+                    .expect("segments being cleaned stay while the pass runs");
+                assert_eq!(
+                    old.next_offset, input.next,
+                    "a segment being cleaned is unchanged"
+                );
+            }
+            st.segments.insert(base, segment);
+            // The tail cache may hold the old batches; reads below go to the new file.
+            st.cache.evict_below(written.next);
+            st.check_invariants();
+        }
+        for input in group {
+            for path in input_paths(&inner.dir, input.base) {
+                file::remove(&path).await?;
+            }
+        }
+        if stop == Some(SwapStep::OldDeleted) {
+            return Ok(true);
+        }
+        rename(&swap_path, &final_path)?;
+        let index = self.0.state.borrow().segments[&base].index.clone();
+        write_indexes(&inner.dir, &index).await?;
+        file::sync_dir(&inner.dir).await?;
+        Ok(false)
+    }
+}
+
+/// The files of the segment based at `base`.
+fn input_paths(dir: &Path, base: Offset) -> [PathBuf; 3] {
+    ["log", "index", "timeindex"].map(|ext| file::segment_path(dir, base.0, ext))
+}
+
+async fn write_indexes(dir: &Path, index: &SegmentIndex) -> Result<()> {
+    let base = index.base_offset().0;
+    file::write_atomic(dir, &format!("{base:020}.index"), &index.encode_offsets()).await?;
+    file::write_atomic(dir, &format!("{base:020}.timeindex"), &index.encode_times()).await
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| EngineError::io("rename", from, e))
+}
+
+/// When `path` was last written, in ms since the epoch (0 if unknown: its tombstones are
+/// then old enough to go).
+fn modified_ms(path: &Path) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Records a cleaning removed from one batch.
+fn removed_records(header: &BatchHeader, cleaned: &Cleaned) -> u64 {
+    let before = u64::try_from(header.record_count).unwrap_or(0);
+    let after = match cleaned {
+        Cleaned::Kept => before,
+        Cleaned::Rewritten(new) => {
+            BatchHeader::parse(new).map_or(0, |h| u64::try_from(h.record_count).unwrap_or(0))
+        }
+        Cleaned::Removed => 0,
+    };
+    before - after
+}
+
+/// Neighbouring inputs merged while their sizes add up to at most `segment_bytes` (a
+/// cleaned segment is never larger than its inputs) and their offsets fit the index's
+/// u32 relative offsets.
+fn groups(inputs: &[Input], segment_bytes: u64) -> Vec<&[Input]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, input) in inputs.iter().enumerate() {
+        let span = input.next.0 - inputs[start].base.0;
+        if i > start && (bytes + input.size > segment_bytes || span > i64::from(u32::MAX)) {
+            out.push(&inputs[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += input.size;
+    }
+    out.push(&inputs[start..]);
+    out
+}
+
+/// The batches of an input segment, read in windows of `COMPACTION_IO_BYTES`.
+struct Batches<'a> {
+    input: &'a Input,
+    position: u64,
+    window: Vec<u8>,
+    window_start: u64,
+}
+
+impl<'a> Batches<'a> {
+    fn new(input: &'a Input) -> Batches<'a> {
+        Batches {
+            input,
+            position: 0,
+            window: Vec::new(),
+            window_start: 0,
+        }
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> EngineError {
+        EngineError::CorruptSegment {
+            path: self.input.path.clone(),
+            position: self.position,
+            reason: reason.into(),
+        }
+    }
+
+    /// The next batch and its header; `None` at the end of the segment.
+    async fn next(&mut self) -> Result<Option<(&[u8], BatchHeader)>> {
+        let remaining = self.input.size - self.position;
+        if remaining == 0 {
+            return Ok(None);
+        }
+        let mut size = HEADER_BYTES;
+        for _ in 0..2 {
+            let at = (self.position - self.window_start) as usize;
+            let present = self.window.len().saturating_sub(at);
+            if self.position < self.window_start || present < size {
+                let len = COMPACTION_IO_BYTES.max(size) as u64;
+                let len = len.min(remaining) as usize;
+                self.window =
+                    file::read_at(&self.input.file, &self.input.path, self.position, len).await?;
+                self.window_start = self.position;
+            }
+            let header =
+                BatchHeader::parse(&self.window[(self.position - self.window_start) as usize..])
+                    .map_err(|e| self.corrupt(e.to_string()))?;
+            if (header.size as u64) > remaining {
+                return Err(self.corrupt("a batch runs past the end of the file"));
+            }
+            size = header.size;
+            let at = (self.position - self.window_start) as usize;
+            if self.window.len() >= at + size {
+                let header = batch::verify_stored(&self.window[at..at + size])
+                    .map_err(|e| self.corrupt(e.to_string()))?;
+                self.position += size as u64;
+                return Ok(Some((&self.window[at..at + size], header)));
+            }
+        }
+        Err(self.corrupt("a batch could not be read whole"))
+    }
+}
+
+/// A cleaned segment as written.
+struct Written {
+    path: PathBuf,
+    next: Offset,
+    size: u64,
+    index: SegmentIndex,
+    max_timestamp: (Timestamp, Offset),
+}
+
+/// A cleaned segment being written: batches are buffered and written in aligned
+/// `COMPACTION_IO_BYTES` steps; a run of removed batches becomes one filler batch.
+struct Output {
+    path: PathBuf,
+    file: DmaFile,
+    buffer: Vec<u8>,
+    written: u64,
+    size: u64,
+    next: Offset,
+    index: SegmentIndex,
+    /// The newest timestamp written and the batch holding it.
+    max_timestamp: (Timestamp, Offset),
+    /// The removed run not yet written: (first offset, last offset, epoch, max timestamp).
+    removed: Option<(Offset, Offset, i32, i64)>,
+}
+
+impl Output {
+    async fn create(path: &Path, base: Offset, interval: u32) -> Result<Output> {
+        let file = file::open_dma(path, true).await?;
+        file.truncate(0)
+            .await
+            .map_err(|e| EngineError::glommio("truncate", path, e))?;
+        Ok(Output {
+            path: path.to_path_buf(),
+            file,
+            buffer: Vec::new(),
+            written: 0,
+            size: 0,
+            next: base,
+            index: SegmentIndex::new(base, interval),
+            max_timestamp: (Timestamp::NONE, base),
+            removed: None,
+        })
+    }
+
+    /// Notes a batch removed whole.
+    fn skip(&mut self, header: &BatchHeader) {
+        let last = header.last_offset();
+        let max = header.max_timestamp.0;
+        self.removed = Some(match self.removed {
+            Some((first, _, _, ts)) => (first, last, header.leader_epoch.0, ts.max(max)),
+            None => (header.base_offset, last, header.leader_epoch.0, max),
+        });
+    }
+
+    async fn push(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some((first, last, epoch, max)) = self.removed.take() {
+            let filler = compact::filler_batch(first, last, epoch, max);
+            self.append(&filler).await?;
+        }
+        self.append(bytes).await
+    }
+
+    async fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let header = batch::verify_stored(bytes).expect("cleaned batches are valid");
+        assert_eq!(header.base_offset, self.next, "batches follow each other");
+        let position = u32::try_from(self.size).expect("a cleaned segment fits in u32 bytes");
+        self.index.on_append(
+            header.base_offset,
+            position,
+            header.size as u32,
+            header.max_timestamp,
+        );
+        if header.max_timestamp > self.max_timestamp.0 {
+            self.max_timestamp = (header.max_timestamp, header.base_offset);
+        }
+        self.next = header.last_offset().next();
+        self.size += bytes.len() as u64;
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= COMPACTION_IO_BYTES {
+            let aligned = file::align_down(self.buffer.len() as u64) as usize;
+            file::write_padded(
+                &self.file,
+                &self.path,
+                self.written,
+                &self.buffer[..aligned],
+            )
+            .await?;
+            self.written += aligned as u64;
+            self.buffer.drain(..aligned);
+        }
+        Ok(())
+    }
+
+    /// Writes what is left, cuts the padding off and fsyncs.
+    async fn finish(mut self) -> Result<Written> {
+        if let Some((first, last, epoch, max)) = self.removed.take() {
+            let filler = compact::filler_batch(first, last, epoch, max);
+            self.append(&filler).await?;
+        }
+        file::write_padded(&self.file, &self.path, self.written, &self.buffer).await?;
+        self.file
+            .truncate(self.size)
+            .await
+            .map_err(|e| EngineError::glommio("truncate", &self.path, e))?;
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| EngineError::glommio("fdatasync", &self.path, e))?;
+        let (max_timestamp, at) = self.max_timestamp;
+        self.index.seal_time(max_timestamp, at);
+        Ok(Written {
+            path: self.path,
+            next: self.next,
+            size: self.size,
+            index: self.index,
+            max_timestamp: self.max_timestamp,
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! Cleaning passes on a real partition log (`PartitionLog::compact`): a keyed workload
+//! with tombstones, in batches of every codec, over several sealed segments. After a
+//! pass each key's latest record is at its original offset, the records removed are
+//! shadowed ones, the log is smaller, a reader from the beginning ends with the same
+//! table, and all of it holds after a clean reopen and after a crash. A crash at each
+//! step of the swap leaves the old segments (before the commit point) or the new one
+//! (after it), never a mix.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::BytesMut;
+use common::{
+    create, read_all, records_of as records, reopen, run, small_segments, table, Records, CODECS,
+};
+use spate_engine::batch::BatchBuilder;
+use spate_engine::{
+    AckPolicy, CompactionOutcome, CompactionSettings, LeaderEpoch, Offset, PartitionLog, SwapStep,
+    Timestamp,
+};
+
+/// 60 batches of 20 records over 12 keys, every 7th record a tombstone, codecs in turn,
+/// in segments of 8 KiB.
+async fn write_workload(root: &Path) -> PartitionLog {
+    let log = create(root, small_segments(8 * 1024)).await;
+    let mut n = 0u32;
+    for b in 0..60 {
+        let mut builder = BatchBuilder::new();
+        for _ in 0..20 {
+            let key = format!("key-{}", n % 12);
+            let value = format!("value-{n:05}-{}", "x".repeat(40));
+            let value = (n % 7 != 3).then_some(value.as_bytes());
+            builder.push(1_000 + i64::from(n), Some(key.as_bytes()), value);
+            n += 1;
+        }
+        let mut bytes = Vec::new();
+        builder
+            .finish(CODECS[b % CODECS.len()], None, &mut bytes)
+            .unwrap();
+        log.append(
+            BytesMut::from(&bytes[..]),
+            LeaderEpoch(1),
+            AckPolicy::Durable,
+        )
+        .await
+        .unwrap();
+    }
+    log
+}
+
+fn settings(delete_retention_ms: i64, stop_after: Option<SwapStep>) -> CompactionSettings {
+    CompactionSettings {
+        delete_retention_ms,
+        min_compaction_lag_ms: 0,
+        key_map_bytes: 1 << 20,
+        stop_after,
+    }
+}
+
+fn log_bytes(root: &Path) -> u64 {
+    let dir = root.join(common::tp().dir_name());
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Checks one cleaned read against the original: same table, every survivor where it
+/// was, every key's latest record kept, and within the cleaned offsets (below
+/// `cleaned_end`) one record per key.
+fn check_cleaned(before: &Records, after: &Records, cleaned_end: i64) {
+    assert_eq!(
+        table(after),
+        table(before),
+        "a reader ends with the same table"
+    );
+    let originals: BTreeMap<i64, _> = before.iter().map(|r| (r.0, r)).collect();
+    for record in after {
+        assert_eq!(
+            originals.get(&record.0),
+            Some(&record),
+            "a survivor is unchanged"
+        );
+    }
+    let mut latest = BTreeMap::new();
+    for (offset, key, _) in before {
+        latest.insert(key.clone(), *offset);
+    }
+    let kept: std::collections::BTreeSet<i64> = after.iter().map(|r| r.0).collect();
+    for offset in latest.values() {
+        assert!(
+            kept.contains(offset),
+            "the latest record of a key at {offset} is kept"
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (offset, key, _) in after.iter().filter(|r| r.0 < cleaned_end) {
+        assert!(
+            seen.insert(key.clone()),
+            "one record per key in the cleaned part, not at {offset}"
+        );
+    }
+}
+
+/// The offset where the active (last) segment starts: a pass cleans below it.
+fn active_base(root: &Path) -> i64 {
+    let dir = root.join(common::tp().dir_name());
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse::<i64>().ok()
+        })
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn a_pass_keeps_each_keys_latest_record_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (before, after, outcome) = run(async move {
+        let log = write_workload(&root).await;
+        let before = records(&read_all(&log, Offset(0)).await);
+        let size_before = log_bytes(&root);
+        let outcome = log
+            .compact(&settings(i64::MAX, None), Timestamp::now())
+            .await
+            .unwrap();
+        let after = records(&read_all(&log, Offset(0)).await);
+        check_cleaned(&before, &after, active_base(&root));
+        assert!(log_bytes(&root) < size_before, "the log shrank");
+        // A second pass finds nothing more to remove, and merges the now small segments.
+        let again = log
+            .compact(&settings(i64::MAX, None), Timestamp::now())
+            .await
+            .unwrap();
+        assert_eq!(again.records_removed, 0);
+        assert!(
+            again.segments_out < again.segments_in,
+            "neighbours merged: {again:?}"
+        );
+        assert_eq!(records(&read_all(&log, Offset(0)).await), after);
+        log.close().await.unwrap();
+        (before, after, outcome)
+    });
+    assert!(
+        outcome.segments_in > 1 && outcome.segments_out >= 1,
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.records_removed as usize, before.len() - after.len());
+    // Reopened cleanly, and then after a crash: the same records.
+    let root = dir.path().to_path_buf();
+    let expected = after.clone();
+    run(async move {
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(records(&read_all(&log, Offset(0)).await), expected);
+        // Dropped without closing: a crash.
+    });
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(records(&read_all(&log, Offset(0)).await), after);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn tombstones_go_once_their_retention_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = write_workload(&root).await;
+        let before = records(&read_all(&log, Offset(0)).await);
+        let cleaned_end = active_base(&root);
+        // Retention not passed: tombstones that are a key's latest record stay.
+        log.compact(&settings(i64::MAX, None), Timestamp::now())
+            .await
+            .unwrap();
+        let kept = records(&read_all(&log, Offset(0)).await);
+        assert!(
+            kept.iter().any(|r| r.0 < cleaned_end && r.2.is_none()),
+            "tombstones kept"
+        );
+        // Passed: they go, and the keys they deleted stay deleted.
+        log.compact(&settings(0, None), Timestamp::now())
+            .await
+            .unwrap();
+        let after = records(&read_all(&log, Offset(0)).await);
+        assert!(
+            !after.iter().any(|r| r.0 < cleaned_end && r.2.is_none()),
+            "no tombstone left in the cleaned part"
+        );
+        assert_eq!(table(&after), table(&before));
+        log.close().await.unwrap();
+    });
+}
+
+/// Runs a pass stopped after `step` and "crashes"; returns what a reopened log reads.
+fn crash_after(step: SwapStep) -> (Records, Records, CompactionOutcome) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (before, outcome) = run(async move {
+        let log = write_workload(&root).await;
+        let before = records(&read_all(&log, Offset(0)).await);
+        let outcome = log
+            .compact(&settings(i64::MAX, Some(step)), Timestamp::now())
+            .await
+            .unwrap();
+        (before, outcome)
+    });
+    let root = dir.path().to_path_buf();
+    let reopened = run(async move {
+        let log = reopen(&root).await.unwrap();
+        let read = records(&read_all(&log, Offset(0)).await);
+        // And the log goes on: a full pass after the crash cleans it.
+        log.compact(&settings(i64::MAX, None), Timestamp::now())
+            .await
+            .unwrap();
+        let cleaned = records(&read_all(&log, Offset(0)).await);
+        assert_eq!(table(&cleaned), table(&read));
+        log.close().await.unwrap();
+        read
+    });
+    (before, reopened, outcome)
+}
+
+#[test]
+fn a_crash_before_the_commit_point_leaves_the_old_segments() {
+    let (before, reopened, outcome) = crash_after(SwapStep::Written);
+    assert!(outcome.stopped);
+    assert_eq!(reopened, before);
+}
+
+#[test]
+fn a_crash_after_the_commit_point_leaves_the_new_segment() {
+    for step in [SwapStep::Committed, SwapStep::OldDeleted] {
+        let (before, reopened, outcome) = crash_after(step);
+        assert!(outcome.stopped, "{step:?}");
+        assert_eq!(table(&reopened), table(&before), "{step:?}");
+        assert!(
+            reopened.len() < before.len(),
+            "{step:?}: the cleaned segment is in place"
+        );
+        let originals: BTreeMap<i64, _> = before.iter().map(|r| (r.0, r)).collect();
+        for record in &reopened {
+            assert_eq!(originals.get(&record.0), Some(&record), "{step:?}");
+        }
+    }
+}
