@@ -33,6 +33,46 @@ pub struct PartitionConfig {
     pub max_message_bytes: u32,
     /// `index.interval.bytes`: log bytes between sparse index entries.
     pub index_interval_bytes: u32,
+    /// `cleanup.policy` holds `delete`: retention deletes old segments.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` holds `compact`: the cleaner keeps each key's latest record.
+    pub cleanup_compact: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives the cleaning of its segment.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: records younger than this are not cleaned.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a segment is cleaned once its newest record is this old,
+    /// whatever the dirty ratio.
+    pub max_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio`, in parts per million: the share of the cleanable
+    /// bytes not cleaned yet at which a pass runs.
+    pub min_cleanable_dirty_ppm: u32,
+}
+
+/// The configs of format version 1 of `partition.meta`, before compaction existed;
+/// read as the same settings with the cleanup ones at their defaults.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionConfigV1 {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: u32,
+    pub index_interval_bytes: u32,
+}
+
+impl From<PartitionConfigV1> for PartitionConfig {
+    fn from(v1: PartitionConfigV1) -> PartitionConfig {
+        PartitionConfig {
+            segment_bytes: v1.segment_bytes,
+            segment_ms: v1.segment_ms,
+            retention_ms: v1.retention_ms,
+            retention_bytes: v1.retention_bytes,
+            max_message_bytes: v1.max_message_bytes,
+            index_interval_bytes: v1.index_interval_bytes,
+            ..PartitionConfig::default()
+        }
+    }
 }
 
 impl Default for PartitionConfig {
@@ -44,8 +84,34 @@ impl Default for PartitionConfig {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             index_interval_bytes: INDEX_INTERVAL_BYTES,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: DAY_MS,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            min_cleanable_dirty_ppm: 500_000,
         }
     }
+}
+
+/// `cleanup.policy`: `delete`, `compact`, or both comma-separated in either order, as
+/// (delete, compact).
+fn parse_cleanup_policy(key: &str, value: &str) -> Result<(bool, bool)> {
+    let items: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect();
+    let known = items.iter().all(|i| *i == "delete" || *i == "compact");
+    let distinct = items.len() < 2 || items[0] != items[1];
+    if items.is_empty() || items.len() > 2 || !known || !distinct {
+        return Err(invalid(
+            key,
+            value,
+            "must be delete, compact, or compact,delete",
+        ));
+    }
+    Ok((items.contains(&"delete"), items.contains(&"compact")))
 }
 
 fn invalid(key: &str, value: &str, reason: impl Into<String>) -> EngineError {
@@ -76,13 +142,18 @@ where
 
 impl PartitionConfig {
     /// The config keys this struct understands.
-    pub const KEYS: [&'static str; 6] = [
+    pub const KEYS: [&'static str; 11] = [
         "segment.bytes",
         "segment.ms",
         "retention.ms",
         "retention.bytes",
         "max.message.bytes",
         "index.interval.bytes",
+        "cleanup.policy",
+        "delete.retention.ms",
+        "min.compaction.lag.ms",
+        "max.compaction.lag.ms",
+        "min.cleanable.dirty.ratio",
     ];
 
     /// Sets one config from its Kafka name and string value, checking its range.
@@ -98,6 +169,23 @@ impl PartitionConfig {
                 self.max_message_bytes = parse_in(key, value, 0, BATCH_BYTES_MAX as u32)?
             }
             "index.interval.bytes" => self.index_interval_bytes = parse_in(key, value, 1, 1 << 30)?,
+            "cleanup.policy" => {
+                (self.cleanup_delete, self.cleanup_compact) = parse_cleanup_policy(key, value)?
+            }
+            "delete.retention.ms" => self.delete_retention_ms = parse_in(key, value, 0, i64::MAX)?,
+            "min.compaction.lag.ms" => {
+                self.min_compaction_lag_ms = parse_in(key, value, 0, i64::MAX)?
+            }
+            "max.compaction.lag.ms" => {
+                self.max_compaction_lag_ms = parse_in(key, value, 1, i64::MAX)?
+            }
+            "min.cleanable.dirty.ratio" => {
+                let ratio: f64 = parse_in(key, value, 0.0, 1.0)?;
+                if ratio.is_nan() {
+                    return Err(invalid(key, value, "not a number"));
+                }
+                self.min_cleanable_dirty_ppm = (ratio * 1e6).round() as u32;
+            }
             _ => return Err(invalid(key, value, "unknown config key")),
         }
         Ok(())
@@ -112,6 +200,18 @@ impl PartitionConfig {
             "retention.bytes" => self.retention_bytes.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
+            "cleanup.policy" => match (self.cleanup_delete, self.cleanup_compact) {
+                (true, true) => "compact,delete",
+                (false, true) => "compact",
+                _ => "delete",
+            }
+            .to_string(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms.to_string(),
+            "min.cleanable.dirty.ratio" => {
+                (f64::from(self.min_cleanable_dirty_ppm) / 1e6).to_string()
+            }
             _ => return None,
         })
     }
@@ -136,6 +236,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cleanup_policies_parse_in_any_order() {
+        let mut c = PartitionConfig::default();
+        for (value, delete, compact) in [
+            ("compact", false, true),
+            ("delete, compact", true, true),
+            ("compact,delete", true, true),
+            ("delete", true, false),
+        ] {
+            c.set("cleanup.policy", value).unwrap();
+            assert_eq!(
+                (c.cleanup_delete, c.cleanup_compact),
+                (delete, compact),
+                "{value}"
+            );
+        }
+        c.set("min.cleanable.dirty.ratio", "0.25").unwrap();
+        assert_eq!(c.get("min.cleanable.dirty.ratio").as_deref(), Some("0.25"));
+    }
+
+    #[test]
     fn defaults_are_kafkas() {
         let c = PartitionConfig::default();
         assert_eq!(c.segment_bytes, 1 << 30);
@@ -151,6 +271,12 @@ mod tests {
             ("segment.bytes", "5"),
             ("segment.bytes", "99999999999"),
             ("retention.ms", "-2"),
+            ("cleanup.policy", "shred"),
+            ("cleanup.policy", "compact,compact"),
+            ("cleanup.policy", ""),
+            ("min.cleanable.dirty.ratio", "NaN"),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("delete.retention.ms", "-1"),
             ("no.such.key", "1"),
         ] {
             let e = c.set(k, v).unwrap_err();

@@ -5,7 +5,8 @@
 //!      0     4  magic "SPTM"
 //!      4     1  kind (1 partition meta, 2 recovery checkpoint, 3 topic catalog,
 //!                  4 producer snapshot, 5 leader-epoch checkpoint)
-//!      5     1  format version (1)
+//!      5     1  format version (1; 2 for partition meta since compaction's configs:
+//!                  version 1 files are still read, with those configs at their defaults)
 //!      6     2  reserved, zero
 //!      8     4  payload length, little-endian
 //!     12     4  CRC-32C of the payload, little-endian
@@ -23,12 +24,18 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
-use crate::config::PartitionConfig;
+use crate::config::{PartitionConfig, PartitionConfigV1};
 use crate::limits::METADATA_FILE_BYTES_MAX;
 use crate::types::{LeaderEpoch, Offset, ShardId};
 
 const MAGIC: &[u8; 4] = b"SPTM";
-const VERSION: u8 = 1;
+/// The format version each kind is written in.
+fn version(kind: FileKind) -> u8 {
+    match kind {
+        FileKind::PartitionMeta => 2,
+        _ => 1,
+    }
+}
 const ENVELOPE_BYTES: usize = 16;
 
 /// Which structure an envelope holds; a file of one kind is never read as another.
@@ -60,6 +67,29 @@ pub struct PartitionMeta {
     pub config: PartitionConfig,
 }
 
+/// `partition.meta` as format version 1 wrote it.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionMetaV1 {
+    pub topic: String,
+    pub partition: i32,
+    pub shard: ShardId,
+    pub config: PartitionConfigV1,
+}
+
+/// Reads `partition.meta` of either format version.
+pub fn decode_partition_meta(bytes: &[u8]) -> Option<PartitionMeta> {
+    if let Some(meta) = decode(FileKind::PartitionMeta, bytes) {
+        return Some(meta);
+    }
+    let v1: PartitionMetaV1 = decode_version(FileKind::PartitionMeta, 1, bytes)?;
+    Some(PartitionMeta {
+        topic: v1.topic,
+        partition: v1.partition,
+        shard: v1.shard,
+        config: v1.config.into(),
+    })
+}
+
 /// Durability bookkeeping of a partition, in `recovery.checkpoint`.
 ///
 /// `recovery_point`: every offset below it was durable when the checkpoint was written,
@@ -85,7 +115,7 @@ where
     let mut out = Vec::with_capacity(ENVELOPE_BYTES + payload.len());
     out.extend_from_slice(MAGIC);
     out.push(kind as u8);
-    out.push(VERSION);
+    out.push(version(kind));
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
@@ -100,10 +130,20 @@ where
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
         + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
+    decode_version(kind, version(kind), bytes)
+}
+
+/// `decode` of a file written in format version `version` of its kind.
+fn decode_version<T>(kind: FileKind, version: u8, bytes: &[u8]) -> Option<T>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+{
     if bytes.len() < ENVELOPE_BYTES || bytes.len() > METADATA_FILE_BYTES_MAX {
         return None;
     }
-    if &bytes[0..4] != MAGIC || bytes[4] != kind as u8 || bytes[5] != VERSION {
+    if &bytes[0..4] != MAGIC || bytes[4] != kind as u8 || bytes[5] != version {
         return None;
     }
     let length = u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize;
@@ -149,6 +189,38 @@ mod tests {
             decode::<PartitionMeta>(FileKind::PartitionMeta, &bytes),
             Some(meta)
         );
+    }
+
+    #[test]
+    fn partition_meta_of_format_version_1_reads_with_default_cleanup_configs() {
+        let v1 = PartitionMetaV1 {
+            topic: "t".into(),
+            partition: 2,
+            shard: ShardId(0),
+            config: PartitionConfigV1 {
+                segment_bytes: 1 << 20,
+                segment_ms: 1000,
+                retention_ms: -1,
+                retention_bytes: 5 << 20,
+                max_message_bytes: 4096,
+                index_interval_bytes: 512,
+            },
+        };
+        let mut bytes = encode(FileKind::PartitionMeta, &v1);
+        bytes[5] = 1; // as version 1 wrote it; the version is outside the CRC
+        assert!(decode::<PartitionMeta>(FileKind::PartitionMeta, &bytes).is_none());
+        let read = decode_partition_meta(&bytes).expect("a version 1 file reads");
+        assert_eq!((read.topic.as_str(), read.partition), ("t", 2));
+        assert_eq!(read.config.segment_bytes, 1 << 20);
+        assert_eq!(read.config.retention_bytes, 5 << 20);
+        assert!(read.config.cleanup_delete && !read.config.cleanup_compact);
+        let current = PartitionMeta {
+            config: PartitionConfig::default(),
+            ..read
+        };
+        let bytes = encode(FileKind::PartitionMeta, &current);
+        assert_eq!(bytes[5], 2);
+        assert_eq!(decode_partition_meta(&bytes), Some(current));
     }
 
     #[test]

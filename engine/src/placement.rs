@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{EngineError, Result};
 use crate::log::open::META_FILE;
-use crate::meta::{self, FileKind, PartitionMeta};
+use crate::meta;
 use crate::types::{ShardId, TopicPartition};
 
 /// The shard a new partition is placed on.
@@ -64,7 +64,7 @@ impl Placement {
             };
             let meta = std::fs::read(dir.join(META_FILE))
                 .ok()
-                .and_then(|bytes| meta::decode::<PartitionMeta>(FileKind::PartitionMeta, &bytes));
+                .and_then(|bytes| meta::decode_partition_meta(&bytes));
             let shard = match meta {
                 Some(m) if m.shard.index() < shard_count => m.shard,
                 _ => default_shard(&tp, shard_count),

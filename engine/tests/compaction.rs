@@ -253,3 +253,29 @@ fn a_crash_after_the_commit_point_leaves_the_new_segment() {
         }
     }
 }
+
+#[test]
+fn a_compacted_partition_is_cleaned_when_dirty_enough_and_not_deleted_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = write_workload(&root).await;
+        // cleanup.policy=delete (the default): no cleaning pass.
+        assert_eq!(log.clean_if_due(Timestamp::now()).await.unwrap(), None);
+        let mut config = small_segments(8 * 1024);
+        config.set("cleanup.policy", "compact").unwrap();
+        config.set("retention.ms", "1").unwrap();
+        log.update_config(config).await.unwrap();
+        let before = records(&read_all(&log, Offset(0)).await);
+        // Compact only: retention by age deletes nothing, however old the records.
+        let retained = log.apply_retention(Timestamp::now()).await.unwrap();
+        assert_eq!(retained.segments_deleted, 0);
+        let first = log.clean_if_due(Timestamp::now()).await.unwrap();
+        assert!(first.is_some_and(|o| o.records_removed > 0), "{first:?}");
+        // Everything cleanable is clean now: not due again until more is written.
+        assert_eq!(log.clean_if_due(Timestamp::now()).await.unwrap(), None);
+        let after = records(&read_all(&log, Offset(0)).await);
+        assert_eq!(table(&after), table(&before));
+        log.close().await.unwrap();
+    });
+}

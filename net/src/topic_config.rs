@@ -4,8 +4,8 @@
 //!
 //! A topic's overrides live in the catalog as `(key, value)` pairs, every one valid:
 //! nothing reaches the catalog without passing `check`. The engine's keys (segments,
-//! retention, sizes) are checked and applied by `PartitionConfig`; the others are
-//! acted on by the broker itself (`TopicSettings`).
+//! retention, sizes, cleanup policy and compaction) are checked and applied by
+//! `PartitionConfig`; the others are acted on by the broker itself (`TopicSettings`).
 
 use kafka_protocol::ResponseError;
 use spate_engine::catalog::TopicRecord;
@@ -40,10 +40,22 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         doc: "delete: old segments are removed by retention; compact: only the latest record per key is kept.",
     },
     TopicConfigDef {
+        name: "delete.retention.ms",
+        broker_name: "log.cleaner.delete.retention.ms",
+        kind: ConfigType::Long,
+        doc: "How long a tombstone outlives the cleaning of its segment, so consumers behind still see the delete.",
+    },
+    TopicConfigDef {
         name: "index.interval.bytes",
         broker_name: "log.index.interval.bytes",
         kind: ConfigType::Int,
         doc: "Log bytes between entries of the sparse offset and time indexes.",
+    },
+    TopicConfigDef {
+        name: "max.compaction.lag.ms",
+        broker_name: "log.cleaner.max.compaction.lag.ms",
+        kind: ConfigType::Long,
+        doc: "A compacted segment is cleaned once its newest record is this old, whatever the dirty ratio.",
     },
     TopicConfigDef {
         name: "max.message.bytes",
@@ -56,6 +68,18 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         broker_name: "log.message.timestamp.type",
         kind: ConfigType::String,
         doc: "CreateTime keeps the producer's timestamps; LogAppendTime stamps each batch with the broker's clock.",
+    },
+    TopicConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        broker_name: "log.cleaner.min.cleanable.ratio",
+        kind: ConfigType::String,
+        doc: "The share of a compacted log not cleaned yet at which the cleaner cleans it.",
+    },
+    TopicConfigDef {
+        name: "min.compaction.lag.ms",
+        broker_name: "log.cleaner.min.compaction.lag.ms",
+        kind: ConfigType::Long,
+        doc: "Records younger than this are not cleaned.",
     },
     TopicConfigDef {
         name: "min.insync.replicas",
@@ -101,7 +125,6 @@ pub fn default_value(key: &str) -> Option<String> {
     }
     Some(
         match key {
-            "cleanup.policy" => "delete",
             "min.insync.replicas" => "1",
             "message.timestamp.type" => "CreateTime",
             _ => return None,
@@ -126,15 +149,6 @@ pub fn check(key: &str, value: &str) -> Result<(), (ResponseError, String)> {
     }
     let bad = |reason: &str| Err(invalid(key, value, reason));
     match key {
-        "cleanup.policy" => {
-            let items: Vec<&str> = list_items(value);
-            let known = items.iter().all(|i| *i == "delete" || *i == "compact");
-            let distinct = items.len() < 2 || items[0] != items[1];
-            if items.is_empty() || items.len() > 2 || !known || !distinct {
-                return bad("must be delete, compact, or compact,delete");
-            }
-            Ok(())
-        }
         "min.insync.replicas" => match value.trim().parse::<i32>() {
             Ok(n) if n >= 1 => Ok(()),
             _ => bad("must be a whole number of at least 1"),

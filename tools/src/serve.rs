@@ -22,6 +22,7 @@ use spate_net::{Broker, ServerConfig};
 pub struct ServeArgs {
     /// TOML file with any of: listen, advertise, data_dir, shards, node_id,
     /// offsets_partitions, offsets_replication_factor, group_initial_rebalance_delay_ms,
+    /// log_cleaner_backoff_ms,
     /// voters, peer_listen, cluster_id, default_replication_factor.
     #[arg(long, env = "SPATE_CONFIG")]
     config: Option<PathBuf>,
@@ -53,6 +54,10 @@ pub struct ServeArgs {
     /// group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
+    /// How often each shard looks for compacted topics' partitions due a cleaning pass
+    /// (Kafka's log.cleaner.backoff.ms) [default: 15000].
+    #[arg(long, env = "SPATE_LOG_CLEANER_BACKOFF_MS")]
+    log_cleaner_backoff_ms: Option<u64>,
     /// Cluster mode: every voter of the metadata quorum as ID@HOST:PORT, comma
     /// separated, with the address its shard 0 takes replication traffic on (shard i
     /// on the port plus i). This broker's --node-id must be one of them.
@@ -84,6 +89,7 @@ struct FileConfig {
     offsets_partitions: Option<i32>,
     offsets_replication_factor: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    log_cleaner_backoff_ms: Option<u64>,
     voters: Option<String>,
     peer_listen: Option<String>,
     cluster_id: Option<String>,
@@ -99,8 +105,12 @@ struct Settings {
     shards: usize,
     node_id: i32,
     groups: GroupConfig,
+    cleaner_interval: std::time::Duration,
     cluster: Option<ClusterConfig>,
 }
+
+/// Upper bound of `log_cleaner_backoff_ms`: a day.
+const CLEANER_BACKOFF_MS_MAX: u64 = 86_400_000;
 
 /// Upper bound of `group_initial_rebalance_delay_ms` (Kafka's own is unbounded; five
 /// minutes is already more than any client waits).
@@ -197,6 +207,15 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         }
         groups.initial_rebalance_delay = std::time::Duration::from_millis(ms);
     }
+    let cleaner_ms = args
+        .log_cleaner_backoff_ms
+        .or(file.log_cleaner_backoff_ms)
+        .unwrap_or(15_000);
+    if !(10..=CLEANER_BACKOFF_MS_MAX).contains(&cleaner_ms) {
+        return Err(format!(
+            "invalid log cleaner backoff {cleaner_ms} ms: must be between 10 and {CLEANER_BACKOFF_MS_MAX}"
+        ));
+    }
     let cluster = cluster_settings(
         node_id,
         shards,
@@ -213,6 +232,7 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         shards,
         node_id,
         groups,
+        cleaner_interval: std::time::Duration::from_millis(cleaner_ms),
         cluster,
     })
 }
@@ -367,7 +387,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     warn_if_strict_overcommit();
     let stop = Arc::new(AtomicBool::new(false));
     handle_signals(stop.clone())?;
-    let engine = EngineConfig::new(&settings.data_dir, settings.shards);
+    let mut engine = EngineConfig::new(&settings.data_dir, settings.shards);
+    engine.cleaner_interval = settings.cleaner_interval;
     let server = ServerConfig {
         listen: settings.listen,
         advertise: settings.advertise,

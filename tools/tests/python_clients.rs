@@ -1,5 +1,6 @@
-//! Stock Python clients (confluent-kafka, kafka-python) against `spate serve`, and the
-//! durability promise of acks=all under `kill -9`. The clients come from the virtualenv
+//! Stock Python clients (confluent-kafka, kafka-python) against `spate serve`, the
+//! durability promise of acks=all under `kill -9`, and a compacted topic cleaned while
+//! it is read. The clients come from the virtualenv
 //! the test command creates (`.venv`, or `SPATE_TEST_PYTHON`); without it this fails.
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,11 @@ fn start(data: &Path, port: u16) -> Guard {
         .unwrap();
     let started = std::panic::catch_unwind(|| {
         spawn_serving(
-            serve_command(data, port).stderr(log).stdout(Stdio::null()),
+            serve_command(data, port)
+                // Compacted topics are cleaned within a test's patience.
+                .args(["--log-cleaner-backoff-ms", "200"])
+                .stderr(log)
+                .stdout(Stdio::null()),
             port,
         )
     });
@@ -113,5 +118,15 @@ fn every_acks_all_acknowledgement_survives_kill_9() {
             acked.to_str().unwrap(),
         ],
     );
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}
+
+#[test]
+fn a_compacted_topic_shrinks_and_reads_back_each_keys_latest_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let broker = start(&data, port);
+    run_script(&data, &["compaction", &port.to_string()]);
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }

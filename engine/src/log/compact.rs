@@ -25,7 +25,8 @@
 //! segments already swapped.
 //!
 //! Retention skips the partition while a pass runs (`LogState::cleaning`); truncation
-//! never reaches below the high watermark, where cleaning stays.
+//! never reaches below the high watermark, where cleaning stays. The shard's cleaner
+//! (`clean_if_due`) leaves replicated partitions alone for now (see there).
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -39,7 +40,7 @@ use crate::compact::{self, Cleaned, KeyMap, RecordRef};
 use crate::error::{EngineError, Result};
 use crate::file;
 use crate::index::SegmentIndex;
-use crate::limits::{COMPACTION_IO_BYTES, DECOMPRESSED_BATCH_BYTES_MAX};
+use crate::limits::{COMPACTION_IO_BYTES, COMPACTION_KEY_MAP_BYTES, DECOMPRESSED_BATCH_BYTES_MAX};
 use crate::segment::Segment;
 use crate::types::{Offset, Timestamp};
 
@@ -103,6 +104,49 @@ impl Drop for Cleaning<'_> {
 }
 
 impl PartitionLog {
+    /// Runs a cleaning pass if the partition is compacted and due one: the share of its
+    /// cleanable bytes not cleaned yet reaches `min.cleanable.dirty.ratio`, or a segment
+    /// not cleaned yet has a record older than `max.compaction.lag.ms`.
+    pub async fn clean_if_due(&self, now: Timestamp) -> Result<Option<CompactionOutcome>> {
+        let settings = {
+            let st = self.0.state.borrow();
+            let config = st.config();
+            // Replicated partitions are not cleaned yet: a follower catching up from an
+            // offset inside a filler's run needs the leader to serve it the rest of the
+            // filler, which `read_replicated` cannot yet do.
+            if !config.cleanup_compact || st.cleaning || st.truncating || st.replicated {
+                return Ok(None);
+            }
+            let active = st.active().base_offset;
+            let cleanable = st.segments.values().filter(|s| {
+                s.sealed && s.base_offset != active && s.next_offset <= st.high_watermark
+            });
+            let (mut total, mut dirty, mut overdue) = (0u64, 0u64, false);
+            for segment in cleanable {
+                total += segment.size;
+                if segment.base_offset >= st.cleaned_to {
+                    dirty += segment.size;
+                    overdue |= segment.max_timestamp != Timestamp::NONE
+                        && now.0.saturating_sub(segment.max_timestamp.0)
+                            >= config.max_compaction_lag_ms;
+                }
+            }
+            let ratio_due = total > 0
+                && u128::from(dirty) * 1_000_000
+                    >= u128::from(total) * u128::from(config.min_cleanable_dirty_ppm);
+            if dirty == 0 || !(ratio_due || overdue) {
+                return Ok(None);
+            }
+            CompactionSettings {
+                delete_retention_ms: config.delete_retention_ms,
+                min_compaction_lag_ms: config.min_compaction_lag_ms,
+                key_map_bytes: COMPACTION_KEY_MAP_BYTES,
+                stop_after: None,
+            }
+        };
+        self.compact(&settings, now).await.map(Some)
+    }
+
     /// Runs one cleaning pass over the sealed segments below the high watermark.
     pub async fn compact(
         &self,
@@ -127,6 +171,9 @@ impl PartitionLog {
                 outcome.stopped = true;
                 break;
             }
+            let end = group.last().expect("a group has a segment").next;
+            let mut st = self.0.state.borrow_mut();
+            st.cleaned_to = st.cleaned_to.max(end);
         }
         tracing::info!(partition = %self.0.tp, ?outcome, "cleaned");
         Ok(outcome)

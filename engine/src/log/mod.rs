@@ -139,6 +139,9 @@ pub(crate) struct LogState {
     truncating: bool,
     /// A cleaning pass is rewriting sealed segments: retention waits its turn.
     cleaning: bool,
+    /// Offsets below this were cleaned by this process's last pass (0 after a restart:
+    /// the whole log then counts as dirty once).
+    cleaned_to: Offset,
     leader_epoch: LeaderEpoch,
     /// Bytes staged since the last flush cycle took them.
     staged_bytes: usize,

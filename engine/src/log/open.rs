@@ -126,7 +126,7 @@ impl PartitionLog {
         let meta_path = dir.join(META_FILE);
         let meta: PartitionMeta = file::read_small(&meta_path)
             .await?
-            .and_then(|bytes| meta::decode(FileKind::PartitionMeta, &bytes))
+            .and_then(|bytes| meta::decode_partition_meta(&bytes))
             .ok_or_else(|| EngineError::CorruptSegment {
                 path: meta_path.clone(),
                 position: 0,
@@ -183,6 +183,7 @@ impl PartitionLog {
             replicated: false,
             truncating: false,
             cleaning: false,
+            cleaned_to: Offset::ZERO,
             commit: Offset::ZERO,
             leader_epoch: recovered.checkpoint.leader_epoch,
             staged_bytes: 0,

@@ -78,10 +78,14 @@ impl PartitionLog {
                 if !deletable {
                     break;
                 }
-                let expired = config.retention_ms >= 0
+                // A compact-only topic keeps its segments (the cleaner shrinks them);
+                // only a log start moved by DeleteRecords deletes them.
+                let expired = config.cleanup_delete
+                    && config.retention_ms >= 0
                     && segment.max_timestamp != Timestamp::NONE
                     && now.0.saturating_sub(segment.max_timestamp.0) > config.retention_ms;
-                let oversize = config.retention_bytes >= 0
+                let oversize = config.cleanup_delete
+                    && config.retention_bytes >= 0
                     && total - segment.size >= config.retention_bytes as u64;
                 let below_start = next_base <= st.log_start;
                 if !(expired || oversize || below_start) {

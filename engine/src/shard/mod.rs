@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub retention_check_interval: Duration,
     /// How often each shard writes recovery checkpoints.
     pub checkpoint_interval: Duration,
+    /// How often each shard looks for compacted partitions due a cleaning pass (Kafka's
+    /// `log.cleaner.backoff.ms`).
+    pub cleaner_interval: Duration,
 }
 
 impl EngineConfig {
@@ -69,6 +72,7 @@ impl EngineConfig {
             pin_cores: true,
             retention_check_interval: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(60),
+            cleaner_interval: Duration::from_secs(15),
         }
     }
 }
@@ -240,18 +244,29 @@ where
     shard.close_all().await
 }
 
-/// Periodic background work: retention and recovery checkpoints.
+/// Periodic background work: retention, cleaning and recovery checkpoints.
 async fn maintain(shard: Shard) {
     let config = &shard.0.config;
     let tick = config
         .retention_check_interval
-        .min(config.checkpoint_interval);
+        .min(config.checkpoint_interval)
+        .min(config.cleaner_interval);
     let (mut since_retention, mut since_checkpoint) = (Duration::ZERO, Duration::ZERO);
+    let mut since_cleaner = Duration::ZERO;
     while !shard.0.stopping.get() {
         glommio::timer::sleep(tick).await;
         since_retention += tick;
         since_checkpoint += tick;
+        since_cleaner += tick;
         let logs: Vec<PartitionLog> = shard.0.partitions.borrow().values().cloned().collect();
+        if since_cleaner >= config.cleaner_interval {
+            since_cleaner = Duration::ZERO;
+            for log in &logs {
+                if let Err(e) = log.clean_if_due(Timestamp::now()).await {
+                    tracing::warn!(partition = %log.topic_partition(), error = %e, "cleaning pass failed");
+                }
+            }
+        }
         if since_retention >= config.retention_check_interval {
             since_retention = Duration::ZERO;
             for log in &logs {

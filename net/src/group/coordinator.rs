@@ -195,8 +195,6 @@ pub fn offsets_topic_configs() -> Vec<(String, String)> {
     vec![
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("segment.bytes".to_string(), (100u64 << 20).to_string()),
-        // Until compaction exists, nothing may be deleted from it by age or size.
-        ("retention.ms".to_string(), "-1".to_string()),
     ]
 }
 

@@ -9,6 +9,9 @@ the first failed check.
   produce-acked PORT TOPIC FILE   produce unique values with acks=all until killed or out
                                   of time, appending each acknowledged value to FILE
   verify PORT TOPIC FILE          every value in FILE is in TOPIC, exactly once
+  compaction PORT                 a cleanup.policy=compact topic written with keyed
+                                  records and tombstones in every codec shrinks, and
+                                  reads back each key's latest value at its offset
 """
 
 import os
@@ -252,6 +255,81 @@ def verify(port, topic, path):
     print(f"verify ok: {len(acked)} acknowledged, {len(got)} present")
 
 
+COMPACTED = "compacted"
+KEYS = 20
+ROUNDS = 50
+DELETED = range(5)  # keys whose last record is a tombstone
+COMPACTION_TIMEOUT = 30
+
+
+def compaction(port):
+    """Writes ROUNDS values of each of KEYS keys, then tombstones for DELETED, with small
+    segments that roll every 100 ms, and waits for the cleaner (--log-cleaner-backoff-ms
+    200) to shrink the partition. Every read from the beginning, before, during and after
+    cleaning, must end with the same table; at the end each surviving key's latest value
+    is at the offset its acknowledgement gave, and tombstones past delete.retention.ms are
+    gone."""
+    bootstrap = f"127.0.0.1:{port}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    configs = {"cleanup.policy": "compact", "segment.bytes": "16384", "segment.ms": "100",
+               "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "500"}
+    admin.create_topics([NewTopic(COMPACTED, num_partitions=1, replication_factor=1, config=configs)])[
+        COMPACTED].result()
+    acked = {}  # key -> (offset, value) of its latest acknowledged record
+    written = 0
+    for round_number, codec in enumerate(["none", "gzip", "snappy", "lz4", "zstd"] * (ROUNDS // 5)):
+        producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 5})
+
+        def report(error, message):
+            check(error is None, f"delivery failed: {error}")
+            acked[message.key()] = (message.offset(), message.value())
+
+        for k in range(KEYS):
+            key = f"key-{k}".encode()
+            last = round_number == ROUNDS - 1 and k in DELETED
+            value = None if last else f"value-{round_number}-{k}-{'x' * 100}".encode()
+            producer.produce(COMPACTED, key=key, value=value, on_delivery=report)
+            written += 1
+        producer.flush(10)
+        time.sleep(0.03)  # so segments roll (segment.ms) and the cleaner has sealed ones
+    expected = {k: v for k, (_, v) in acked.items() if v is not None}
+
+    def table():
+        records = read_all(bootstrap, COMPACTED, 1)
+        state = {}
+        for m in records:
+            if m.value() is None:
+                state.pop(m.key(), None)
+            else:
+                state[m.key()] = m.value()
+        return records, state
+
+    deadline = time.time() + COMPACTION_TIMEOUT
+    while True:
+        records, state = table()
+        check(state == expected, f"a reader ended with {len(state)} keys, not the {len(expected)} written last")
+        tombstones = [m for m in records if m.value() is None]
+        # Cleaned: at most one record per key except in the active segment.
+        if len(records) <= written // 4 and not tombstones:
+            break
+        check(time.time() < deadline, f"not compacted in {COMPACTION_TIMEOUT} s: {len(records)} of "
+                                      f"{written} records, {len(tombstones)} tombstones left")
+        # A new record rolls the active segment, so the last written ones can be cleaned.
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce(COMPACTED, key=b"filler", value=b"x")
+        producer.flush(10)
+        expected[b"filler"] = b"x"
+        written += 1
+        time.sleep(0.5)
+    by_offset = {m.offset(): m for m in records}
+    for key, (offset, value) in acked.items():
+        if value is not None and key != b"filler":
+            m = by_offset.get(offset)
+            check(m is not None and m.key() == key and m.value() == value,
+                  f"{key!r}: its latest value is not at offset {offset}")
+    print(f"compaction ok: {written} written, {len(records)} left, {len(state)} keys")
+
+
 if __name__ == "__main__":
     command, port = sys.argv[1], int(sys.argv[2])
     try:
@@ -265,6 +343,8 @@ if __name__ == "__main__":
             produce_acked(port, sys.argv[3], sys.argv[4])
         elif command == "verify":
             verify(port, sys.argv[3], sys.argv[4])
+        elif command == "compaction":
+            compaction(port)
         else:
             check(False, f"unknown command {command}")
     except KafkaException as e:
