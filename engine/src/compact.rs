@@ -228,6 +228,11 @@ fn check_rewritten(original: &BatchHeader, codec: Compression, rewritten: &[u8],
     assert!(count < original.record_count, "a rewrite drops records");
 }
 
+/// Whether a batch is a filler (`filler_batch`): no records, no producer, not control.
+pub fn is_filler(header: &BatchHeader) -> bool {
+    header.record_count == 0 && header.producer_id < 0 && !header.is_control()
+}
+
 /// An empty batch covering offsets `base..=last`, standing in for a run of batches a
 /// cleaning pass removed whole: batches then still follow each other without gaps (the
 /// next batch's base is the last one's end), which recovery and the indexes rely on, and

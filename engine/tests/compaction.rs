@@ -16,6 +16,7 @@ use common::{
     create, read_all, records_of as records, reopen, run, small_segments, table, Records, CODECS,
 };
 use spate_engine::batch::BatchBuilder;
+use spate_engine::compact;
 use spate_engine::{
     AckPolicy, CompactionOutcome, CompactionSettings, LeaderEpoch, Offset, PartitionLog, SwapStep,
     Timestamp,
@@ -145,6 +146,13 @@ fn a_pass_keeps_each_keys_latest_record_and_survives_reopening() {
             again.segments_out < again.segments_in,
             "neighbours merged: {again:?}"
         );
+        // Fillers left by the first pass were joined into runs: never two in a row.
+        let stored = read_all(&log, Offset(0)).await;
+        let fillers: Vec<bool> = stored
+            .iter()
+            .map(|b| compact::is_filler(&spate_engine::batch::BatchHeader::parse(b).unwrap()))
+            .collect();
+        assert!(!fillers.windows(2).any(|w| w[0] && w[1]), "{fillers:?}");
         assert_eq!(records(&read_all(&log, Offset(0)).await), after);
         log.close().await.unwrap();
         (before, after, outcome)

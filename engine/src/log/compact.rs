@@ -278,6 +278,12 @@ impl PartitionLog {
             };
             let mut batches = Batches::new(input);
             while let Some((bytes, header)) = batches.next().await? {
+                // An earlier pass's filler joins the run around it, so runs do not stay
+                // split across passes.
+                if compact::is_filler(&header) {
+                    out.skip(&header);
+                    continue;
+                }
                 let cleaned = compact::clean_batch(bytes, DECOMPRESSED_BATCH_BYTES_MAX, keep)?;
                 outcome.records_removed += removed_records(&header, &cleaned);
                 match cleaned {

@@ -1087,3 +1087,44 @@ async fn expire_offsets(node: &Rc<Node>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use kafka_protocol::records::RecordBatchDecoder;
+    use spate_engine::batch::{self, BatchBuilder, Compression};
+    use spate_engine::compact::{self, Cleaned};
+    use spate_engine::{LeaderEpoch, Offset};
+
+    /// `__consumer_offsets` is compacted, so a replay reads cleaned batches (fewer
+    /// records than offsets, any codec) and empty filler batches; the decoder the replay
+    /// uses must read them as Kafka's consumers do.
+    #[test]
+    fn the_replay_decoder_reads_compacted_batches() {
+        let mut builder = BatchBuilder::new();
+        for i in 0..10u8 {
+            builder.push(1_000, Some(&[b'k', i % 3]), Some(&[i; 8]));
+        }
+        let mut original = Vec::new();
+        builder
+            .finish(Compression::Lz4, None, &mut original)
+            .unwrap();
+        batch::patch(&mut original, Offset(100), LeaderEpoch(2));
+        // Keep the last record of each key: offsets 107, 108, 109.
+        let cleaned = compact::clean_batch(&original, 1 << 20, |r| r.offset.0 >= 107).unwrap();
+        let Cleaned::Rewritten(rewritten) = cleaned else {
+            panic!("records were dropped: {cleaned:?}");
+        };
+        let filler = compact::filler_batch(Offset(110), Offset(119), 2, 1_000);
+        let mut stored = rewritten;
+        stored.extend_from_slice(&filler);
+        let mut bytes = Bytes::from(stored);
+        let batches = RecordBatchDecoder::decode_all(&mut bytes).expect("decodes");
+        let offsets: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| &b.records)
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offsets, vec![107, 108, 109]);
+    }
+}
