@@ -51,13 +51,12 @@ impl KeyMap {
         }
     }
 
-    /// Notes `key` at `offset` (offsets must come in increasing order). Returns false,
-    /// noting nothing, if a new key would take the map past its budget: the pass must
-    /// then stop before this offset.
+    /// Notes `key` at `offset`; the later of two offsets wins (offsets of a malformed
+    /// compressed batch may repeat). Returns false, noting nothing, if a new key would
+    /// take the map past its budget: the pass must then stop before this offset.
     pub fn insert(&mut self, key: &[u8], offset: Offset) -> bool {
         if let Some(latest) = self.latest.get_mut(key) {
-            assert!(offset > *latest, "keys are noted in offset order");
-            *latest = offset;
+            *latest = (*latest).max(offset);
             return true;
         }
         let cost = key.len() + KEY_ENTRY_OVERHEAD_BYTES;
@@ -195,6 +194,11 @@ pub fn clean_batch(
         compression::compress(codec, &kept)?
     };
     let rewritten = rebuild(&bytes[..HEADER_BYTES], &records, count);
+    if rewritten.len() >= header.size {
+        // Recompressed at our level, the survivors can take more room than the whole
+        // batch did: keep it as it is.
+        return Ok(Cleaned::Kept);
+    }
     check_rewritten(&header, codec, &rewritten, count);
     Ok(Cleaned::Rewritten(rewritten))
 }
@@ -205,7 +209,7 @@ fn rebuild(header: &[u8], records: &[u8], count: i32) -> Vec<u8> {
     out.extend_from_slice(header);
     out.extend_from_slice(records);
     let batch_length = i32::try_from(out.len() - batch::LOG_OVERHEAD)
-        .expect("a cleaned batch is no larger than the batch it came from, plus codec framing");
+        .expect("a cleaned batch is no larger than a decompression-bounded batch");
     out[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&batch_length.to_be_bytes());
     out[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_START..]);
@@ -233,7 +237,8 @@ pub fn is_filler(header: &BatchHeader) -> bool {
     header.record_count == 0 && header.producer_id < 0 && !header.is_control()
 }
 
-/// An empty batch covering offsets `base..=last`, standing in for a run of batches a
+/// An empty batch covering offsets `base..=last` (at most `i32::MAX` + 1 offsets),
+/// standing in for a run of batches a
 /// cleaning pass removed whole: batches then still follow each other without gaps (the
 /// next batch's base is the last one's end), which recovery and the indexes rely on, and
 /// a reader that lands in the run moves on past `last` (Kafka's consumers skip batches

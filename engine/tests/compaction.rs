@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use common::{
     create, read_all, records_of as records, reopen, run, small_segments, table, Records, CODECS,
 };
-use spate_engine::batch::BatchBuilder;
+use spate_engine::batch::{BatchBuilder, Compression};
 use spate_engine::compact;
 use spate_engine::{
     AckPolicy, CompactionOutcome, CompactionSettings, LeaderEpoch, Offset, PartitionLog, SwapStep,
@@ -26,29 +26,37 @@ use spate_engine::{
 /// in segments of 8 KiB.
 async fn write_workload(root: &Path) -> PartitionLog {
     let log = create(root, small_segments(8 * 1024)).await;
+    fill(&log, "key", 60).await;
+    log
+}
+
+/// Appends `batches` batches of 20 records over 12 keys named `<prefix>-<i>`.
+async fn fill(log: &PartitionLog, prefix: &str, batches: usize) {
     let mut n = 0u32;
-    for b in 0..60 {
+    for b in 0..batches {
         let mut builder = BatchBuilder::new();
         for _ in 0..20 {
-            let key = format!("key-{}", n % 12);
+            let key = format!("{prefix}-{}", n % 12);
             let value = format!("value-{n:05}-{}", "x".repeat(40));
             let value = (n % 7 != 3).then_some(value.as_bytes());
             builder.push(1_000 + i64::from(n), Some(key.as_bytes()), value);
             n += 1;
         }
-        let mut bytes = Vec::new();
-        builder
-            .finish(CODECS[b % CODECS.len()], None, &mut bytes)
-            .unwrap();
-        log.append(
-            BytesMut::from(&bytes[..]),
-            LeaderEpoch(1),
-            AckPolicy::Durable,
-        )
-        .await
-        .unwrap();
+        append_batch(log, builder, CODECS[b % CODECS.len()]).await;
     }
-    log
+}
+
+/// Seals `builder`'s records with `codec` and appends them durably.
+async fn append_batch(log: &PartitionLog, mut builder: BatchBuilder, codec: Compression) {
+    let mut bytes = Vec::new();
+    builder.finish(codec, None, &mut bytes).unwrap();
+    log.append(
+        BytesMut::from(&bytes[..]),
+        LeaderEpoch(1),
+        AckPolicy::Durable,
+    )
+    .await
+    .unwrap();
 }
 
 fn settings(delete_retention_ms: i64, stop_after: Option<SwapStep>) -> CompactionSettings {
@@ -153,24 +161,12 @@ fn a_pass_keeps_each_keys_latest_record_and_survives_reopening() {
             );
         }
         assert!(log_bytes(&root) < size_before, "the log shrank");
-        // A second pass finds nothing more to remove, and merges the now small segments.
+        // With nothing written since, there is nothing to clean.
         let again = log
             .compact(&settings(i64::MAX, None), Timestamp::now())
             .await
             .unwrap();
-        assert_eq!(again.records_removed, 0);
-        assert!(
-            again.segments_out < again.segments_in,
-            "neighbours merged: {again:?}"
-        );
-        // Fillers left by the first pass were joined into runs: never two in a row.
-        let stored = read_all(&log, Offset(0)).await;
-        let fillers: Vec<bool> = stored
-            .iter()
-            .map(|b| compact::is_filler(&spate_engine::batch::BatchHeader::parse(b).unwrap()))
-            .collect();
-        assert!(!fillers.windows(2).any(|w| w[0] && w[1]), "{fillers:?}");
-        assert_eq!(records(&read_all(&log, Offset(0)).await), after);
+        assert_eq!(again, CompactionOutcome::default());
         log.close().await.unwrap();
         (before, after, outcome)
     });
@@ -196,30 +192,103 @@ fn a_pass_keeps_each_keys_latest_record_and_survives_reopening() {
 }
 
 #[test]
-fn tombstones_go_once_their_retention_has_passed() {
+fn a_later_pass_merges_cleaned_segments_and_joins_their_fillers() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     run(async move {
         let log = write_workload(&root).await;
-        let before = records(&read_all(&log, Offset(0)).await);
-        let cleaned_end = active_base(&root);
-        // Retention not passed: tombstones that are a key's latest record stay.
         log.compact(&settings(i64::MAX, None), Timestamp::now())
             .await
             .unwrap();
-        let kept = records(&read_all(&log, Offset(0)).await);
+        // More of the same keys: the next pass shadows records in the clean part too.
+        fill(&log, "key", 30).await;
+        let before = records(&read_all(&log, Offset(0)).await);
+        let again = log
+            .compact(&settings(i64::MAX, None), Timestamp::now())
+            .await
+            .unwrap();
+        assert!(again.records_removed > 0, "{again:?}");
         assert!(
-            kept.iter().any(|r| r.0 < cleaned_end && r.2.is_none()),
-            "tombstones kept"
+            again.segments_out < again.segments_in,
+            "neighbours merged: {again:?}"
         );
-        // Passed: they go, and the keys they deleted stay deleted.
+        let stored = read_all(&log, Offset(0)).await;
+        let fillers: Vec<bool> = stored
+            .iter()
+            .map(|b| compact::is_filler(&spate_engine::batch::BatchHeader::parse(b).unwrap()))
+            .collect();
+        // Joined into runs: at most one filler per segment.
+        let fillers = fillers.iter().filter(|f| **f).count();
+        let segments = std::fs::read_dir(root.join(common::tp().dir_name()))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log")
+            })
+            .count();
+        assert!(
+            fillers <= segments,
+            "{fillers} fillers in {segments} segments"
+        );
+        let after = records(&stored);
+        check_cleaned(&before, &after, active_base(&root));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn tombstones_go_once_their_retention_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, small_segments(8 * 1024)).await;
+        // Ten keys written, then deleted: each key's latest record is its tombstone.
+        for value in [Some(&b"value"[..]), None] {
+            let mut builder = BatchBuilder::new();
+            for k in 0..10 {
+                builder.push(1_000, Some(format!("gone-{k}").as_bytes()), value);
+            }
+            append_batch(&log, builder, Compression::Gzip).await;
+        }
+        fill(&log, "other", 30).await;
+        let tombstones = |records: &Records| {
+            records
+                .iter()
+                .filter(|r| {
+                    r.2.is_none() && r.1.as_deref().is_some_and(|k| k.starts_with(b"gone-"))
+                })
+                .count()
+        };
+        // First cleaning: the tombstones stay, whatever their age.
         log.compact(&settings(0, None), Timestamp::now())
             .await
             .unwrap();
+        assert_eq!(tombstones(&records(&read_all(&log, Offset(0)).await)), 10);
+        // A later pass within delete.retention.ms of that cleaning: they stay.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fill(&log, "more", 30).await;
+        log.compact(&settings(60_000, None), Timestamp::now())
+            .await
+            .unwrap();
+        assert_eq!(tombstones(&records(&read_all(&log, Offset(0)).await)), 10);
+        // Past it: they go, and the keys they deleted stay deleted.
+        fill(&log, "again", 30).await;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let before = records(&read_all(&log, Offset(0)).await);
+        log.compact(&settings(20, None), Timestamp::now())
+            .await
+            .unwrap();
         let after = records(&read_all(&log, Offset(0)).await);
+        assert_eq!(tombstones(&after), 0);
+        let gone = |r: &(i64, Option<Vec<u8>>, Option<Vec<u8>>)| {
+            r.1.as_deref().is_some_and(|k| k.starts_with(b"gone-"))
+        };
         assert!(
-            !after.iter().any(|r| r.0 < cleaned_end && r.2.is_none()),
-            "no tombstone left in the cleaned part"
+            !after.iter().any(gone),
+            "nothing of the deleted keys is left"
         );
         assert_eq!(table(&after), table(&before));
         log.close().await.unwrap();

@@ -11,13 +11,20 @@
 //! either the old segments or the new one, never a mix:
 //! 1. the new log is written to `<base>.log.cleaned` and fsynced (a crash: recovery
 //!    deletes `.cleaned` files);
-//! 2. it is renamed to `<base>.log.swap` and the directory fsynced: the commit point
-//!    (a crash: recovery finishes the swap: it deletes every segment whose base lies in
-//!    the swap's offsets, then renames the swap);
-//! 3. the segments are replaced in memory; readers holding the old files keep reading
-//!    them, new reads find the new segment;
-//! 4. the old segments' files are deleted;
-//! 5. the swap is renamed to `<base>.log`, its indexes written, the directory fsynced.
+//! 2. after checking that the partition did not change meanwhile (else the new file is
+//!    dropped), it is renamed to `<base>.log.swap`, the commit point, and in the same
+//!    step the segments are replaced in memory (and their batches dropped from the tail
+//!    cache); readers holding the old files keep reading them, new reads find the new
+//!    segment. Then the directory is fsynced. A crash after the rename: recovery
+//!    finishes the swap (it deletes every segment whose base lies in the swap's offsets,
+//!    then renames the swap); a power cut before the fsync: the old segments, which hold
+//!    the same surviving records at the same offsets;
+//! 3. the old segments' files are deleted and the directory fsynced;
+//! 4. the swap is renamed to `<base>.log`, its indexes written, the directory fsynced.
+//!
+//! A group whose records all survive, and that merges nothing, is left as it is. The key
+//! map covers the segments not cleaned yet (from `LogState::cleaned_to`), as in Kafka:
+//! the clean ones hold each of their keys once already.
 //!
 //! Output segments are swapped one at a time from the oldest, so a crash between two
 //! leaves the older ones cleaned and the younger ones not. That is a correct log: a
@@ -90,8 +97,11 @@ struct Input {
     size: u64,
     file: Rc<DmaFile>,
     path: PathBuf,
-    /// Milliseconds since the epoch when its file was last written.
-    written_ms: i64,
+    /// Milliseconds since the epoch when it was first cleaned (a cleaned segment's file
+    /// keeps that time as its mtime, see `Output::finish`); meaningful if `clean`.
+    cleaned_ms: i64,
+    /// Cleaned by an earlier pass of this process (below `LogState::cleaned_to`).
+    clean: bool,
 }
 
 /// Clears `LogState::cleaning` however the pass ends.
@@ -123,6 +133,9 @@ impl PartitionLog {
             });
             let (mut total, mut dirty, mut overdue) = (0u64, 0u64, false);
             for segment in cleanable {
+                if lagging(segment, config.min_compaction_lag_ms, now) {
+                    break;
+                }
                 total += segment.size;
                 if segment.base_offset >= st.cleaned_to {
                     dirty += segment.size;
@@ -195,9 +208,7 @@ impl PartitionLog {
                 && segment.base_offset != active
                 && segment.next_offset <= st.high_watermark
                 && !segment.is_empty();
-            let lagging = segment.max_timestamp != Timestamp::NONE
-                && now.0.saturating_sub(segment.max_timestamp.0) < settings.min_compaction_lag_ms;
-            if !cleanable || lagging {
+            if !cleanable || lagging(segment, settings.min_compaction_lag_ms, now) {
                 break;
             }
             inputs.push(Input {
@@ -206,7 +217,8 @@ impl PartitionLog {
                 size: segment.size,
                 file: segment.file.clone(),
                 path: segment.log_path.clone(),
-                written_ms: modified_ms(&segment.log_path),
+                cleaned_ms: modified_ms(&segment.log_path),
+                clean: segment.next_offset <= st.cleaned_to,
             });
         }
         if inputs.is_empty() {
@@ -216,24 +228,41 @@ impl PartitionLog {
         Ok(Some(inputs))
     }
 
-    /// Notes every key's latest offset; returns the map and the inputs it covers whole
-    /// (all of them, unless the map filled up).
+    /// Notes the latest offset of every key of the dirty segments (from the first one
+    /// not cleaned yet, as Kafka's cleaner does: the clean ones hold each of their keys
+    /// once already); returns the map and the inputs the pass may clean: the clean ones
+    /// and the dirty ones the map covers whole (all, unless it filled up). A batch whose
+    /// records cannot be read (one that inflates past the bound) is left out of the map,
+    /// so its records and every record of its keys stay.
     async fn note_keys(&self, inputs: Vec<Input>, budget: usize) -> Result<(KeyMap, Vec<Input>)> {
         let mut keys = KeyMap::new(budget);
-        let mut covered = 0;
-        'segments: for input in &inputs {
+        let mut covered = inputs.iter().take_while(|i| i.clean).count();
+        if covered == inputs.len() {
+            // Nothing dirty: nothing to clean.
+            return Ok((keys, Vec::new()));
+        }
+        'segments: for input in &inputs[covered..] {
             let mut full = false;
             let mut batches = Batches::new(input);
             while let Some((bytes, header)) = batches.next().await? {
                 if header.is_control() {
                     continue;
                 }
-                let section = compact::records_section(bytes, DECOMPRESSED_BATCH_BYTES_MAX)?;
-                compact::each_record(&header, &section, |record| {
-                    if let Some(key) = record.key {
-                        full |= !full && !keys.insert(key, record.offset);
-                    }
-                })?;
+                let Ok(section) = compact::records_section(bytes, DECOMPRESSED_BATCH_BYTES_MAX)
+                else {
+                    continue;
+                };
+                let mut noted = Vec::new();
+                if compact::each_record(&header, &section, |r| {
+                    noted.extend(r.key.map(|k| (k, r.offset)))
+                })
+                .is_err()
+                {
+                    continue;
+                }
+                for (key, offset) in noted {
+                    full |= !full && !keys.insert(key, offset);
+                }
                 if full {
                     break;
                 }
@@ -265,9 +294,13 @@ impl PartitionLog {
         let cleaned_path = inner.dir.join(format!("{:020}{CLEANED_SUFFIX}", base.0));
         let interval = inner.state.borrow().config().index_interval_bytes;
         let mut out = Output::create(&cleaned_path, base, interval).await?;
+        let removed_before = outcome.records_removed;
+        let mut fillers_in = 0usize;
         for input in group {
-            let tombstones_expire =
-                now.0.saturating_sub(input.written_ms) > settings.delete_retention_ms;
+            // Kafka's rule: a tombstone stays `delete.retention.ms` after its segment was
+            // first cleaned, so a consumer that read the values it deletes sees it.
+            let tombstones_expire = input.clean
+                && now.0.saturating_sub(input.cleaned_ms) > settings.delete_retention_ms;
             let keep = |record: &RecordRef<'_>| match record.key {
                 None => true,
                 Some(key) => {
@@ -281,27 +314,54 @@ impl PartitionLog {
                 // An earlier pass's filler joins the run around it, so runs do not stay
                 // split across passes.
                 if compact::is_filler(&header) {
-                    out.skip(&header);
+                    fillers_in += 1;
+                    out.skip(&header).await?;
                     continue;
                 }
-                let cleaned = compact::clean_batch(bytes, DECOMPRESSED_BATCH_BYTES_MAX, keep)?;
+                // A batch whose records cannot be read stays whole (see `note_keys`).
+                let cleaned = compact::clean_batch(bytes, DECOMPRESSED_BATCH_BYTES_MAX, keep)
+                    .unwrap_or(Cleaned::Kept);
                 outcome.records_removed += removed_records(&header, &cleaned);
                 match cleaned {
                     Cleaned::Kept => out.push(bytes).await?,
                     Cleaned::Rewritten(new) => out.push(&new).await?,
-                    Cleaned::Removed => out.skip(&header),
+                    Cleaned::Removed => out.skip(&header).await?,
                 }
                 glommio::yield_if_needed().await;
             }
             outcome.segments_in += 1;
             outcome.bytes_in += input.size;
         }
-        let written = out.finish().await?;
-        assert_eq!(
-            written.next,
-            group.last().expect("a group has a segment").next,
-            "a cleaned segment ends where its inputs ended"
-        );
+        // The new segment's mtime: when its oldest data was first cleaned (now, for data
+        // cleaned for the first time), so tombstone retention counts from there however
+        // often the segment is rewritten later.
+        let first_cleaned = group
+            .iter()
+            .map(|i| if i.clean { i.cleaned_ms } else { now.0 })
+            .max()
+            .unwrap_or(now.0);
+        let written = out.finish(first_cleaned).await?;
+        let end = group.last().map_or(base, |i| i.next);
+        if written.next != end {
+            return Err(EngineError::CorruptSegment {
+                path: group
+                    .last()
+                    .map_or_else(|| cleaned_path.clone(), |i| i.path.clone()),
+                position: 0,
+                reason: format!(
+                    "the segments from offset {} end at {}, but their batches at {}",
+                    base.0, end.0, written.next.0
+                ),
+            });
+        }
+        // Nothing removed, merged or joined: the segment stays as it is.
+        let unchanged = outcome.records_removed == removed_before
+            && group.len() == 1
+            && written.fillers == fillers_in;
+        if unchanged && settings.stop_after.is_none() {
+            file::remove(&written.path).await?;
+            return Ok(false);
+        }
         outcome.segments_out += 1;
         outcome.bytes_out += written.size;
         if settings.stop_after == Some(SwapStep::Written) {
@@ -310,7 +370,7 @@ impl PartitionLog {
         self.swap(group, written, settings.stop_after).await
     }
 
-    /// Steps 2 to 5 of the module doc; returns true if stopped midway by a test.
+    /// Steps 2 to 4 of the module doc; returns true if stopped midway by a test.
     async fn swap(
         &self,
         group: &[Input],
@@ -321,17 +381,17 @@ impl PartitionLog {
         let base = group[0].base;
         let swap_path = inner.dir.join(format!("{:020}{SWAP_SUFFIX}", base.0));
         let final_path = file::segment_path(&inner.dir, base.0, "log");
-        rename(&written.path, &swap_path)?;
-        file::sync_dir(&inner.dir).await?;
-        if stop == Some(SwapStep::Committed) {
-            return Ok(true);
-        }
+        // Opened before the commit point, so that the check, the commit and the swap in
+        // memory below happen with nothing in between (the descriptors follow renames).
+        let dma = Rc::new(file::open_dma(&written.path, false).await?);
+        let reader = Arc::new(file::open_reader(&written.path)?);
+        let next = written.next;
         let segment = Segment {
             base_offset: base,
-            next_offset: written.next,
+            next_offset: next,
             log_path: final_path.clone(),
-            file: Rc::new(file::open_dma(&swap_path, false).await?),
-            reader: Arc::new(file::open_reader(&swap_path)?),
+            file: dma,
+            reader,
             size: written.size,
             durable: written.size,
             allocated: written.size,
@@ -342,30 +402,59 @@ impl PartitionLog {
             staging: None,
             sealed: true,
         };
+        // A truncation, a deletion or the partition becoming a replica may have come
+        // while the pass read and wrote: then the new segment is dropped, uncommitted.
+        let changed = {
+            let st = inner.state.borrow();
+            let inputs_unchanged = group.iter().all(|i| {
+                st.segments
+                    .get(&i.base)
+                    .is_some_and(|s| s.next_offset == i.next && s.sealed)
+            });
+            !inputs_unchanged || st.deleted || st.truncating || st.replicated || st.failed.is_some()
+        };
+        if changed {
+            file::remove(&written.path).await?;
+            return Err(EngineError::ReplicaDiverged {
+                tp: inner.tp.clone(),
+                reason: "the partition changed during a cleaning pass; it will be cleaned again"
+                    .into(),
+            });
+        }
+        // From the check to the swap in memory nothing awaits, so nothing can come between.
         {
             let mut st = inner.state.borrow_mut();
+            rename(&written.path, &swap_path)?;
+            if stop == Some(SwapStep::Committed) {
+                return Ok(true);
+            }
             for input in group {
-                let old = st
-                    .segments
-                    .remove(&input.base)
-                    .expect("segments being cleaned stay while the pass runs");
-                assert_eq!(
-                    old.next_offset, input.next,
-                    "a segment being cleaned is unchanged"
-                );
+                st.segments.remove(&input.base);
             }
             st.segments.insert(base, segment);
             // The tail cache may hold the old batches; reads below go to the new file.
-            st.cache.evict_below(written.next);
+            st.cache.evict_below(next);
             st.check_invariants();
         }
+        file::sync_dir(&inner.dir).await?;
         for input in group {
+            if inner.state.borrow().deleted {
+                // The partition's files are gone, and the directory may be another's now.
+                return Ok(false);
+            }
             for path in input_paths(&inner.dir, input.base) {
                 file::remove(&path).await?;
             }
         }
         if stop == Some(SwapStep::OldDeleted) {
+            file::sync_dir(&inner.dir).await?;
             return Ok(true);
+        }
+        // The removals are durable before the rename, so a crash never finds the new
+        // `.log` beside an old segment it overlaps.
+        file::sync_dir(&inner.dir).await?;
+        if inner.state.borrow().deleted {
+            return Ok(false);
         }
         rename(&swap_path, &final_path)?;
         let index = self.0.state.borrow().segments[&base].index.clone();
@@ -373,6 +462,15 @@ impl PartitionLog {
         file::sync_dir(&inner.dir).await?;
         Ok(false)
     }
+}
+
+/// Whether `segment` holds a record younger than `min.compaction.lag.ms`. With no lag
+/// (the default) nothing lags, whatever its timestamps say (a producer's clock may be
+/// ahead of ours).
+fn lagging(segment: &Segment, min_lag_ms: i64, now: Timestamp) -> bool {
+    min_lag_ms > 0
+        && segment.max_timestamp != Timestamp::NONE
+        && now.0.saturating_sub(segment.max_timestamp.0) < min_lag_ms
 }
 
 /// The files of the segment based at `base`.
@@ -502,6 +600,7 @@ struct Written {
     size: u64,
     index: SegmentIndex,
     max_timestamp: (Timestamp, Offset),
+    fillers: usize,
 }
 
 /// A cleaned segment being written: batches are buffered and written in aligned
@@ -518,6 +617,8 @@ struct Output {
     max_timestamp: (Timestamp, Offset),
     /// The removed run not yet written: (first offset, last offset, epoch, max timestamp).
     removed: Option<(Offset, Offset, i32, i64)>,
+    /// Fillers written.
+    fillers: usize,
 }
 
 impl Output {
@@ -536,30 +637,55 @@ impl Output {
             index: SegmentIndex::new(base, interval),
             max_timestamp: (Timestamp::NONE, base),
             removed: None,
+            fillers: 0,
         })
     }
 
-    /// Notes a batch removed whole.
-    fn skip(&mut self, header: &BatchHeader) {
+    /// Notes a batch removed whole (or an earlier filler): it joins the removed run,
+    /// written as one filler unless that would span more offsets than a batch can.
+    async fn skip(&mut self, header: &BatchHeader) -> Result<()> {
         let last = header.last_offset();
         let max = header.max_timestamp.0;
+        if let Some((first, _, _, _)) = self.removed {
+            if last.0 - first.0 > i64::from(i32::MAX) {
+                self.write_removed().await?;
+            }
+        }
         self.removed = Some(match self.removed {
             Some((first, _, _, ts)) => (first, last, header.leader_epoch.0, ts.max(max)),
             None => (header.base_offset, last, header.leader_epoch.0, max),
         });
+        Ok(())
+    }
+
+    /// Writes the removed run as one filler.
+    async fn write_removed(&mut self) -> Result<()> {
+        if let Some((first, last, epoch, max)) = self.removed.take() {
+            let filler = compact::filler_batch(first, last, epoch, max);
+            self.fillers += 1;
+            self.append(&filler).await?;
+        }
+        Ok(())
     }
 
     async fn push(&mut self, bytes: &[u8]) -> Result<()> {
-        if let Some((first, last, epoch, max)) = self.removed.take() {
-            let filler = compact::filler_batch(first, last, epoch, max);
-            self.append(&filler).await?;
-        }
+        self.write_removed().await?;
         self.append(bytes).await
     }
 
     async fn append(&mut self, bytes: &[u8]) -> Result<()> {
         let header = batch::verify_stored(bytes).expect("cleaned batches are valid");
-        assert_eq!(header.base_offset, self.next, "batches follow each other");
+        if header.base_offset != self.next {
+            // Base offsets lie outside the CRC: a damaged one shows here.
+            return Err(EngineError::CorruptSegment {
+                path: self.path.clone(),
+                position: self.size,
+                reason: format!(
+                    "a batch at offset {} where offset {} was due",
+                    header.base_offset.0, self.next.0
+                ),
+            });
+        }
         let position = u32::try_from(self.size).expect("a cleaned segment fits in u32 bytes");
         self.index.on_append(
             header.base_offset,
@@ -588,17 +714,22 @@ impl Output {
         Ok(())
     }
 
-    /// Writes what is left, cuts the padding off and fsyncs.
-    async fn finish(mut self) -> Result<Written> {
-        if let Some((first, last, epoch, max)) = self.removed.take() {
-            let filler = compact::filler_batch(first, last, epoch, max);
-            self.append(&filler).await?;
-        }
+    /// Writes what is left, cuts the padding off, sets the file's mtime to `cleaned_ms`
+    /// and fsyncs.
+    async fn finish(mut self, cleaned_ms: i64) -> Result<Written> {
+        self.write_removed().await?;
         file::write_padded(&self.file, &self.path, self.written, &self.buffer).await?;
         self.file
             .truncate(self.size)
             .await
             .map_err(|e| EngineError::glommio("truncate", &self.path, e))?;
+        let mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(cleaned_ms).unwrap_or(0));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .and_then(|f| f.set_modified(mtime))
+            .map_err(|e| EngineError::io("set the mtime of", &self.path, e))?;
         self.file
             .fdatasync()
             .await
@@ -611,6 +742,7 @@ impl Output {
             size: self.size,
             index: self.index,
             max_timestamp: self.max_timestamp,
+            fillers: self.fillers,
         })
     }
 }
