@@ -360,6 +360,10 @@ impl PartitionLog {
             && written.fillers == fillers_in;
         if unchanged && settings.stop_after.is_none() {
             file::remove(&written.path).await?;
+            // Cleaned for the first time all the same: its tombstones' clock starts now.
+            if let Some(input) = group.first().filter(|i| !i.clean) {
+                set_mtime(&input.path, now.0)?;
+            }
             return Ok(false);
         }
         outcome.segments_out += 1;
@@ -457,8 +461,16 @@ impl PartitionLog {
             return Ok(false);
         }
         rename(&swap_path, &final_path)?;
-        let index = self.0.state.borrow().segments[&base].index.clone();
-        write_indexes(&inner.dir, &index).await?;
+        let index = self
+            .0
+            .state
+            .borrow()
+            .segments
+            .get(&base)
+            .map(|s| s.index.clone());
+        if let Some(index) = index {
+            write_indexes(&inner.dir, &index).await?;
+        }
         file::sync_dir(&inner.dir).await?;
         Ok(false)
     }
@@ -486,6 +498,17 @@ async fn write_indexes(dir: &Path, index: &SegmentIndex) -> Result<()> {
 
 fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| EngineError::io("rename", from, e))
+}
+
+/// Sets `path`'s mtime to `ms` since the epoch: when its data was first cleaned.
+fn set_mtime(path: &Path, ms: i64) -> Result<()> {
+    let mtime =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(mtime))
+        .map_err(|e| EngineError::io("set the mtime of", path, e))
 }
 
 /// When `path` was last written, in ms since the epoch (0 if unknown: its tombstones are
@@ -723,13 +746,7 @@ impl Output {
             .truncate(self.size)
             .await
             .map_err(|e| EngineError::glommio("truncate", &self.path, e))?;
-        let mtime = std::time::UNIX_EPOCH
-            + std::time::Duration::from_millis(u64::try_from(cleaned_ms).unwrap_or(0));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .and_then(|f| f.set_modified(mtime))
-            .map_err(|e| EngineError::io("set the mtime of", &self.path, e))?;
+        set_mtime(&self.path, cleaned_ms)?;
         self.file
             .fdatasync()
             .await
