@@ -111,6 +111,8 @@ impl Broker {
                         glommio::spawn_local(reconcile::publish_loop(node.clone())).detach();
                         glommio::spawn_local(register::registration_loop(node.clone())).detach();
                     }
+                } else {
+                    apply_topic_configs(&node).await;
                 }
                 let served = crate::server::serve(node.clone(), stop.clone()).await;
                 if let Some(cluster) = node.cluster() {
@@ -137,5 +139,39 @@ impl Broker {
             );
         }
         Ok(())
+    }
+}
+
+/// On a single broker at start: brings each local partition's stored config in line
+/// with its topic's overrides in the catalog. They agree unless the partition was
+/// written by an older version (whose `partition.meta` lacked configs the engine acts
+/// on now, such as `cleanup.policy`). Cluster mode does the same in its first reconcile.
+async fn apply_topic_configs(node: &Node) {
+    let catalog = node.catalog();
+    let me = node.shard.id();
+    for topic in catalog.topics.values() {
+        let Ok(config) = crate::topic_config::partition_config(&topic.configs) else {
+            continue;
+        };
+        for p in 0..topic.partitions {
+            let tp = spate_engine::TopicPartition::new(&topic.name, p);
+            if node.shard.owner(&tp) != me {
+                continue;
+            }
+            let Ok(log) = node.shard.local(&tp) else {
+                continue;
+            };
+            if log.config() == config {
+                continue;
+            }
+            match log.update_config(config.clone()).await {
+                Ok(()) => {
+                    tracing::info!(partition = %tp, "applied the topic's configs to the partition")
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %tp, error = %e, "could not apply the topic's configs")
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `spate serve` as a user runs it: start, answer, stop on SIGTERM with exit 0, refuse
 //! bad settings with one clear line and nothing created, and refuse a data directory
-//! another broker holds.
+//! another broker holds, and bring partitions written by an older version in line with
+//! their topics.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -164,4 +165,63 @@ fn bad_settings_get_one_clear_line_and_create_nothing() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot create data directory"));
     drop(busy);
+}
+
+#[test]
+fn partitions_written_by_an_older_version_take_their_topics_configs_at_start() {
+    use spate_engine::config::PartitionConfigV1;
+    use spate_engine::meta::{self, FileKind, PartitionMetaV1};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let child = start(&data, port, &[]);
+    let created = spate()
+        .args([
+            "topic",
+            "create",
+            "legacy",
+            "--config",
+            "cleanup.policy=compact",
+        ])
+        .args(["--brokers", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(terminate(child).status.success());
+    // The partition's meta as format 1 wrote it: without cleanup configs, so read as
+    // delete only, unlike the topic.
+    let path = data.join("legacy-0").join("partition.meta");
+    let current = meta::decode_partition_meta(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(current.config.cleanup_compact);
+    let c = &current.config;
+    let v1 = PartitionMetaV1 {
+        topic: current.topic.clone(),
+        partition: current.partition,
+        shard: current.shard,
+        config: PartitionConfigV1 {
+            segment_bytes: c.segment_bytes,
+            segment_ms: c.segment_ms,
+            retention_ms: c.retention_ms,
+            retention_bytes: c.retention_bytes,
+            max_message_bytes: c.max_message_bytes,
+            index_interval_bytes: c.index_interval_bytes,
+        },
+    };
+    let mut bytes = meta::encode(FileKind::PartitionMeta, &v1);
+    bytes[5] = 1;
+    std::fs::write(&path, bytes).unwrap();
+    let old = meta::decode_partition_meta(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(!old.config.cleanup_compact);
+    // Started again, the broker brings the partition in line with its topic.
+    let child = start(&data, port, &[]);
+    let output = terminate(child);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("applied the topic's configs"), "{log}");
+    let after = meta::decode_partition_meta(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(after.config.cleanup_compact);
+    assert_eq!(after.config, current.config);
 }
