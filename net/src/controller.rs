@@ -120,13 +120,24 @@ pub fn spec_from_request(
             "manual replica assignment is not supported".into(),
         ));
     }
-    let given = topic
+    let given: Vec<(String, String)> = topic
         .configs
         .iter()
         .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
         .collect();
     let overrides = if offsets_topic {
-        crate::group::coordinator::offsets_topic_configs()
+        // The asking broker's segment size, if it gave a valid one; the rest is fixed.
+        let segment_bytes = given
+            .iter()
+            .find(|(k, _)| k == "segment.bytes")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .filter(|b| {
+                PartitionConfig::default()
+                    .set("segment.bytes", &b.to_string())
+                    .is_ok()
+            })
+            .unwrap_or(crate::group::GroupConfig::default().offsets_segment_bytes);
+        crate::group::coordinator::offsets_topic_configs(segment_bytes)
     } else {
         topic_config::apply(&[], &ConfigChange::Replace(given))?
     };

@@ -21,7 +21,8 @@ use spate_net::{Broker, ServerConfig};
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML file with any of: listen, advertise, data_dir, shards, node_id,
-    /// offsets_partitions, offsets_replication_factor, group_initial_rebalance_delay_ms,
+    /// offsets_partitions, offsets_replication_factor, offsets_segment_bytes,
+    /// group_initial_rebalance_delay_ms,
     /// log_cleaner_backoff_ms,
     /// voters, peer_listen, cluster_id, default_replication_factor.
     #[arg(long, env = "SPATE_CONFIG")]
@@ -50,6 +51,10 @@ pub struct ServeArgs {
     /// [default: 3].
     #[arg(long, env = "SPATE_OFFSETS_REPLICATION_FACTOR")]
     offsets_replication_factor: Option<u32>,
+    /// Segment size of `__consumer_offsets` when it is created (Kafka's
+    /// offsets.topic.segment.bytes) [default: 104857600].
+    #[arg(long, env = "SPATE_OFFSETS_SEGMENT_BYTES")]
+    offsets_segment_bytes: Option<u64>,
     /// How long the first rebalance of an empty group waits for more members (Kafka's
     /// group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
@@ -88,6 +93,7 @@ struct FileConfig {
     node_id: Option<i32>,
     offsets_partitions: Option<i32>,
     offsets_replication_factor: Option<u32>,
+    offsets_segment_bytes: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     log_cleaner_backoff_ms: Option<u64>,
     voters: Option<String>,
@@ -195,6 +201,12 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             ));
         }
         groups.offsets_replication_factor = n;
+    }
+    if let Some(bytes) = args.offsets_segment_bytes.or(file.offsets_segment_bytes) {
+        spate_engine::PartitionConfig::default()
+            .set("segment.bytes", &bytes.to_string())
+            .map_err(|e| format!("invalid offsets segment bytes {bytes}: {e}"))?;
+        groups.offsets_segment_bytes = bytes;
     }
     if let Some(ms) = args
         .group_initial_rebalance_delay_ms

@@ -17,6 +17,11 @@ fn script() -> PathBuf {
 /// Starts `spate serve` on `data`, logging to `broker.log` beside it; if it fails to
 /// start, the log is part of the failure.
 fn start(data: &Path, port: u16) -> Guard {
+    start_with(data, port, &[])
+}
+
+/// `start` with more flags.
+fn start_with(data: &Path, port: u16, flags: &[&str]) -> Guard {
     let log_path = data
         .parent()
         .expect("data dir has a parent")
@@ -31,6 +36,7 @@ fn start(data: &Path, port: u16) -> Guard {
             serve_command(data, port)
                 // Compacted topics are cleaned within a test's patience.
                 .args(["--log-cleaner-backoff-ms", "200"])
+                .args(flags)
                 .stderr(log)
                 .stdout(Stdio::null()),
             port,
@@ -128,5 +134,31 @@ fn a_compacted_topic_shrinks_and_reads_back_each_keys_latest_value() {
     let port = free_port();
     let broker = start(&data, port);
     run_script(&data, &["compaction", &port.to_string()]);
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+}
+
+#[test]
+fn consumer_offsets_is_compacted_and_a_restart_reads_the_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let flags = [
+        "--offsets-partitions",
+        "1",
+        "--offsets-segment-bytes",
+        "16384",
+    ];
+    let broker = start_with(&data, port, &flags);
+    run_script(
+        &data,
+        &[
+            "offsets-compaction",
+            &port.to_string(),
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
+    let broker = start_with(&data, port, &flags);
+    run_script(&data, &["offsets-committed", &port.to_string()]);
     assert!(broker.signal_and_wait(libc::SIGTERM).status.success());
 }

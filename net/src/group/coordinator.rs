@@ -190,11 +190,12 @@ pub fn offsets_partitions(node: &Node) -> i32 {
         .map_or(node.config.groups.offsets_partitions, |t| t.partitions)
 }
 
-/// The topic configs `__consumer_offsets` is created with, whoever asks.
-pub fn offsets_topic_configs() -> Vec<(String, String)> {
+/// The topic configs `__consumer_offsets` is created with, whoever asks: compacted, in
+/// segments of `segment_bytes`.
+pub fn offsets_topic_configs(segment_bytes: u64) -> Vec<(String, String)> {
     vec![
         ("cleanup.policy".to_string(), "compact".to_string()),
-        ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+        ("segment.bytes".to_string(), segment_bytes.to_string()),
     ]
 }
 
@@ -205,7 +206,7 @@ pub async fn ensure_offsets_topic(node: &Rc<Node>) -> Result<(), ResponseError> 
     if node.catalog().topics.contains_key(OFFSETS_TOPIC) {
         return Ok(());
     }
-    let overrides = offsets_topic_configs();
+    let overrides = offsets_topic_configs(node.config.groups.offsets_segment_bytes);
     let config = crate::topic_config::partition_config(&overrides)
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     let spec = TopicSpec {

@@ -28,6 +28,9 @@ pub struct GroupConfig {
     /// `offsets.topic.replication.factor`, used when the topic is created in cluster
     /// mode (at most the number of voters).
     pub offsets_replication_factor: u32,
+    /// `offsets.topic.segment.bytes`, used when the topic is created: small segments
+    /// are cleaned sooner (compaction never touches the active one).
+    pub offsets_segment_bytes: u64,
     /// `offsets.retention.minutes`: offsets of an empty group are dropped this long
     /// after their commit.
     pub offsets_retention: Duration,
@@ -45,6 +48,7 @@ impl Default for GroupConfig {
         GroupConfig {
             offsets_partitions: 50,
             offsets_replication_factor: 3,
+            offsets_segment_bytes: 100 << 20,
             offsets_retention: Duration::from_secs(7 * 24 * 3600),
             offsets_retention_check: Duration::from_secs(600),
             initial_rebalance_delay: Duration::from_secs(3),

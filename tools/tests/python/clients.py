@@ -9,6 +9,9 @@ the first failed check.
   produce-acked PORT TOPIC FILE   produce unique values with acks=all until killed or out
                                   of time, appending each acknowledged value to FILE
   verify PORT TOPIC FILE          every value in FILE is in TOPIC, exactly once
+  offsets-compaction PORT DATA    a group commits 1,500 times; __consumer_offsets (in DATA)
+                                  shrinks as the cleaner compacts it
+  offsets-committed PORT          the group's committed offset is its last commit
   compaction PORT                 a cleanup.policy=compact topic written with keyed
                                   records and tombstones in every codec shrinks, and
                                   reads back each key's latest value at its offset
@@ -330,6 +333,52 @@ def compaction(port):
     print(f"compaction ok: {written} written, {len(records)} left, {len(state)} keys")
 
 
+OFFSETS_GROUP = "compacting"
+OFFSETS_TOPIC_DATA = "oc"
+COMMITS = 1500
+OFFSETS_SEGMENT_BYTES = 16384  # --offsets-segment-bytes in python_clients.rs
+
+
+def offsets_log_bytes(data):
+    directory = os.path.join(data, "__consumer_offsets-0")
+    return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory) if f.endswith(".log"))
+
+
+def offsets_compaction(port, data):
+    """Commits COMMITS offsets of one partition, one at a time, then waits for the
+    cleaner to shrink __consumer_offsets (started with --offsets-partitions 1 and small
+    --offsets-segment-bytes) to a few segments' worth."""
+    bootstrap = f"127.0.0.1:{port}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(OFFSETS_TOPIC_DATA, num_partitions=1, replication_factor=1)])[
+        OFFSETS_TOPIC_DATA].result()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": OFFSETS_GROUP, "enable.auto.commit": False})
+    for offset in range(1, COMMITS + 1):
+        consumer.commit(offsets=[TopicPartition(OFFSETS_TOPIC_DATA, 0, offset)], asynchronous=False)
+    _, end = consumer.get_watermark_offsets(TopicPartition("__consumer_offsets", 0), timeout=10)
+    consumer.close()
+    check(end >= COMMITS, f"__consumer_offsets ends at {end}, below the {COMMITS} commits")
+    # Each commit record is about 100 bytes: uncompacted, the log would hold about 150 KB.
+    # Compacted, it holds the active segment and a cleaned one of a few records.
+    bound = 2 * OFFSETS_SEGMENT_BYTES + 4096
+    deadline = time.time() + COMPACTION_TIMEOUT
+    while offsets_log_bytes(data) > bound:
+        check(time.time() < deadline, f"__consumer_offsets not compacted in {COMPACTION_TIMEOUT} s: "
+                                      f"{offsets_log_bytes(data)} bytes for {end} records")
+        time.sleep(0.2)
+    print(f"offsets-compaction ok: {end} records in {offsets_log_bytes(data)} bytes")
+
+
+def offsets_committed(port):
+    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": OFFSETS_GROUP,
+                         "enable.auto.commit": False})
+    committed = consumer.committed([TopicPartition(OFFSETS_TOPIC_DATA, 0)], timeout=10)[0]
+    consumer.close()
+    check(committed.error is None and committed.offset == COMMITS,
+          f"committed offset after the restart: {committed.offset} ({committed.error}), not {COMMITS}")
+    print(f"offsets-committed ok: {committed.offset}")
+
+
 if __name__ == "__main__":
     command, port = sys.argv[1], int(sys.argv[2])
     try:
@@ -345,6 +394,10 @@ if __name__ == "__main__":
             verify(port, sys.argv[3], sys.argv[4])
         elif command == "compaction":
             compaction(port)
+        elif command == "offsets-compaction":
+            offsets_compaction(port, sys.argv[3])
+        elif command == "offsets-committed":
+            offsets_committed(port)
         else:
             check(False, f"unknown command {command}")
     except KafkaException as e:
