@@ -147,6 +147,7 @@ fn main() {
                     delete_retention_ms: i64::MAX,
                     min_compaction_lag_ms: 0,
                     key_map_bytes: spate_engine::limits::COMPACTION_KEY_MAP_BYTES,
+                    io_bytes_per_sec: None,
                     stop_after: None,
                 };
                 let start = Instant::now();

@@ -64,6 +64,7 @@ fn settings(delete_retention_ms: i64, stop_after: Option<SwapStep>) -> Compactio
         delete_retention_ms,
         min_compaction_lag_ms: 0,
         key_map_bytes: 1 << 20,
+        io_bytes_per_sec: None,
         stop_after,
     }
 }
@@ -355,7 +356,10 @@ fn a_compacted_partition_is_cleaned_when_dirty_enough_and_not_deleted_by_age() {
     run(async move {
         let log = write_workload(&root).await;
         // cleanup.policy=delete (the default): no cleaning pass.
-        assert_eq!(log.clean_if_due(Timestamp::now()).await.unwrap(), None);
+        assert_eq!(
+            log.clean_if_due(Timestamp::now(), None).await.unwrap(),
+            None
+        );
         let mut config = small_segments(8 * 1024);
         config.set("cleanup.policy", "compact").unwrap();
         config.set("retention.ms", "1").unwrap();
@@ -364,12 +368,40 @@ fn a_compacted_partition_is_cleaned_when_dirty_enough_and_not_deleted_by_age() {
         // Compact only: retention by age deletes nothing, however old the records.
         let retained = log.apply_retention(Timestamp::now()).await.unwrap();
         assert_eq!(retained.segments_deleted, 0);
-        let first = log.clean_if_due(Timestamp::now()).await.unwrap();
+        let first = log.clean_if_due(Timestamp::now(), None).await.unwrap();
         assert!(first.is_some_and(|o| o.records_removed > 0), "{first:?}");
         // Everything cleanable is clean now: not due again until more is written.
-        assert_eq!(log.clean_if_due(Timestamp::now()).await.unwrap(), None);
+        assert_eq!(
+            log.clean_if_due(Timestamp::now(), None).await.unwrap(),
+            None
+        );
         let after = records(&read_all(&log, Offset(0)).await);
         assert_eq!(table(&after), table(&before));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_rate_limited_pass_takes_at_least_its_bytes_over_the_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = write_workload(&root).await;
+        let rate = 100_000;
+        let limited = CompactionSettings {
+            io_bytes_per_sec: Some(rate),
+            ..settings(i64::MAX, None)
+        };
+        let started = std::time::Instant::now();
+        let outcome = log.compact(&limited, Timestamp::now()).await.unwrap();
+        // Every input byte is read twice (keys, then rewrite): at least that long.
+        let floor = std::time::Duration::from_secs_f64(2.0 * outcome.bytes_in as f64 / rate as f64);
+        assert!(outcome.bytes_in > 0);
+        assert!(
+            started.elapsed() >= floor,
+            "{:?} < {floor:?}",
+            started.elapsed()
+        );
         log.close().await.unwrap();
     });
 }

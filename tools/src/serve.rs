@@ -23,7 +23,7 @@ pub struct ServeArgs {
     /// TOML file with any of: listen, advertise, data_dir, shards, node_id,
     /// offsets_partitions, offsets_replication_factor, offsets_segment_bytes,
     /// group_initial_rebalance_delay_ms,
-    /// log_cleaner_backoff_ms,
+    /// log_cleaner_backoff_ms, log_cleaner_io_max_bytes_per_second,
     /// voters, peer_listen, cluster_id, default_replication_factor.
     #[arg(long, env = "SPATE_CONFIG")]
     config: Option<PathBuf>,
@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// (Kafka's log.cleaner.backoff.ms) [default: 15000].
     #[arg(long, env = "SPATE_LOG_CLEANER_BACKOFF_MS")]
     log_cleaner_backoff_ms: Option<u64>,
+    /// Bytes a second each shard's cleaner may read and write (Kafka's
+    /// log.cleaner.io.max.bytes.per.second) [default: unlimited].
+    #[arg(long, env = "SPATE_LOG_CLEANER_IO_MAX_BYTES_PER_SECOND")]
+    log_cleaner_io_max_bytes_per_second: Option<u64>,
     /// Cluster mode: every voter of the metadata quorum as ID@HOST:PORT, comma
     /// separated, with the address its shard 0 takes replication traffic on (shard i
     /// on the port plus i). This broker's --node-id must be one of them.
@@ -96,6 +100,7 @@ struct FileConfig {
     offsets_segment_bytes: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     log_cleaner_backoff_ms: Option<u64>,
+    log_cleaner_io_max_bytes_per_second: Option<u64>,
     voters: Option<String>,
     peer_listen: Option<String>,
     cluster_id: Option<String>,
@@ -112,6 +117,7 @@ struct Settings {
     node_id: i32,
     groups: GroupConfig,
     cleaner_interval: std::time::Duration,
+    cleaner_io_bytes_per_sec: Option<u64>,
     cluster: Option<ClusterConfig>,
 }
 
@@ -228,6 +234,12 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             "invalid log cleaner backoff {cleaner_ms} ms: must be between 10 and {CLEANER_BACKOFF_MS_MAX}"
         ));
     }
+    let cleaner_rate = args
+        .log_cleaner_io_max_bytes_per_second
+        .or(file.log_cleaner_io_max_bytes_per_second);
+    if cleaner_rate == Some(0) {
+        return Err("invalid log cleaner io max bytes per second 0: must be at least 1".into());
+    }
     let cluster = cluster_settings(
         node_id,
         shards,
@@ -245,6 +257,7 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         node_id,
         groups,
         cleaner_interval: std::time::Duration::from_millis(cleaner_ms),
+        cleaner_io_bytes_per_sec: cleaner_rate,
         cluster,
     })
 }
@@ -401,6 +414,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     handle_signals(stop.clone())?;
     let mut engine = EngineConfig::new(&settings.data_dir, settings.shards);
     engine.cleaner_interval = settings.cleaner_interval;
+    engine.cleaner_io_bytes_per_sec = settings.cleaner_io_bytes_per_sec;
     let server = ServerConfig {
         listen: settings.listen,
         advertise: settings.advertise,

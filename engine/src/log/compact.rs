@@ -65,6 +65,9 @@ pub struct CompactionSettings {
     pub min_compaction_lag_ms: i64,
     /// Bytes the pass's key map may take; a log with more keys is cleaned in part.
     pub key_map_bytes: usize,
+    /// Bytes a second the pass may read and write, if limited (Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`): it sleeps when ahead.
+    pub io_bytes_per_sec: Option<u64>,
     /// Tests only: stop after this step of the first swap, as a crash would.
     pub stop_after: Option<SwapStep>,
 }
@@ -117,7 +120,11 @@ impl PartitionLog {
     /// Runs a cleaning pass if the partition is compacted and due one: the share of its
     /// cleanable bytes not cleaned yet reaches `min.cleanable.dirty.ratio`, or a segment
     /// not cleaned yet has a record older than `max.compaction.lag.ms`.
-    pub async fn clean_if_due(&self, now: Timestamp) -> Result<Option<CompactionOutcome>> {
+    pub async fn clean_if_due(
+        &self,
+        now: Timestamp,
+        io_bytes_per_sec: Option<u64>,
+    ) -> Result<Option<CompactionOutcome>> {
         let settings = {
             let st = self.0.state.borrow();
             let config = st.config();
@@ -154,6 +161,7 @@ impl PartitionLog {
                 delete_retention_ms: config.delete_retention_ms,
                 min_compaction_lag_ms: config.min_compaction_lag_ms,
                 key_map_bytes: COMPACTION_KEY_MAP_BYTES,
+                io_bytes_per_sec,
                 stop_after: None,
             }
         };
@@ -170,7 +178,10 @@ impl PartitionLog {
             return Ok(CompactionOutcome::default());
         };
         let _cleaning = Cleaning(self);
-        let (keys, inputs) = self.note_keys(inputs, settings.key_map_bytes).await?;
+        let throttle = Rc::new(Throttle::new(settings.io_bytes_per_sec));
+        let (keys, inputs) = self
+            .note_keys(inputs, settings.key_map_bytes, &throttle)
+            .await?;
         if inputs.is_empty() {
             return Ok(CompactionOutcome::default());
         }
@@ -178,7 +189,7 @@ impl PartitionLog {
         let mut outcome = CompactionOutcome::default();
         for group in groups(&inputs, segment_bytes) {
             let stopped = self
-                .clean_group(group, &keys, settings, now, &mut outcome)
+                .clean_group(group, (&keys, &throttle), settings, now, &mut outcome)
                 .await?;
             if stopped {
                 outcome.stopped = true;
@@ -234,7 +245,12 @@ impl PartitionLog {
     /// and the dirty ones the map covers whole (all, unless it filled up). A batch whose
     /// records cannot be read (one that inflates past the bound) is left out of the map,
     /// so its records and every record of its keys stay.
-    async fn note_keys(&self, inputs: Vec<Input>, budget: usize) -> Result<(KeyMap, Vec<Input>)> {
+    async fn note_keys(
+        &self,
+        inputs: Vec<Input>,
+        budget: usize,
+        throttle: &Rc<Throttle>,
+    ) -> Result<(KeyMap, Vec<Input>)> {
         let mut keys = KeyMap::new(budget);
         let mut covered = inputs.iter().take_while(|i| i.clean).count();
         if covered == inputs.len() {
@@ -243,7 +259,7 @@ impl PartitionLog {
         }
         'segments: for input in &inputs[covered..] {
             let mut full = false;
-            let mut batches = Batches::new(input);
+            let mut batches = Batches::new(input, throttle);
             while let Some((bytes, header)) = batches.next().await? {
                 if header.is_control() {
                     continue;
@@ -284,7 +300,7 @@ impl PartitionLog {
     async fn clean_group(
         &self,
         group: &[Input],
-        keys: &KeyMap,
+        (keys, throttle): (&KeyMap, &Rc<Throttle>),
         settings: &CompactionSettings,
         now: Timestamp,
         outcome: &mut CompactionOutcome,
@@ -293,7 +309,7 @@ impl PartitionLog {
         let base = group[0].base;
         let cleaned_path = inner.dir.join(format!("{:020}{CLEANED_SUFFIX}", base.0));
         let interval = inner.state.borrow().config().index_interval_bytes;
-        let mut out = Output::create(&cleaned_path, base, interval).await?;
+        let mut out = Output::create(&cleaned_path, base, interval, throttle.clone()).await?;
         let removed_before = outcome.records_removed;
         let mut fillers_in = 0usize;
         for input in group {
@@ -309,7 +325,7 @@ impl PartitionLog {
                         && !(record.is_tombstone() && tombstones_expire)
                 }
             };
-            let mut batches = Batches::new(input);
+            let mut batches = Batches::new(input, throttle);
             while let Some((bytes, header)) = batches.next().await? {
                 // An earlier pass's filler joins the run around it, so runs do not stay
                 // split across passes.
@@ -554,18 +570,55 @@ fn groups(inputs: &[Input], segment_bytes: u64) -> Vec<&[Input]> {
     out
 }
 
+/// Keeps a pass's reads and writes at or below a byte rate, if one is set.
+struct Throttle {
+    limit: Option<u64>,
+    started: std::time::Instant,
+    bytes: std::cell::Cell<u64>,
+}
+
+impl Throttle {
+    fn new(limit: Option<u64>) -> Throttle {
+        Throttle {
+            limit: limit.filter(|l| *l > 0),
+            started: std::time::Instant::now(),
+            bytes: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Counts `bytes` of disk traffic and sleeps while the pass is ahead of the rate.
+    async fn spend(&self, bytes: u64) {
+        let Some(limit) = self.limit else {
+            return;
+        };
+        let total = self.bytes.get().saturating_add(bytes);
+        self.bytes.set(total);
+        if let Some(wait) = ahead_by(total, self.started.elapsed(), limit) {
+            glommio::timer::sleep(wait).await;
+        }
+    }
+}
+
+/// How far ahead of `limit` bytes a second `bytes` in `elapsed` are, if ahead.
+fn ahead_by(bytes: u64, elapsed: std::time::Duration, limit: u64) -> Option<std::time::Duration> {
+    let due = std::time::Duration::from_secs_f64(bytes as f64 / limit as f64);
+    due.checked_sub(elapsed).filter(|d| !d.is_zero())
+}
+
 /// The batches of an input segment, read in windows of `COMPACTION_IO_BYTES`.
 struct Batches<'a> {
     input: &'a Input,
+    throttle: &'a Throttle,
     position: u64,
     window: Vec<u8>,
     window_start: u64,
 }
 
 impl<'a> Batches<'a> {
-    fn new(input: &'a Input) -> Batches<'a> {
+    fn new(input: &'a Input, throttle: &'a Throttle) -> Batches<'a> {
         Batches {
             input,
+            throttle,
             position: 0,
             window: Vec::new(),
             window_start: 0,
@@ -596,6 +649,7 @@ impl<'a> Batches<'a> {
                 self.window =
                     file::read_at(&self.input.file, &self.input.path, self.position, len).await?;
                 self.window_start = self.position;
+                self.throttle.spend(len as u64).await;
             }
             let header =
                 BatchHeader::parse(&self.window[(self.position - self.window_start) as usize..])
@@ -642,10 +696,16 @@ struct Output {
     removed: Option<(Offset, Offset, i32, i64)>,
     /// Fillers written.
     fillers: usize,
+    throttle: Rc<Throttle>,
 }
 
 impl Output {
-    async fn create(path: &Path, base: Offset, interval: u32) -> Result<Output> {
+    async fn create(
+        path: &Path,
+        base: Offset,
+        interval: u32,
+        throttle: Rc<Throttle>,
+    ) -> Result<Output> {
         let file = file::open_dma(path, true).await?;
         file.truncate(0)
             .await
@@ -661,6 +721,7 @@ impl Output {
             max_timestamp: (Timestamp::NONE, base),
             removed: None,
             fillers: 0,
+            throttle,
         })
     }
 
@@ -733,6 +794,7 @@ impl Output {
             .await?;
             self.written += aligned as u64;
             self.buffer.drain(..aligned);
+            self.throttle.spend(aligned as u64).await;
         }
         Ok(())
     }
@@ -761,5 +823,30 @@ impl Output {
             max_timestamp: self.max_timestamp,
             fillers: self.fillers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ahead_by;
+
+    #[test]
+    fn the_throttle_waits_only_when_ahead_of_its_rate() {
+        // 10 MB at 10 MB/s is due at 1 s.
+        assert_eq!(
+            ahead_by(10_000_000, Duration::from_millis(250), 10_000_000),
+            Some(Duration::from_millis(750))
+        );
+        assert_eq!(
+            ahead_by(10_000_000, Duration::from_secs(1), 10_000_000),
+            None
+        );
+        assert_eq!(
+            ahead_by(10_000_000, Duration::from_secs(2), 10_000_000),
+            None
+        );
+        assert_eq!(ahead_by(0, Duration::ZERO, 1), None);
     }
 }

@@ -62,6 +62,9 @@ pub struct EngineConfig {
     /// How often each shard looks for compacted partitions due a cleaning pass (Kafka's
     /// `log.cleaner.backoff.ms`).
     pub cleaner_interval: Duration,
+    /// Bytes a second each shard's cleaning passes may read and write (Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`); unlimited if `None`.
+    pub cleaner_io_bytes_per_sec: Option<u64>,
 }
 
 impl EngineConfig {
@@ -73,6 +76,7 @@ impl EngineConfig {
             retention_check_interval: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(60),
             cleaner_interval: Duration::from_secs(15),
+            cleaner_io_bytes_per_sec: None,
         }
     }
 }
@@ -262,7 +266,8 @@ async fn maintain(shard: Shard) {
         if since_cleaner >= config.cleaner_interval {
             since_cleaner = Duration::ZERO;
             for log in &logs {
-                if let Err(e) = log.clean_if_due(Timestamp::now()).await {
+                let rate = config.cleaner_io_bytes_per_sec;
+                if let Err(e) = log.clean_if_due(Timestamp::now(), rate).await {
                     tracing::warn!(partition = %log.topic_partition(), error = %e, "cleaning pass failed");
                 }
             }
