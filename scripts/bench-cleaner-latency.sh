@@ -7,7 +7,8 @@ WORK=${WORK:-$(mktemp -d)}
 echo "working in $WORK"
 cd "$WORK" && rm -rf d broker.log
 B=$SPATE
-$B serve --listen 127.0.0.1:19600 --shards 2 --data-dir d --log-cleaner-backoff-ms 1000 2>broker.log &
+# SERVE_FLAGS: more flags for the broker, e.g. --log-cleaner-io-max-bytes-per-second 20000000
+$B serve --listen 127.0.0.1:19600 --shards 2 --data-dir d --log-cleaner-backoff-ms 1000 ${SERVE_FLAGS:-} 2>broker.log &
 PID=$!
 trap 'kill $PID 2>/dev/null' EXIT
 sleep 2
