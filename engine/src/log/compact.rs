@@ -601,7 +601,8 @@ impl Throttle {
 
 /// How far ahead of `limit` bytes a second `bytes` in `elapsed` are, if ahead.
 fn ahead_by(bytes: u64, elapsed: std::time::Duration, limit: u64) -> Option<std::time::Duration> {
-    let due = std::time::Duration::from_secs_f64(bytes as f64 / limit as f64);
+    // A due time past what a Duration holds is no wait at all rather than a panic.
+    let due = std::time::Duration::try_from_secs_f64(bytes as f64 / limit as f64).ok()?;
     due.checked_sub(elapsed).filter(|d| !d.is_zero())
 }
 
@@ -848,5 +849,6 @@ mod tests {
             None
         );
         assert_eq!(ahead_by(0, Duration::ZERO, 1), None);
+        assert_eq!(ahead_by(u64::MAX, Duration::ZERO, 1), None);
     }
 }
