@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use crate::batch::{self, BatchHeader, Compression, CRC_START, HEADER_BYTES};
 use crate::compression;
 use crate::error::BatchError;
-use crate::types::Offset;
+use crate::types::{LeaderEpoch, Offset, Timestamp};
 
 /// Where `batchLength` and `recordCount` sit in a batch header.
 const BATCH_LENGTH_AT: usize = 8;
@@ -244,24 +244,82 @@ pub fn is_filler(header: &BatchHeader) -> bool {
 /// a reader that lands in the run moves on past `last` (Kafka's consumers skip batches
 /// of no records). Not compressed and not a producer's (producer id -1).
 pub fn filler_batch(base: Offset, last: Offset, leader_epoch: i32, max_timestamp: i64) -> Vec<u8> {
-    let span = last.0 - base.0;
-    let last_offset_delta = i32::try_from(span).expect("a filler spans one segment's offsets");
-    assert!(
-        last_offset_delta >= 0,
-        "a filler covers at least one offset"
-    );
-    let mut out = vec![0u8; HEADER_BYTES];
-    out[0..8].copy_from_slice(&base.0.to_be_bytes());
-    out[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
-    out[16] = 2; // magic
-    out[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
-    out[27..35].copy_from_slice(&max_timestamp.to_be_bytes());
-    out[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
-    out[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-    out[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-    out[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-    let filler = rebuild(&out, &[], 0);
-    let header = batch::verify_stored(&filler).expect("a filler is a valid batch");
-    assert_eq!((header.base_offset, header.last_offset()), (base, last));
+    let filler = empty_batch(&BatchHeader {
+        base_offset: base,
+        size: HEADER_BYTES,
+        leader_epoch: LeaderEpoch(leader_epoch),
+        magic: 2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: span_delta(base, last),
+        base_timestamp: Timestamp(max_timestamp),
+        max_timestamp: Timestamp(max_timestamp),
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: 0,
+    });
+    debug_assert!(is_filler(&batch::verify_stored(&filler).expect("valid")));
     filler
+}
+
+/// The offsets from `from` on of an empty batch (a filler, or an idempotent producer's
+/// batch that compaction emptied), as a batch of their own: for a follower whose log
+/// ends inside the run the batch replaced (it holds that run's batches up to `from`).
+/// Producer fields stay, the base sequence moved on by the offsets cut (wrapping, as
+/// Kafka's sequences do), and the codec bits are cleared: there is nothing to
+/// decompress.
+pub fn empty_batch_from(header: &BatchHeader, from: Offset) -> Vec<u8> {
+    assert_eq!(header.record_count, 0, "only an empty batch is cut");
+    assert!(header.base_offset < from && from <= header.last_offset());
+    let cut = from.0 - header.base_offset.0;
+    let base_sequence = if header.base_sequence < 0 {
+        header.base_sequence
+    } else {
+        let wrapped = (i64::from(header.base_sequence) + cut) % (i64::from(i32::MAX) + 1);
+        i32::try_from(wrapped).expect("reduced below i32::MAX + 1")
+    };
+    empty_batch(&BatchHeader {
+        base_offset: from,
+        size: HEADER_BYTES,
+        attributes: header.attributes & !0x07,
+        last_offset_delta: span_delta(from, header.last_offset()),
+        base_sequence,
+        ..*header
+    })
+}
+
+/// `last - base` as a lastOffsetDelta: a batch spans at most `i32::MAX` + 1 offsets.
+fn span_delta(base: Offset, last: Offset) -> i32 {
+    let delta = i32::try_from(last.0 - base.0).expect("a batch spans at most i32::MAX + 1 offsets");
+    assert!(delta >= 0, "a batch covers at least one offset");
+    delta
+}
+
+/// A batch of no records with `fields`' header values (its size, CRC and count are
+/// computed).
+fn empty_batch(fields: &BatchHeader) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_BYTES];
+    out[0..8].copy_from_slice(&fields.base_offset.0.to_be_bytes());
+    out[12..16].copy_from_slice(&fields.leader_epoch.0.to_be_bytes());
+    out[16] = 2; // magic
+    out[21..23].copy_from_slice(&fields.attributes.to_be_bytes());
+    out[23..27].copy_from_slice(&fields.last_offset_delta.to_be_bytes());
+    out[27..35].copy_from_slice(&fields.base_timestamp.0.to_be_bytes());
+    out[35..43].copy_from_slice(&fields.max_timestamp.0.to_be_bytes());
+    out[43..51].copy_from_slice(&fields.producer_id.to_be_bytes());
+    out[51..53].copy_from_slice(&fields.producer_epoch.to_be_bytes());
+    out[53..57].copy_from_slice(&fields.base_sequence.to_be_bytes());
+    let batch = rebuild(&out, &[], 0);
+    let header = batch::verify_stored(&batch).expect("an empty batch is a valid batch");
+    assert_eq!(
+        (
+            header.base_offset,
+            header.last_offset(),
+            header.record_count
+        ),
+        (fields.base_offset, fields.last_offset(), 0)
+    );
+    assert_eq!(header.producer_id, fields.producer_id);
+    batch
 }

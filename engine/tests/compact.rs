@@ -97,6 +97,23 @@ proptest! {
                 Cleaned::Removed => prop_assert!(header.producer_id < 0),
             }
         }
+        // A follower takes every cleaned batch, and the rest of an empty one from any
+        // offset inside it.
+        for bytes in &cleaned {
+            let header = batch::validate_replicated(bytes, usize::MAX);
+            prop_assert!(header.is_ok(), "{:?}", header);
+            let header = header.unwrap();
+            if header.record_count == 0 {
+                for from in header.base_offset.0 + 1..=header.last_offset().0 {
+                    let rest = compact::empty_batch_from(&header, Offset(from));
+                    let cut = batch::validate_replicated(&rest, usize::MAX).unwrap();
+                    prop_assert_eq!(
+                        (cut.base_offset, cut.last_offset(), cut.producer_id, cut.record_count),
+                        (Offset(from), header.last_offset(), header.producer_id, 0)
+                    );
+                }
+            }
+        }
         let after = read_all(&cleaned);
         // Exactly the expected survivors, at their original offsets, in order.
         let expected: Read = before

@@ -7,14 +7,27 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use spate_engine::batch::{self, BatchHeader};
-use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, PartitionLog, ValidBatch};
+use spate_engine::batch::{self, BatchBuilder, BatchHeader, Compression};
+use spate_engine::{
+    AckPolicy, CompactionSettings, EngineError, LeaderEpoch, Offset, PartitionLog, Timestamp,
+    ValidBatch,
+};
 
 /// A leader's stored batch: `count` records at `base`, epoch `epoch`.
 fn stored(base: i64, count: i32, epoch: i32) -> Bytes {
     let mut b = batch(count, 200, 1_000 + base);
     batch::patch(&mut b, Offset(base), LeaderEpoch(epoch));
     b.freeze()
+}
+
+/// A leader's stored batch of one record, `key` = `value`, at `base` in `epoch`.
+fn keyed(base: i64, key: &str, value: &str, epoch: i32) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    builder.push(1_000 + base, Some(key.as_bytes()), Some(value.as_bytes()));
+    let mut bytes = Vec::new();
+    builder.finish(Compression::None, None, &mut bytes).unwrap();
+    batch::patch(&mut bytes, Offset(base), LeaderEpoch(epoch));
+    Bytes::from(bytes)
 }
 
 /// Appends `n` batches of 3 records in `epoch` from the log end; returns their bytes.
@@ -30,6 +43,23 @@ async fn replicate(log: &PartitionLog, n: usize, epoch: i32) -> Vec<Bytes> {
         out.push(b);
     }
     out
+}
+
+/// Copies `leader`'s batches to `follower` from the follower's log end until it reaches
+/// `until`, as the replication driver does: each batch validated, then appended.
+async fn follow(leader: &PartitionLog, follower: &PartitionLog, until: Offset) {
+    while follower.offsets().log_end < until {
+        let from = follower.offsets().log_end;
+        let batches = read_replicated_all(leader, from, until).await;
+        assert!(!batches.is_empty(), "the leader has batches from {from:?}");
+        for bytes in batches {
+            let header = follower
+                .append_replicated(ValidBatch::check(Bytes::from(bytes)).expect("valid"))
+                .await
+                .expect("a replicated append");
+            assert!(header.last_offset() < until || header.base_offset < until);
+        }
+    }
 }
 
 async fn durable(log: &PartitionLog) {
@@ -52,12 +82,9 @@ async fn read_replicated_all(log: &PartitionLog, from: Offset, until: Offset) ->
             chunk.copy_to(&mut bytes).expect("read a chunk");
         }
         let mut pos = 0;
-        for (epoch, records) in &read.batches {
+        for (epoch, offsets) in &read.batches {
             let h = BatchHeader::parse(&bytes[pos..]).unwrap();
-            assert_eq!(
-                (h.leader_epoch.0, h.record_count as u32),
-                (*epoch, *records)
-            );
+            assert_eq!((h.leader_epoch.0, h.offsets()), (*epoch, *offsets));
             out.push(bytes[pos..pos + h.size].to_vec());
             pos += h.size;
         }
@@ -183,5 +210,99 @@ fn truncation_to_the_log_start_empties_the_log_and_leader_appends_go_on() {
         assert_eq!(BatchHeader::parse(&b).unwrap().base_offset, Offset(0));
         durable(&log).await;
         log.close().await.unwrap();
+    });
+}
+
+/// A compacted leader, and followers that catch up from it: one from scratch, one whose
+/// log ends inside a run of batches the leader's cleaning turned into one filler (it gets
+/// the rest of the filler). Both end with the leader's offsets, epochs and table; the
+/// leader's fillers never span two epochs.
+#[test]
+fn followers_catch_up_from_a_compacted_leader_even_from_inside_a_filler() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    for replica in ["leader", "behind", "fresh"] {
+        std::fs::create_dir_all(root.join(replica)).unwrap();
+    }
+    run(async move {
+        let leader = create(&root.join("leader"), small_segments(8 * 1024)).await;
+        leader.set_replicated();
+        // 300 one-record batches over 5 keys, epoch 1 then 2 from offset 150: every
+        // key is rewritten in epoch 2, so epoch 1 is removed whole by a pass.
+        for i in 0..300i64 {
+            let epoch = if i < 150 { 1 } else { 2 };
+            let b = keyed(i, &format!("k{}", i % 5), &format!("v{i}"), epoch);
+            leader
+                .append_replicated(ValidBatch::check(b).unwrap())
+                .await
+                .unwrap();
+        }
+        durable(&leader).await;
+        let end = leader.offsets().log_end;
+        leader.set_commit(end);
+        // This follower has the first 100 batches before the leader cleans.
+        let behind = create(&root.join("behind"), small_segments(8 * 1024)).await;
+        behind.set_replicated();
+        follow(&leader, &behind, Offset(100)).await;
+        assert_eq!(behind.offsets().log_end, Offset(100));
+        let settings = CompactionSettings {
+            delete_retention_ms: i64::MAX,
+            min_compaction_lag_ms: 0,
+            key_map_bytes: 1 << 20,
+            io_bytes_per_sec: None,
+            stop_after: None,
+        };
+        let outcome = leader.compact(&settings, Timestamp::now()).await.unwrap();
+        assert!(outcome.records_removed > 150, "{outcome:?}");
+        let cleaned = read_replicated_all(&leader, Offset(0), end).await;
+        let first_of_epoch_2 = cleaned
+            .iter()
+            .map(|b| BatchHeader::parse(b).unwrap())
+            .find(|h| h.leader_epoch.0 == 2)
+            .unwrap();
+        assert_eq!(
+            first_of_epoch_2.base_offset,
+            Offset(150),
+            "a filler ends where its epoch does"
+        );
+        let filler = BatchHeader::parse(&cleaned[0]).unwrap();
+        assert_eq!((filler.record_count, filler.base_offset), (0, Offset(0)));
+        assert!(
+            filler.last_offset() >= Offset(100),
+            "offset 100 is inside a filler"
+        );
+        // The follower inside the filler gets its rest, then the leader's batches.
+        follow(&leader, &behind, end).await;
+        durable(&behind).await;
+        let got = read_replicated_all(&behind, Offset(100), end).await;
+        let rest = BatchHeader::parse(&got[0]).unwrap();
+        assert_eq!(
+            (rest.base_offset, rest.last_offset(), rest.record_count),
+            (Offset(100), filler.last_offset(), 0)
+        );
+        assert_eq!(rest.leader_epoch, filler.leader_epoch);
+        assert_eq!(
+            got[1..],
+            cleaned[1..],
+            "then the leader's batches, byte for byte"
+        );
+        // A follower from scratch gets the leader's log byte for byte.
+        let fresh = create(&root.join("fresh"), small_segments(8 * 1024)).await;
+        fresh.set_replicated();
+        follow(&leader, &fresh, end).await;
+        durable(&fresh).await;
+        assert_eq!(read_replicated_all(&fresh, Offset(0), end).await, cleaned);
+        // Every replica ends with the same table.
+        behind.set_commit(end);
+        fresh.set_commit(end);
+        let want = table(&records_of(&read_all(&leader, Offset(0)).await));
+        assert_eq!(want.len(), 5);
+        for log in [&behind, &fresh] {
+            assert_eq!(table(&records_of(&read_all(log, Offset(0)).await)), want);
+            assert_eq!(log.offsets().log_end, end);
+        }
+        for log in [leader, behind, fresh] {
+            log.close().await.unwrap();
+        }
     });
 }

@@ -63,19 +63,19 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Records what the driver read for answer `part`: runs of `(epoch, records)` and
+    /// Records what the driver read for answer `part`: `(epoch, offsets)` of each batch and
     /// their size in bytes. Reading fewer records than asked is fine; the follower
     /// fetches the rest. An answer holds at most `ANSWER_BYTES_MAX` bytes, except that a
     /// single batch larger than that may go whole if the frame has room for it
     /// (`FRAME_RECORD_BYTES_MAX` over the frame; the driver checks).
-    pub fn fill(&mut self, part: usize, runs: Vec<(i32, u32)>, read_bytes: u32) {
+    pub fn fill(&mut self, part: usize, batches_read: Vec<(i32, u32)>, read_bytes: u32) {
         assert!(read_bytes as usize <= FRAME_RECORD_BYTES_MAX);
         let Body::FetchAnswer(answers) = &mut self.header.body else {
             panic!("only fetch-answer frames carry records");
         };
         match &mut answers[part].outcome {
             Outcome::Records { batches, bytes, .. } => {
-                *batches = runs;
+                *batches = batches_read;
                 *bytes = read_bytes;
             }
             other => panic!("answer {part} carries no records: {other:?}"),

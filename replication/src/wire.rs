@@ -68,7 +68,7 @@ pub struct PartitionAnswer {
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Outcome {
-    /// Runs of `(epoch, records)` from `base`; `bytes` of record batches follow in the
+    /// `(epoch, offsets spanned)` of each batch from `base`; `bytes` of record batches follow in the
     /// frame's record section.
     Records {
         base: i64,

@@ -76,7 +76,7 @@ impl Broker {
                     assert_eq!(base.0 as usize, log.len());
                     let mut bytes = records.chunks(RECORD_BYTES);
                     for b in &batches {
-                        for _ in 0..b.records {
+                        for _ in 0..b.offsets {
                             let record = match bytes.next() {
                                 Some(r) => r.try_into().unwrap(),
                                 // Our own append: the record is its offset.

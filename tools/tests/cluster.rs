@@ -5,8 +5,10 @@
 //! is named within 10 s, the idempotent producer carries on, and afterwards every
 //! acks=all acknowledgement is in the log at the offset it gave, in the order it was
 //! sent, and no value is written twice. A consumer group whose coordinator is killed
-//! twice keeps consuming, and never resumes below an acknowledged commit. The scenarios
-//! and the checker are `python/cluster.py`.
+//! twice keeps consuming, and never resumes below an acknowledged commit. A compacted
+//! topic is cleaned by every replica, a follower catches up from its leader's cleaned
+//! log, and a new leader serves the same table. The scenarios and the checker are
+//! `python/cluster.py`.
 
 use std::path::Path;
 use std::process::Command;
@@ -60,4 +62,9 @@ fn every_acknowledged_record_survives_killing_every_broker_at_once() {
 #[test]
 fn a_consumer_group_keeps_consuming_and_its_commits_across_coordinator_failovers() {
     run("group-failover");
+}
+
+#[test]
+fn every_replica_of_a_compacted_topic_cleans_and_a_new_leader_serves_the_same_table() {
+    run("compaction");
 }

@@ -141,6 +141,13 @@ impl BatchHeader {
         )
     }
 
+    /// How many offsets the batch spans: lastOffsetDelta + 1, or 0 if the delta is
+    /// negative (a batch no validator accepts). Compaction never changes it, though it
+    /// may leave fewer records.
+    pub fn offsets(&self) -> u32 {
+        u32::try_from(i64::from(self.last_offset_delta) + 1).unwrap_or(0)
+    }
+
     /// The compression codec, if the attribute bits name a known one.
     pub fn compression(&self) -> Result<Compression, BatchError> {
         match self.attributes & 0x7 {
@@ -168,6 +175,26 @@ impl BatchHeader {
 /// the bytes present, the CRC-32C matches, the record count agrees with lastOffsetDelta,
 /// a known codec, and the size is within `max_bytes`. Returns the parsed header.
 pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<BatchHeader, BatchError> {
+    validate_as(bytes, max_bytes, Records::Dense)
+}
+
+/// Validates a batch a leader replicates: as `validate`, except that compaction may have
+/// left fewer records than the batch spans offsets, or none (a filler). The records
+/// there are keep their offset deltas, so those only have to rise within the span.
+pub fn validate_replicated(bytes: &[u8], max_bytes: usize) -> Result<BatchHeader, BatchError> {
+    validate_as(bytes, max_bytes, Records::Compacted)
+}
+
+/// Which records a batch must hold for the offsets it spans.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// One per offset: a producer's batch.
+    Dense,
+    /// At most one per offset, in order: a batch compaction may have cleaned.
+    Compacted,
+}
+
+fn validate_as(bytes: &[u8], max_bytes: usize, rule: Records) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     if header.magic != 2 {
         return Err(BatchError::UnsupportedMagic {
@@ -194,14 +221,20 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<BatchHeader, BatchErro
         });
     }
     let compression = header.compression()?;
-    if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
+    let counts_fit = match rule {
+        Records::Dense => {
+            header.record_count >= 1 && header.last_offset_delta == header.record_count - 1
+        }
+        Records::Compacted => header.record_count <= header.last_offset_delta.saturating_add(1),
+    };
+    if !counts_fit {
         return Err(BatchError::CountMismatch {
             count: header.record_count,
             last_offset_delta: header.last_offset_delta,
         });
     }
     if compression == Compression::None {
-        walk_records(bytes, header.record_count)?;
+        walk_records(bytes, &header, rule)?;
     } else {
         let claim_max = (bytes.len() - HEADER_BYTES) as i64 * COMPRESSED_RECORDS_PER_BYTE_MAX;
         if i64::from(header.record_count) > claim_max {
@@ -278,14 +311,16 @@ pub fn stamp_log_append_time(bytes: &mut [u8], time: Timestamp) -> Result<(), Ba
     Ok(())
 }
 
-/// Walks the records of an uncompressed batch: exactly `count` records, each record's
-/// length within the batch, offset deltas 0, 1, 2, …, and no bytes left over.
-fn walk_records(bytes: &[u8], count: i32) -> Result<(), BatchError> {
+/// Walks the records of an uncompressed batch: exactly its record count, each record's
+/// length within the batch, and no bytes left over. Offset deltas are 0, 1, 2, … for
+/// `Records::Dense`, and rise within the batch's span for `Records::Compacted`.
+fn walk_records(bytes: &[u8], header: &BatchHeader, rule: Records) -> Result<(), BatchError> {
     let malformed = |reason: &str| BatchError::MalformedRecords {
         reason: reason.into(),
     };
     let mut at = HEADER_BYTES;
-    for expected_delta in 0..i64::from(count) {
+    let mut previous = -1i64;
+    for index in 0..i64::from(header.record_count) {
         let length =
             read_varint(bytes, &mut at).ok_or_else(|| malformed("truncated record length"))?;
         let length = usize::try_from(length).map_err(|_| malformed("negative record length"))?;
@@ -298,8 +333,17 @@ fn walk_records(bytes: &[u8], count: i32) -> Result<(), BatchError> {
             .ok_or_else(|| malformed("truncated timestamp delta"))?;
         let offset_delta = read_varint(&bytes[..end], &mut field)
             .ok_or_else(|| malformed("truncated offset delta"))?;
-        if offset_delta != expected_delta {
-            return Err(malformed("offset deltas are not 0, 1, 2, ..."));
+        match rule {
+            Records::Dense if offset_delta != index => {
+                return Err(malformed("offset deltas are not 0, 1, 2, ..."));
+            }
+            Records::Compacted
+                if offset_delta <= previous
+                    || offset_delta > i64::from(header.last_offset_delta) =>
+            {
+                return Err(malformed("offset deltas do not rise within the batch"));
+            }
+            _ => previous = offset_delta,
         }
         at = end;
     }
@@ -451,6 +495,32 @@ mod tests {
 
     fn build_batch(count: i32, value_bytes: usize, base_ts: i64) -> Vec<u8> {
         encode_test_batch(count, value_bytes, base_ts)
+    }
+
+    /// `batch` claiming `last_offset_delta`, resealed.
+    fn with_delta(batch: &[u8], last_offset_delta: i32) -> Vec<u8> {
+        let mut out = batch.to_vec();
+        out[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&last_offset_delta.to_be_bytes());
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn a_replicated_batch_may_hold_fewer_records_than_offsets_but_never_more() {
+        let b = build_batch(3, 10, 1000);
+        let sparse = with_delta(&b, 5);
+        assert!(matches!(
+            validate(&sparse, 1 << 20),
+            Err(BatchError::CountMismatch { .. })
+        ));
+        let h = validate_replicated(&sparse, 1 << 20).unwrap();
+        assert_eq!((h.record_count, h.offsets()), (3, 6));
+        assert!(matches!(
+            validate_replicated(&with_delta(&b, 1), 1 << 20),
+            Err(BatchError::CountMismatch { .. })
+        ));
     }
 
     #[test]

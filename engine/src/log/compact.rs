@@ -32,8 +32,10 @@
 //! segments already swapped.
 //!
 //! Retention skips the partition while a pass runs (`LogState::cleaning`); truncation
-//! never reaches below the high watermark, where cleaning stays. The shard's cleaner
-//! (`clean_if_due`) leaves replicated partitions alone for now (see there).
+//! never reaches below the high watermark, where cleaning stays. Replicas clean their
+//! logs independently; a filler never spans two leader epochs, so a follower that
+//! takes the rest of one (`read_replicated`) learns the same epoch boundaries as its
+//! leader has.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -128,10 +130,11 @@ impl PartitionLog {
         let settings = {
             let st = self.0.state.borrow();
             let config = st.config();
-            // Replicated partitions are not cleaned yet: a follower catching up from an
-            // offset inside a filler's run needs the leader to serve it the rest of the
-            // filler, which `read_replicated` cannot yet do.
-            if !config.cleanup_compact || st.cleaning || st.truncating || st.replicated {
+            // A replica cleans its own log, below its high watermark (committed and
+            // durable, so never truncated), as Kafka's replicas do. A follower whose log
+            // ends inside one of its leader's fillers gets the rest of it
+            // (`read_replicated`).
+            if !config.cleanup_compact || st.cleaning || st.truncating {
                 return Ok(None);
             }
             let active = st.active().base_offset;
@@ -422,8 +425,10 @@ impl PartitionLog {
             staging: None,
             sealed: true,
         };
-        // A truncation, a deletion or the partition becoming a replica may have come
-        // while the pass read and wrote: then the new segment is dropped, uncommitted.
+        // A truncation, a deletion or the partition becoming a replica (whose high
+        // watermark starts again from the log start) may have come while the pass read
+        // and wrote: then the new segment is dropped, uncommitted. Only what stays below
+        // the high watermark is cleaned, since nothing truncates that.
         let changed = {
             let st = inner.state.borrow();
             let inputs_unchanged = group.iter().all(|i| {
@@ -431,7 +436,11 @@ impl PartitionLog {
                     .get(&i.base)
                     .is_some_and(|s| s.next_offset == i.next && s.sealed)
             });
-            !inputs_unchanged || st.deleted || st.truncating || st.replicated || st.failed.is_some()
+            !inputs_unchanged
+                || next > st.high_watermark
+                || st.deleted
+                || st.truncating
+                || st.failed.is_some()
         };
         if changed {
             file::remove(&written.path).await?;
@@ -727,12 +736,14 @@ impl Output {
     }
 
     /// Notes a batch removed whole (or an earlier filler): it joins the removed run,
-    /// written as one filler unless that would span more offsets than a batch can.
+    /// written as one filler unless that would span more offsets than a batch can, or
+    /// two leader epochs (a follower must find each epoch's start where its leader has
+    /// it).
     async fn skip(&mut self, header: &BatchHeader) -> Result<()> {
         let last = header.last_offset();
         let max = header.max_timestamp.0;
-        if let Some((first, _, _, _)) = self.removed {
-            if last.0 - first.0 > i64::from(i32::MAX) {
+        if let Some((first, _, epoch, _)) = self.removed {
+            if last.0 - first.0 > i64::from(i32::MAX) || epoch != header.leader_epoch.0 {
                 self.write_removed().await?;
             }
         }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use super::open::{rebuild_producers, staging_for, write_checkpoint};
 use super::{scan, PartitionLog, ReadChunk};
 use crate::batch::{self, BatchHeader};
+use crate::compact;
 use crate::error::{EngineError, Result};
 use crate::file;
 use crate::limits::BATCH_BYTES_MAX;
@@ -48,11 +49,11 @@ pub struct ValidBatch {
 }
 
 impl ValidBatch {
-    /// Validates a whole batch (CRC, counts, records). The leader accepted it under its
-    /// config; a follower's own size limit may differ (changed on the leader first), so
+    /// Validates a whole batch (CRC, counts, records; fewer records than offsets, as
+    /// compaction leaves, are fine). The leader accepted it under its config; a follower's own size limit may differ (changed on the leader first), so
     /// only the engine's hard limit applies.
     pub fn check(bytes: Bytes) -> std::result::Result<ValidBatch, crate::error::BatchError> {
-        let header = batch::validate(&bytes, BATCH_BYTES_MAX)?;
+        let header = batch::validate_replicated(&bytes, BATCH_BYTES_MAX)?;
         Ok(ValidBatch { bytes, header })
     }
 
@@ -67,8 +68,13 @@ pub struct ReplicaRead {
     pub chunks: Vec<ReadChunk>,
     /// One past the last offset read; `from` when nothing was.
     pub end: Offset,
-    /// `(epoch, records)` of every batch read, in order.
+    /// `(epoch, offsets spanned)` of every batch read, in order.
     pub batches: Vec<(i32, u32)>,
+}
+
+/// How many offsets `from..end` holds, as a batch's span (at most `i32::MAX` + 1).
+fn offsets_between(from: Offset, end: Offset) -> u32 {
+    u32::try_from(end.0 - from.0).expect("a batch spans at most i32::MAX + 1 offsets")
 }
 
 impl ReplicaRead {
@@ -134,8 +140,9 @@ impl PartitionLog {
         Ok(header)
     }
 
-    /// Whole batches from `from` (which must start a batch) below `until`, at most
-    /// `max_bytes` but always the first batch, for a follower. Unlike `read`, it reads
+    /// Whole batches from `from` below `until`, at most `max_bytes` but always the first
+    /// batch, for a follower. `from` must start a batch, or lie inside an empty one (a
+    /// compaction filler), whose offsets from `from` on are then sent as a batch. Unlike `read`, it reads
     /// past the high watermark; bytes not durable yet come from the tail cache only, so
     /// a read may return less than asked, or nothing.
     pub async fn read_replicated(
@@ -187,33 +194,54 @@ impl PartitionLog {
             end: from,
             ..ReplicaRead::default()
         };
-        let mut len = 0u64;
+        // The rest of an empty batch `from` lies inside, sent ahead of the file range.
+        let mut cut: Option<Vec<u8>> = None;
+        let (mut len, mut total) = (0u64, 0u64);
         scan::headers(&dma, &path, scan_from, durable, |position, header| {
             if header.last_offset() < from {
                 return ControlFlow::Continue(());
             }
-            if start.is_none() {
-                if header.base_offset != from {
+            let first = start.is_none() && cut.is_none();
+            if first && header.base_offset != from {
+                // A follower's log ends inside a batch only where compaction joined the
+                // batches it holds the start of into one filler: it gets the rest. A
+                // batch with records cannot be cut: the logs diverged.
+                if header.record_count != 0 {
                     return ControlFlow::Break(());
                 }
-                start = Some(position);
-            } else if header.base_offset >= until || len + header.size as u64 > max_bytes as u64 {
+                let rest = compact::empty_batch_from(header, from);
+                total += rest.len() as u64;
+                read.end = header.last_offset().next();
+                read.batches
+                    .push((header.leader_epoch.0, offsets_between(from, read.end)));
+                cut = Some(rest);
+                return ControlFlow::Continue(());
+            }
+            if !first
+                && (header.base_offset >= until || total + header.size as u64 > max_bytes as u64)
+            {
                 return ControlFlow::Break(());
             }
+            start.get_or_insert(position);
             len += header.size as u64;
+            total += header.size as u64;
             read.end = header.last_offset().next();
-            read.batches
-                .push((header.leader_epoch.0, header.record_count as u32));
+            read.batches.push((header.leader_epoch.0, header.offsets()));
             ControlFlow::Continue(())
         })
         .await?;
+        if let Some(rest) = cut {
+            // Once per follower catching up across a cleaned run: worth a line.
+            tracing::info!(partition = %inner.tp, from = from.0, "a follower's log ends inside a filler; sent it the rest");
+            read.chunks.push(ReadChunk::Cached(Bytes::from(rest)));
+        }
         match start {
             Some(position) => read.chunks.push(ReadChunk::File {
                 file: reader,
                 position,
                 len,
             }),
-            None => {
+            None if read.chunks.is_empty() => {
                 // Either the durable bytes end before `from` (the rest is only staged and
                 // no longer cached: the follower asks again), or `from` is inside a batch.
                 let inside = inner.state.borrow().durable_end > from;
@@ -224,6 +252,7 @@ impl PartitionLog {
                     });
                 }
             }
+            None => {}
         }
         Ok(read)
     }
@@ -242,8 +271,7 @@ impl PartitionLog {
                 });
             }
             read.end = header.last_offset().next();
-            read.batches
-                .push((header.leader_epoch.0, header.record_count as u32));
+            read.batches.push((header.leader_epoch.0, header.offsets()));
             read.chunks.push(ReadChunk::Cached(bytes));
         }
         Ok(read)

@@ -65,7 +65,7 @@ impl Shared {
                 }
                 debug_assert_eq!(
                     partition.log.offsets().log_end,
-                    base.plus(batches.iter().map(|b| i64::from(b.records)).sum())
+                    base.plus(batches.iter().map(|b| i64::from(b.offsets)).sum())
                 );
                 Ok(())
             }
@@ -96,7 +96,7 @@ impl Shared {
     ) -> Result<(), DriverError> {
         for meta in batches {
             assert_eq!(
-                meta.records, 1,
+                meta.offsets, 1,
                 "a leader's own appends other than writes are markers"
             );
             let now = spate_engine::Timestamp::now().0;
@@ -224,7 +224,7 @@ impl Shared {
 
 /// Splits a fetch answer's record bytes into batches, each validated (CRC, counts) and
 /// matching the leader's description: offsets from the answer's base, its epochs and
-/// record counts. A peer's bytes are checked here so the log never refuses them.
+/// the offsets each spans (compaction may have left fewer records than that). A peer's bytes are checked here so the log never refuses them.
 fn split_batches(bytes: &Bytes, message: &Message) -> Result<Vec<ValidBatch>, String> {
     let Message::FetchAnswer {
         body: FetchBody::Records { base, batches },
@@ -248,11 +248,15 @@ fn split_batches(bytes: &Bytes, message: &Message) -> Result<Vec<ValidBatch>, St
         let batch = ValidBatch::check(batch).map_err(|e| e.to_string())?;
         if header.base_offset != offset
             || header.leader_epoch != meta.epoch
-            || header.record_count as u32 != meta.records
+            || header.offsets() != meta.offsets
         {
             return Err(format!(
-                "batch at offset {} (epoch {}, {} records) is not the described {:?} at {}",
-                header.base_offset.0, header.leader_epoch.0, header.record_count, meta, offset.0
+                "batch at offset {} (epoch {}, {} offsets) is not the described {:?} at {}",
+                header.base_offset.0,
+                header.leader_epoch.0,
+                header.offsets(),
+                meta,
+                offset.0
             ));
         }
         offset = header.last_offset().next();

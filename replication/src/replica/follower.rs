@@ -161,17 +161,17 @@ impl Replica {
         out.push(Action::Append { base, batches });
     }
 
-    /// Batches a leader may send: each holds records (a replica-set change exactly
+    /// Batches a leader may send: each spans offsets (a replica-set change exactly
     /// one), and their epochs never go back, neither from our last record's nor from
     /// one batch to the next, nor past the leader's epoch.
     fn check_batches(&self, batches: &[BatchMeta]) -> Result<(), String> {
         let mut last = self.last_log().0;
         for batch in batches {
-            if batch.records == 0 {
-                return Err("a batch without records".into());
+            if batch.offsets == 0 {
+                return Err("a batch spanning no offsets".into());
             }
-            if matches!(batch.kind, BatchKind::Membership(_)) && batch.records != 1 {
-                return Err("a replica-set batch of more than one record".into());
+            if matches!(batch.kind, BatchKind::Membership(_)) && batch.offsets != 1 {
+                return Err("a replica-set batch spanning more than one offset".into());
             }
             if batch.epoch < last || batch.epoch > self.epoch {
                 return Err(format!(

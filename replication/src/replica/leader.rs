@@ -54,7 +54,7 @@ impl Replica {
         let base = self.log_end;
         let batch = BatchMeta {
             epoch: self.epoch,
-            records,
+            offsets: records,
             kind: membership.map_or(BatchKind::Data, BatchKind::Membership),
         };
         let changes_members = matches!(batch.kind, BatchKind::Membership(_));

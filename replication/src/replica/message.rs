@@ -9,11 +9,14 @@ use super::membership::Membership;
 use super::ReplicaId;
 use crate::epochs::Diverging;
 
-/// A run of records of one epoch, as a fetch answer or an append describes it.
+/// A batch of one epoch, as a fetch answer or an append describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchMeta {
     pub epoch: LeaderEpoch,
-    pub records: u32,
+    /// The offsets the batch spans (its lastOffsetDelta + 1). A batch holds as many
+    /// records when written; compaction may leave fewer, or none (a filler), but never
+    /// changes its offsets.
+    pub offsets: u32,
     pub kind: BatchKind,
 }
 
@@ -29,10 +32,10 @@ pub enum BatchKind {
 }
 
 impl BatchMeta {
-    pub fn data(epoch: LeaderEpoch, records: u32) -> BatchMeta {
+    pub fn data(epoch: LeaderEpoch, offsets: u32) -> BatchMeta {
         BatchMeta {
             epoch,
-            records,
+            offsets,
             kind: BatchKind::Data,
         }
     }

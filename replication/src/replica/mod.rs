@@ -328,12 +328,12 @@ impl Replica {
         assert_eq!(base, self.log_end, "appends go at the log end (R9)");
         let mut at = base;
         for batch in batches {
-            assert!(batch.records > 0, "batches hold records");
+            assert!(batch.offsets > 0, "a batch spans offsets");
             self.epochs.assign(batch.epoch, at);
             if let BatchKind::Membership(m) = &batch.kind {
                 self.memberships.assign(at, m.clone());
             }
-            at = at.plus(i64::from(batch.records));
+            at = at.plus(i64::from(batch.offsets));
         }
         self.log_end = at;
         at

@@ -88,9 +88,9 @@ impl Group {
                 Action::Append { base, batches } => {
                     assert_eq!(base.0 as usize, self.logs[i].len());
                     for b in batches {
-                        for _ in 0..b.records {
+                        for _ in 0..b.offsets {
                             let one = BatchMeta {
-                                records: 1,
+                                offsets: 1,
                                 ..b.clone()
                             };
                             self.logs[i].push(one);
@@ -402,7 +402,7 @@ fn a_follower_refuses_what_no_leader_sends_and_keeps_its_log() {
         base: Offset::ZERO,
         batches: vec![BatchMeta {
             epoch: LeaderEpoch(1),
-            records: 2,
+            offsets: 2,
             kind: BatchKind::Membership(two),
         }],
     };

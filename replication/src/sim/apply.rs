@@ -88,7 +88,7 @@ impl Sim {
                     let what = format!("R9: {me:?} appends at {base:?} to a log of {len}");
                     return Err(self.violation(what));
                 }
-                let records: u32 = batches.iter().map(|b| b.records).sum();
+                let records: u32 = batches.iter().map(|b| b.offsets).sum();
                 let ids: Vec<u64> = if payload.len() == records as usize {
                     payload.to_vec()
                 } else {

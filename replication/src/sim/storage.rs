@@ -43,7 +43,7 @@ impl Storage {
             if let BatchKind::Membership(m) = &batch.kind {
                 self.memberships.insert(self.log.len(), m.clone());
             }
-            for _ in 0..batch.records {
+            for _ in 0..batch.offsets {
                 let id = *ids.next().expect("an id per record");
                 self.log.push((batch.epoch, id));
             }
@@ -61,13 +61,13 @@ impl Storage {
                 let kind = BatchKind::Membership(m.clone());
                 batches.push(BatchMeta {
                     epoch: *epoch,
-                    records: 1,
+                    offsets: 1,
                     kind,
                 });
                 continue;
             }
             match batches.last_mut() {
-                Some(b) if b.epoch == *epoch && b.kind == BatchKind::Data => b.records += 1,
+                Some(b) if b.epoch == *epoch && b.kind == BatchKind::Data => b.offsets += 1,
                 _ => batches.push(BatchMeta::data(*epoch, 1)),
             }
         }

@@ -11,6 +11,9 @@ Usage: cluster.py SPATE_BINARY WORKDIR SCENARIO. Driven by tools/tests/cluster.r
   group-failover two rounds of: SIGKILL the coordinator of a consumer group that consumes
                  the topic and commits as it goes, see another coordinator named within
                  10 s and a commit acknowledged by it, restart the killed broker
+  compaction     `chk` is compacted (see `compaction` below): a follower killed while the
+                 leader cleans catches up, every replica cleans its own log, and after the
+                 leader is killed the new one serves the same table
 
 Throughout, one confluent-kafka producer (acks=all) writes v-000001, v-000002, ... in that
 order to the single partition of `chk` (replication factor 3) and records every delivery
@@ -177,6 +180,7 @@ class Broker:
         self.log_path = os.path.join(workdir, f"broker-{node_id}.log")
         self.process = None
         self.paused = False
+        self.extra_flags = []
 
     def start(self, voters):
         event(f"starting broker {self.node_id}")
@@ -185,7 +189,7 @@ class Broker:
             "--listen", f"127.0.0.1:{self.port}", "--peer-listen", f"127.0.0.1:{self.peer_port}",
             "--voters", voters, "--data-dir", self.data_dir, "--shards", "1",
             "--group-initial-rebalance-delay-ms", "0",
-        ]
+        ] + self.extra_flags
         # `spate serve` also reads SPATE_* variables; only the flags above may configure it.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPATE_")}
         with open(self.log_path, "a") as log:
@@ -419,14 +423,14 @@ class Cluster:
 
     # Set-up.
 
-    def create_topic(self):
+    def create_topic(self, configs=None):
         # The admin client retries NOT_CONTROLLER itself; this loop covers a controller not
         # yet elected or a request that timed out while one was.
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
 
         def attempt():
-            future = admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=3)],
-                                         request_timeout=5)[TOPIC]
+            topic = NewTopic(TOPIC, num_partitions=1, replication_factor=3, config=configs or {})
+            future = admin.create_topics([topic], request_timeout=5)[TOPIC]
             try:
                 future.result()
                 return True
@@ -776,8 +780,134 @@ def group_check(cluster, workload):
     return failures, information
 
 
+# The compaction scenario: small segments that roll every 100 ms, cleaned as soon as any
+# part is dirty, by cleaners that look every 200 ms.
+COMPACTED_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": "16384", "segment.ms": "100",
+                     "min.cleanable.dirty.ratio": "0.01"}
+CLEANER_FLAGS = ["--log-cleaner-backoff-ms", "200"]
+KEYS = 20
+ROUNDS = 60
+COMPACTION_TIMEOUT = 60
+
+
+def partition_log_bytes(broker):
+    """Bytes of the segment files of partition 0 of TOPIC in `broker`'s data directory."""
+    directory = os.path.join(broker.data_dir, f"{TOPIC}-0")
+    try:
+        return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
+                   if f.endswith(".log"))
+    except OSError:
+        return None
+
+
+def compaction(cluster):
+    """KEYS keys written ROUNDS times each (acks=all, not idempotent, so batches shadowed
+    whole become fillers). A follower is killed halfway and restarted only once the leader
+    has cleaned, so it catches up from cleaned segments, likely from inside a filler. Then:
+    every replica must clean its own log to a few segments' worth; after the leader is
+    killed, a reader from the new leader must end with each key's last acknowledged value,
+    and find it at the offset its acknowledgement gave."""
+    for broker in cluster.brokers.values():
+        broker.extra_flags = CLEANER_FLAGS
+    cluster.start(NODE_IDS)
+    cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
+    cluster.create_topic(COMPACTED_CONFIGS)
+    leader = cluster.wait_for(f"a leader and three in-sync replicas for {TOPIC}", ISR_TIMEOUT,
+                              cluster.full_isr).leader
+    follower = next(n for n in NODE_IDS if n != leader)
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 5,
+                         "message.timeout.ms": MESSAGE_TIMEOUT_MS})
+    acked = {}  # key -> (offset, value) of its latest acknowledged record
+    errors = []
+
+    def report(error, message):
+        if error is not None:
+            errors.append(str(error))
+        elif message.key() not in acked or acked[message.key()][0] < message.offset():
+            acked[message.key()] = (message.offset(), message.value())
+
+    def write(key, value):
+        producer.produce(TOPIC, key=key, value=value, on_delivery=report)
+
+    def rounds(first, count):
+        for r in range(first, first + count):
+            for k in range(KEYS):
+                write(f"key-{k}".encode(), f"value-{r}-{k}-{'x' * 100}".encode())
+            if producer.flush(MESSAGE_TIMEOUT_MS / 1000) != 0 or errors:
+                fail(f"round {r} not acknowledged: {errors[:EXAMPLES_MAX]}")
+            time.sleep(0.03)  # so segments roll (segment.ms) and the cleaners have sealed ones
+
+    # Cleaned: the active segment, a cleaned one and one more being written.
+    bound = 2 * int(COMPACTED_CONFIGS["segment.bytes"]) + 4096
+
+    def cleaned(node_ids):
+        """True once every broker of `node_ids` holds at most `bound` bytes; meanwhile one
+        record a probe rolls the active segment, so what was written last can be cleaned."""
+        sizes = {n: partition_log_bytes(cluster.brokers[n]) for n in node_ids}
+        if all(size is not None and size <= bound for size in sizes.values()):
+            return True
+        cluster.probe_error = f"segment bytes per broker: {sizes}, bound {bound}"
+        write(b"nudge", b"x")
+        producer.flush(MESSAGE_TIMEOUT_MS / 1000)
+        time.sleep(0.4)
+        return None
+
+    rounds(0, ROUNDS // 2)
+    cluster.kill([follower])
+    rounds(ROUNDS // 2, ROUNDS // 2)
+    cluster.wait_for(f"leader {leader} cleaning its log", COMPACTION_TIMEOUT, lambda: cleaned([leader]))
+    cluster.start([follower])
+    cluster.wait_for(f"broker {follower} back in the in-sync replicas", ISR_TIMEOUT, cluster.full_isr)
+    cluster.wait_for("every replica cleaning its log", COMPACTION_TIMEOUT, lambda: cleaned(NODE_IDS))
+    sizes = {n: partition_log_bytes(cluster.brokers[n]) for n in NODE_IDS}
+    cluster.kill([leader])
+    cluster.fault()
+    cluster.await_new_leader(leader)
+    expected = {key: value for key, (_, value) in acked.items()}
+    high = max(offset for offset, _ in acked.values()) + 1
+    records = read_keyed(cluster.bootstrap, high)
+    state = {key: value for _, key, value in records}
+    by_offset = {offset: (key, value) for offset, key, value in records}
+    wrong = [key for key, (offset, value) in acked.items() if by_offset.get(offset) != (key, value)]
+    written = KEYS * ROUNDS
+    if state != expected or wrong or len(records) > written // 4:
+        fail(f"after failover to broker {cluster.leader_seen}: {len(records)} records read of "
+             f"{written} written, {len(state)} keys of {len(expected)}, "
+             f"keys not at their acknowledged offsets: {wrong[:EXAMPLES_MAX]}")
+    cuts = sum("inside a filler" in line for b in cluster.brokers.values() for line in b.tail())
+    print(f"cluster.py compaction ok: {written} records written, {len(records)} read from broker "
+          f"{cluster.leader_seen} after failover; segment bytes per broker once cleaned: {sizes}; "
+          f"new leader after {', '.join(f'{s:.1f}' for s in cluster.elections)} s; "
+          f"fillers cut for a follower (in the logs' last lines): {cuts}")
+    return 0
+
+
+def read_keyed(bootstrap, offset_end):
+    """Every record of partition 0 of TOPIC as (offset, key, value), up to `offset_end`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cluster-check",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "reconnect.backoff.max.ms": 1000})
+    try:
+        consumer.assign([TopicPartition(TOPIC, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + READ_TIMEOUT
+        records, errors = [], collections.deque(maxlen=EXAMPLES_MAX)
+        while time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                error = message.error()
+                if error is None:
+                    records.append((message.offset(), message.key(), message.value()))
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    if message.offset() >= offset_end:
+                        return records
+                else:
+                    errors.append(str(error))
+        fail(f"reading {TOPIC} to offset {offset_end}: {len(records)} records; errors: {list(errors)}")
+    finally:
+        consumer.close()
+
+
 SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
-             "group-failover": group_failover}
+             "group-failover": group_failover, "compaction": compaction}
 
 
 def run(cluster, scenario):
@@ -834,6 +964,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"cluster.py {scenario}: terminated"))
     cluster = Cluster(binary, workdir)
     try:
+        if scenario == "compaction":
+            return compaction(cluster)
         return run(cluster, scenario)
     except (Failure, KafkaException) as error:
         print(f"FAILED: cluster.py {scenario}: {error}")
