@@ -50,8 +50,9 @@ pub struct ValidBatch {
 
 impl ValidBatch {
     /// Validates a whole batch (CRC, counts, records; fewer records than offsets, as
-    /// compaction leaves, are fine). The leader accepted it under its config; a follower's own size limit may differ (changed on the leader first), so
-    /// only the engine's hard limit applies.
+    /// compaction leaves, are fine). The leader accepted it under its config; a
+    /// follower's own size limit may differ (changed on the leader first), so only the
+    /// engine's hard limit applies.
     pub fn check(bytes: Bytes) -> std::result::Result<ValidBatch, crate::error::BatchError> {
         let header = batch::validate_replicated(&bytes, BATCH_BYTES_MAX)?;
         Ok(ValidBatch { bytes, header })
@@ -142,9 +143,9 @@ impl PartitionLog {
 
     /// Whole batches from `from` below `until`, at most `max_bytes` but always the first
     /// batch, for a follower. `from` must start a batch, or lie inside an empty one (a
-    /// compaction filler), whose offsets from `from` on are then sent as a batch. Unlike `read`, it reads
-    /// past the high watermark; bytes not durable yet come from the tail cache only, so
-    /// a read may return less than asked, or nothing.
+    /// compaction filler), whose offsets from `from` on are then sent as a batch. Unlike
+    /// `read`, it reads past the high watermark; bytes not durable yet come from the tail
+    /// cache only, so a read may return less than asked, or nothing.
     pub async fn read_replicated(
         &self,
         from: Offset,
@@ -232,7 +233,11 @@ impl PartitionLog {
         .await?;
         if let Some(rest) = cut {
             // Once per follower catching up across a cleaned run: worth a line.
-            tracing::info!(partition = %inner.tp, from = from.0, "a follower's log ends inside a filler; sent it the rest");
+            tracing::info!(
+                partition = %inner.tp,
+                from = from.0,
+                "a follower's log ends inside a filler; sent it the rest"
+            );
             read.chunks.push(ReadChunk::Cached(Bytes::from(rest)));
         }
         match start {
