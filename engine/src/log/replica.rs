@@ -206,8 +206,9 @@ impl PartitionLog {
             if first && header.base_offset != from {
                 // A follower's log ends inside a batch only where compaction joined the
                 // batches it holds the start of into one filler: it gets the rest. A
-                // batch with records cannot be cut: the logs diverged.
-                if header.record_count != 0 {
+                // batch with records cannot be cut (the logs diverged), nor one past
+                // `from` (a gap, which only a damaged segment has).
+                if header.record_count != 0 || header.base_offset > from {
                     return ControlFlow::Break(());
                 }
                 let rest = compact::empty_batch_from(header, from);
