@@ -61,6 +61,9 @@ pub enum BenchCommand {
     },
     /// The storage engine alone: durable append throughput against raw O_DIRECT writes.
     EngineAppend(EngineAppendArgs),
+    /// The storage engine alone: durable append latency at a fixed rate against the same
+    /// disk written directly.
+    EngineLatency(EngineLatencyArgs),
 }
 
 /// What every load-generating subcommand takes.
@@ -163,6 +166,25 @@ pub struct EngineAppendArgs {
     pub rounds: usize,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct EngineLatencyArgs {
+    /// Directory on the disk to measure (files are removed afterwards).
+    #[arg(long, default_value = "target/bench-data")]
+    pub dir: PathBuf,
+    /// Seconds per side and round.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Bytes of each batch.
+    #[arg(long, default_value_t = 16_384)]
+    pub batch_bytes: usize,
+    /// Megabytes (10^6 bytes) a second written.
+    #[arg(long, default_value_t = 20.0)]
+    pub mb_per_s: f64,
+    /// Rounds; each runs the raw side, then the engine.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+}
+
 /// Runs a `spate bench` subcommand.
 pub fn run(command: BenchCommand) -> Result<()> {
     let stop = ctrl_c()?;
@@ -204,6 +226,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::EngineAppend(args) => engine_append(args),
+        BenchCommand::EngineLatency(args) => engine_latency(args),
     }
 }
 
@@ -410,13 +433,12 @@ fn compare(args: &CompareArgs, stop: &Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-fn engine_append(args: EngineAppendArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.dir).map_err(BenchError::io(format!(
-        "cannot create {}",
-        args.dir.display()
-    )))?;
-    if args
-        .batch_bytes
+/// What both engine benchmarks need first: their directory, batch sizes they can run,
+/// and an executor pinned to core 0 standing in for one shard.
+fn engine_bench_setup(dir: &Path, batch_bytes: &[usize]) -> Result<glommio::LocalExecutor> {
+    std::fs::create_dir_all(dir)
+        .map_err(BenchError::io(format!("cannot create {}", dir.display())))?;
+    if batch_bytes
         .iter()
         .any(|b| !(1024..=16 * 1024 * 1024).contains(b))
     {
@@ -424,10 +446,14 @@ fn engine_append(args: EngineAppendArgs) -> Result<()> {
             "--batch-bytes must be between 1024 and 16777216".into(),
         ));
     }
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
         .name("bench")
         .make()
-        .map_err(|e| BenchError::Runtime(e.to_string()))?;
+        .map_err(|e| BenchError::Runtime(e.to_string()))
+}
+
+fn engine_append(args: EngineAppendArgs) -> Result<()> {
+    let executor = engine_bench_setup(&args.dir, &args.batch_bytes)?;
     let plan = crate::engine_append::Plan {
         dir: args.dir,
         duration: Duration::from_secs(args.seconds.max(1)),
@@ -438,6 +464,23 @@ fn engine_append(args: EngineAppendArgs) -> Result<()> {
         rounds: args.rounds,
     };
     let report = executor.run(async move { crate::engine_append::run(plan).await });
+    print!("{report}");
+    Ok(())
+}
+
+fn engine_latency(args: EngineLatencyArgs) -> Result<()> {
+    if !(args.mb_per_s > 0.0 && args.mb_per_s <= 10_000.0) {
+        return Err(BenchError::Usage("--mb-per-s must be in (0, 10000]".into()));
+    }
+    let executor = engine_bench_setup(&args.dir, &[args.batch_bytes])?;
+    let plan = crate::engine_latency::Plan {
+        dir: args.dir,
+        duration: Duration::from_secs(args.seconds.max(1)),
+        batch_bytes: args.batch_bytes,
+        bytes_per_second: (args.mb_per_s * 1e6) as u64,
+        rounds: args.rounds,
+    };
+    let report = executor.run(async move { crate::engine_latency::run(plan).await });
     print!("{report}");
     Ok(())
 }

@@ -20,7 +20,7 @@ use spate_engine::{
 
 /// Microsecond latencies from 1 µs to an hour, 3 significant digits. Explicit bounds:
 /// `Histogram::new` starts tiny and `saturating_record` would clamp instead of growing.
-fn latency_histogram() -> Histogram<u64> {
+pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -42,16 +42,21 @@ impl Measurement {
     }
 }
 
-/// Sequential O_DIRECT writes of `block` bytes for `duration`, then one fdatasync.
-pub async fn raw_direct(dir: &Path, block: usize, duration: Duration) -> Measurement {
-    let path = dir.join(format!("raw-{block}.bin"));
-    let file = glommio::io::OpenOptions::new()
+/// Creates (or empties) a file for a raw baseline, opened for O_DIRECT writes.
+pub(crate) async fn create_raw(path: &Path) -> glommio::io::DmaFile {
+    glommio::io::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .dma_open(&path)
+        .dma_open(path)
         .await
-        .expect("create raw file");
+        .expect("create raw file")
+}
+
+/// Sequential O_DIRECT writes of `block` bytes for `duration`, then one fdatasync.
+pub async fn raw_direct(dir: &Path, block: usize, duration: Duration) -> Measurement {
+    let path = dir.join(format!("raw-{block}.bin"));
+    let file = create_raw(&path).await;
     let start = Instant::now();
     let mut position = 0u64;
     let mut latency = latency_histogram();
@@ -96,15 +101,7 @@ pub async fn raw_like_engine(
     let mut tasks = Vec::new();
     for i in 0..files {
         let path = dir.join(format!("raw-like-{i}.bin"));
-        let file = Rc::new(
-            glommio::io::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .dma_open(&path)
-                .await
-                .expect("create raw file"),
-        );
+        let file = Rc::new(create_raw(&path).await);
         tasks.push(glommio::spawn_local(async move {
             let (mut position, mut allocated, mut cycles) = (0u64, 0u64, 0u64);
             while start.elapsed() < duration {

@@ -7,7 +7,7 @@
 //! and SVG charts. `compare` runs one workload against two brokers in alternation,
 //! `baseline` measures this machine's own ceilings (disk, fsync, loopback) so results can
 //! be quoted as fractions of them, `sweep` finds the highest sustainable rate, and
-//! `engine-append` measures the storage engine without the network.
+//! `engine-append` and `engine-latency` measure the storage engine without the network.
 //!
 //! Invariants of every run: sent = acknowledged + failed for producers (unanswered
 //! requests count as failed after the drain timeout); every bound of the generator is in
@@ -19,6 +19,7 @@ pub mod compare;
 mod conn;
 mod consumer;
 pub mod engine_append;
+pub mod engine_latency;
 pub mod error;
 pub mod latency;
 pub mod limits;

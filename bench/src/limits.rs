@@ -38,5 +38,8 @@ pub const TIMELINE_SECONDS_MAX: usize = 86_400;
 pub const LEADER_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long connecting and setup requests may take.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// `engine-latency`: appends issued and not yet durable; a batch due beyond this is
+/// dropped and counted, so a stalled engine cannot grow the task list without bound.
+pub const ENGINE_LATENCY_APPENDS_INFLIGHT_MAX: usize = 65_536;
 /// Bytes of random payload each producer draws record values from.
 pub const PAYLOAD_POOL_BYTES: usize = 1024 * 1024;
