@@ -147,6 +147,7 @@ impl Outbox {
                         request,
                         epoch: epoch.0,
                         commit: commit.0,
+                        log_start: LOG_START_UNKNOWN,
                         outcome: Outcome::Records {
                             base: from.0,
                             batches: Vec::new(),
@@ -205,6 +206,7 @@ impl Outbox {
                     request,
                     epoch: epoch.0,
                     commit: commit.0,
+                    log_start: LOG_START_UNKNOWN,
                     outcome,
                 };
                 return peer.answers.push((answer, None));
@@ -326,7 +328,12 @@ pub struct Inbound {
     pub message: Message,
     /// For an answer with records: where its bytes sit in the frame's record section.
     pub records: Option<Range<usize>>,
+    /// For an answer: the answering replica's log start, if it sent one.
+    pub log_start: Option<Offset>,
 }
+
+/// `PartitionAnswer::log_start` until the driver fills it in from the log.
+pub const LOG_START_UNKNOWN: i64 = -1;
 
 /// Offsets from a peer: not negative, and far enough from `i64::MAX` that offset
 /// arithmetic (a batch's last offset, the next offset) cannot overflow, as the engine
@@ -392,6 +399,7 @@ fn fetch_in(f: &PartitionFetch) -> Result<Inbound, WireError> {
         key: f.key.clone(),
         message,
         records: None,
+        log_start: None,
     })
 }
 
@@ -431,10 +439,15 @@ fn answer_in(a: &PartitionAnswer, at: &mut usize) -> Result<Inbound, WireError> 
         commit: offset(a.commit, "commit index")?,
         body,
     };
+    let log_start = match a.log_start {
+        LOG_START_UNKNOWN => None,
+        start => Some(offset(start, "log start")?),
+    };
     Ok(Inbound {
         key: a.key.clone(),
         message,
         records,
+        log_start,
     })
 }
 
@@ -482,5 +495,6 @@ fn election_in(e: &PartitionElection) -> Result<Inbound, WireError> {
         key: e.key.clone(),
         message,
         records: None,
+        log_start: None,
     })
 }

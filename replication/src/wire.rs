@@ -63,6 +63,10 @@ pub struct PartitionAnswer {
     pub request: u64,
     pub epoch: i32,
     pub commit: i64,
+    /// The answering replica's log start (-1: not known). A follower moves its own log
+    /// start up to it, within its high watermark, so records a leader deleted (retention,
+    /// DeleteRecords) do not come back after a failover.
+    pub log_start: i64,
     pub outcome: Outcome,
 }
 
@@ -277,6 +281,7 @@ mod tests {
                     request: 7,
                     epoch: 3,
                     commit: 100,
+                    log_start: 7,
                     outcome: Outcome::Records {
                         base: 100,
                         batches: vec![(3, 10)],
@@ -288,6 +293,7 @@ mod tests {
                     request: 9,
                     epoch: 3,
                     commit: 40,
+                    log_start: 7,
                     outcome: Outcome::Diverging {
                         epoch: 2,
                         end_offset: 38,
@@ -298,6 +304,7 @@ mod tests {
                     request: 1,
                     epoch: 4,
                     commit: 0,
+                    log_start: -1,
                     outcome: Outcome::Records {
                         base: 0,
                         batches: vec![(4, 1), (4, 2)],

@@ -364,17 +364,24 @@ fn negative_offsets_and_epochs_below_minus_one_are_refused() {
     // Offsets near i64::MAX would overflow offset arithmetic.
     assert!(inbound(&fetch(0, i64::MAX)).is_err());
     assert!(inbound(&fetch(-2, 0)).is_err());
-    let answer = Header {
+    let answer = |commit, log_start| Header {
         from: 1,
         body: Body::FetchAnswer(vec![wire::PartitionAnswer {
             key: key(0),
             request: 1,
             epoch: 1,
-            commit: -5,
+            commit,
+            log_start,
             outcome: Outcome::Fenced { leader: None },
         }]),
     };
-    assert!(inbound(&answer).is_err());
+    assert!(inbound(&answer(-5, 0)).is_err());
+    // The leader's log start: -1 is "not sent"; other negatives and huge values are refused.
+    let log_start = |h: &Header| inbound(h).map(|(_, parts)| parts[0].log_start);
+    assert_eq!(log_start(&answer(0, -1)), Ok(None));
+    assert_eq!(log_start(&answer(0, 7)), Ok(Some(Offset(7))));
+    assert!(inbound(&answer(0, -2)).is_err());
+    assert!(inbound(&answer(0, i64::MAX)).is_err());
 }
 
 #[test]

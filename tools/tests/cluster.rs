@@ -7,8 +7,9 @@
 //! sent, and no value is written twice. A consumer group whose coordinator is killed
 //! twice keeps consuming, and never resumes below an acknowledged commit. A compacted
 //! topic is cleaned by every replica, a follower catches up from its leader's cleaned
-//! log, and a new leader serves the same table. The scenarios and the checker are
-//! `python/cluster.py`.
+//! log, and a new leader serves the same table. DeleteRecords is refused by followers,
+//! and the log start it sets at the leader holds after a failover. The scenarios and the
+//! checker are `python/cluster.py`.
 
 use std::path::Path;
 use std::process::Command;
@@ -62,6 +63,11 @@ fn every_acknowledged_record_survives_killing_every_broker_at_once() {
 #[test]
 fn a_consumer_group_keeps_consuming_and_its_commits_across_coordinator_failovers() {
     run("group-failover");
+}
+
+#[test]
+fn delete_records_is_for_the_leader_and_its_log_start_survives_a_failover() {
+    run("delete-records");
 }
 
 #[test]

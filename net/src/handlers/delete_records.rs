@@ -1,6 +1,11 @@
 //! DeleteRecords (key 21), versions 0–2: move partitions' log start forward; offset -1
 //! means the high watermark. Segments wholly below the new start are deleted by the next
 //! retention pass.
+//!
+//! In cluster mode only the partition's leader answers (others: NOT_LEADER_OR_FOLLOWER,
+//! so the client asks the leader); followers move their own log start to the leader's
+//! as its fetch answers tell them (`spate_replication`). The answer's low watermark is
+//! the leader's; Kafka instead waits until every in-sync replica has moved.
 
 use std::rc::Rc;
 
@@ -18,6 +23,9 @@ async fn delete(node: &Node, tp: TopicPartition, offset: i64) -> DeleteRecordsPa
     let result = DeleteRecordsPartitionResult::default()
         .with_partition_index(tp.partition.0)
         .with_low_watermark(-1);
+    if let Some(error) = crate::cluster::leader_check(node, &tp, -1) {
+        return result.with_error_code(error.code());
+    }
     let target = if offset == -1 {
         match node.shard.offsets(tp.clone()).await {
             Ok(o) => o.high_watermark,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spate_engine::batch::{self, BatchHeader};
-use spate_engine::{AckPolicy, ValidBatch};
+use spate_engine::{AckPolicy, Offset, ValidBatch};
 
 use super::link::OutFrame;
 use super::{store, DriverError, Partition, Shared};
@@ -169,9 +169,24 @@ impl Shared {
             if !unreadable.is_empty() {
                 frame.drop_parts(&unreadable);
             }
+            self.stamp_log_starts(&mut frame.header.body);
             match wire::encode_head(&frame.header) {
                 Ok(head) => self.links.send(frame.to, OutFrame { head, chunks }),
                 Err(error) => tracing::error!(%error, "cannot encode a replication frame"),
+            }
+        }
+    }
+
+    /// Gives every fetch answer its partition's log start, read now: after the reads, so
+    /// it is never ahead of what they found.
+    fn stamp_log_starts(&self, body: &mut wire::Body) {
+        let wire::Body::FetchAnswer(answers) = body else {
+            return;
+        };
+        let partitions = self.partitions.borrow();
+        for answer in answers {
+            if let Some(partition) = partitions.get(&answer.key) {
+                answer.log_start = partition.log.offsets().log_start.0;
             }
         }
     }
@@ -218,7 +233,30 @@ impl Shared {
                 .borrow_mut()
                 .receive(self.now(), from, part.message);
             self.execute(&partition, actions, fetched).await;
+            if let Some(start) = part.log_start {
+                follow_log_start(&partition, start).await;
+            }
         }
+    }
+}
+
+/// Moves a follower's log start up to the one its leader answered with, but never past
+/// its own high watermark: below that every record is committed, so the leader held the
+/// same records and has deleted them (retention or DeleteRecords). Retention then drops
+/// the segments below on this replica too, and a failover does not bring them back.
+async fn follow_log_start(partition: &Partition, leader_start: Offset) {
+    if partition.replica.borrow().is_leader() {
+        return;
+    }
+    let offsets = partition.log.offsets();
+    let target = leader_start.min(offsets.high_watermark);
+    if target <= offsets.log_start {
+        return;
+    }
+    if let Err(error) = partition.log.delete_records(target).await {
+        // A truncation in progress, or a failed log (which the driver notices itself):
+        // the next answer carries the leader's log start again.
+        tracing::debug!(%error, to = target.0, "could not follow the leader's log start");
     }
 }
 

@@ -11,6 +11,9 @@ Usage: cluster.py SPATE_BINARY WORKDIR SCENARIO. Driven by tools/tests/cluster.r
   group-failover two rounds of: SIGKILL the coordinator of a consumer group that consumes
                  the topic and commits as it goes, see another coordinator named within
                  10 s and a commit acknowledged by it, restart the killed broker
+  delete-records DeleteRecords to a follower is refused with NOT_LEADER_OR_FOLLOWER; to the
+                 leader it moves the log start; after the leader is killed, the new one
+                 starts its log at the same offset (followers follow the leader's log start)
   compaction     `chk` is compacted (see `compaction` below): a follower killed while the
                  leader cleans catches up, every replica cleans its own log, and after the
                  leader is killed the new one serves the same table
@@ -90,6 +93,7 @@ COMMIT_INTERVAL = 0.2
 COMMIT_TIMEOUT = 30
 
 EXAMPLES_MAX = 5
+NOT_LEADER_OR_FOLLOWER = 6  # Kafka's error code
 LOG_TAIL_LINES = 40
 
 
@@ -156,6 +160,24 @@ def find_coordinator(port, group):
         message = answer[12:node_offset].decode(errors="replace")
         raise ValueError(f"error {error_code}: {message}")
     return struct.unpack_from(">i", answer, node_offset)[0]
+
+
+def delete_records_at(port, offset):
+    """DeleteRecords v1 for partition 0 of TOPIC below `offset`, sent to the broker at `port`
+    itself (the admin client would route it to the leader): (error code, low watermark)."""
+    client_id, topic = b"cluster.py", TOPIC.encode()
+    body = (struct.pack(">hhih", 21, 1, 1, len(client_id)) + client_id
+            + struct.pack(">ih", 1, len(topic)) + topic
+            + struct.pack(">iiqi", 1, 0, offset, 5000))
+    with socket.create_connection(("127.0.0.1", port), timeout=METADATA_TIMEOUT * 5) as connection:
+        connection.sendall(struct.pack(">i", len(body)) + body)
+        size = struct.unpack(">i", receive(connection, 4))[0]
+        answer = receive(connection, size)
+    # correlation id, throttle time, [topic name, [partition index, low watermark, error code]]
+    at = 12
+    at += 2 + struct.unpack_from(">h", answer, at)[0] + 4
+    _, low, error_code = struct.unpack_from(">iqh", answer, at)
+    return error_code, low
 
 
 def receive(connection, size):
@@ -249,6 +271,7 @@ class Cluster:
         self.bootstrap = ",".join(f"127.0.0.1:{b.port}" for b in self.brokers.values())
         self.workload = None
         self.reader = None
+        self.deleted_below = 0  # the log start DeleteRecords moved to, if it ran
         self.probe_error = None
         self.leader_seen = None
         self.leader_changes = 0
@@ -636,9 +659,10 @@ def read_partition(bootstrap, offset_end_min):
         consumer.close()
 
 
-def check(workload, low, high, records):
+def check(workload, low, high, records, deleted_below=0):
     """The invariants of the module doc: returns (failures, information), each a list of
-    (name, items, describe-one-item)."""
+    (name, items, describe-one-item). Acknowledged records below `deleted_below` (a log
+    start moved by DeleteRecords) must be gone, and the log must start there."""
     acked = workload.acked
     offsets_of, held, strangers = {}, {}, []
     for offset, value in records:
@@ -650,7 +674,10 @@ def check(workload, low, high, records):
         held[offset] = sequence
 
     in_order = sorted(acked.items())
-    lost = [(s, o) for s, o in in_order if s not in offsets_of]
+    lost = [(s, o) for s, o in in_order if s not in offsets_of and o >= deleted_below]
+    resurrected = [o for o, _ in records if o < deleted_below]
+    if low < deleted_below:
+        resurrected.insert(0, low)
     wrong = [(s, o, held.get(o)) for s, o in in_order if s in offsets_of and held.get(o) != s]
     reordered = [(a, b) for a, b in zip(in_order, in_order[1:]) if b[1] <= a[1]]
     duplicated = [(s, offsets) for s, offsets in sorted(offsets_of.items()) if len(offsets) > 1]
@@ -670,6 +697,8 @@ def check(workload, low, high, records):
         ("duplicated (written more than once)", duplicated,
          lambda i: f"{value(i[0])} at {i[1]}, acked at {acked.get(i[0], 'none')}"),
         ("values this producer never sent", strangers, lambda i: f"{i[1]!r} at {i[0]}"),
+        (f"below the DeleteRecords offset {deleted_below} (the log start, then records read)", resurrected,
+         lambda o: str(o)),
     ]
     information = [
         ("reported failed yet written", present_failed, lambda i: f"{value(i[0])} at {i[1]}"),
@@ -725,6 +754,33 @@ def kill_all(cluster):
     cluster.wait_for("a leader after restarting every broker", FORM_TIMEOUT, cluster.settled_leader)
     cluster.elections.append(time.monotonic() - restarted_at)
     cluster.produce_for(2)
+
+
+def delete_records(cluster):
+    """DeleteRecords below an acknowledged offset in the middle of the log: refused by a
+    follower, done by the leader. After more acknowledged writes the leader is killed; the
+    check then requires the new leader's log start to be that offset, nothing below it to
+    be read, and every acknowledged record above it to be there."""
+    cluster.produce_for(2)
+    leader = cluster.wait_for("a leader all brokers agree on", LEADER_TIMEOUT, cluster.settled_leader)
+    acked = sorted(cluster.workload.acked.values())
+    target = acked[len(acked) // 2]
+    follower = next(n for n in NODE_IDS if n != leader)
+    error_code, _ = delete_records_at(cluster.brokers[follower].port, target)
+    if error_code != NOT_LEADER_OR_FOLLOWER:
+        fail(f"DeleteRecords at follower {follower}: error {error_code}, not {NOT_LEADER_OR_FOLLOWER}")
+    error_code, low = delete_records_at(cluster.brokers[leader].port, target)
+    if (error_code, low) != (0, target):
+        fail(f"DeleteRecords below {target} at leader {leader}: error {error_code}, low watermark {low}")
+    event(f"leader {leader} deleted the records below offset {target}")
+    cluster.deleted_below = target
+    cluster.produce_for(1)  # acks=all: the followers fetch, and learn the log start
+    cluster.kill([leader])
+    cluster.fault()
+    cluster.await_new_leader(leader)
+    cluster.produce_for(1)
+    cluster.start([leader])
+    cluster.wait_for(f"broker {leader} back in the in-sync replicas", ISR_TIMEOUT, cluster.full_isr)
 
 
 def group_failover(cluster):
@@ -907,7 +963,7 @@ def read_keyed(bootstrap, offset_end):
 
 
 SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
-             "group-failover": group_failover, "compaction": compaction}
+             "group-failover": group_failover, "delete-records": delete_records, "compaction": compaction}
 
 
 def run(cluster, scenario):
@@ -925,7 +981,7 @@ def run(cluster, scenario):
     group = group_check(cluster, workload) if cluster.reader is not None else ([], [])
 
     low, high, records = read_partition(cluster.bootstrap, max(workload.acked.values(), default=-1) + 1)
-    failures, information = check(workload, low, high, records)
+    failures, information = check(workload, low, high, records, cluster.deleted_below)
     failures += group[0]
     information += group[1]
     if not any(s > cluster.fault_sequence for s in workload.acked):
