@@ -177,8 +177,9 @@ impl Shared {
         }
     }
 
-    /// Gives every fetch answer its partition's log start, read now: after the reads, so
-    /// it is never ahead of what they found.
+    /// Gives every fetch answer its partition's log start as it is now. It may have moved
+    /// past the records just read (a DeleteRecords in between); that is harmless, since a
+    /// follower never moves its own past its high watermark.
     fn stamp_log_starts(&self, body: &mut wire::Body) {
         let wire::Body::FetchAnswer(answers) = body else {
             return;
