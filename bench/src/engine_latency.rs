@@ -28,7 +28,7 @@ use spate_engine::{
 };
 
 use crate::engine_append::{create_raw, latency_histogram};
-use crate::limits::ENGINE_LATENCY_APPENDS_INFLIGHT_MAX;
+use crate::limits::{ENGINE_LATENCY_APPENDS_INFLIGHT_MAX, ENGINE_LATENCY_RAW_WRITE_BYTES_MAX};
 
 /// What `engine-latency` measures.
 #[derive(Debug, Clone)]
@@ -77,8 +77,11 @@ async fn raw(dir: &Path, plan: &Plan, interval: Duration) -> Side {
     while start.elapsed() < plan.duration {
         sleep_until(due(start, interval, side.batches)).await;
         let now = Instant::now();
+        // Everything due, up to one bounded write; the rest goes in the next round, its
+        // latency still counted from when it was due.
+        let most = (ENGINE_LATENCY_RAW_WRITE_BYTES_MAX / plan.batch_bytes).max(1) as u64;
         let mut taken = side.batches;
-        while due(start, interval, taken) <= now {
+        while taken - side.batches < most && due(start, interval, taken) <= now {
             taken += 1;
         }
         let bytes = spate_engine::file::align_up((taken - side.batches) * plan.batch_bytes as u64);

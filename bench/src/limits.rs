@@ -41,5 +41,8 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `engine-latency`: appends issued and not yet durable; a batch due beyond this is
 /// dropped and counted, so a stalled engine cannot grow the task list without bound.
 pub const ENGINE_LATENCY_APPENDS_INFLIGHT_MAX: usize = 65_536;
+/// `engine-latency`: the most the raw side writes at once after a stall; batches due
+/// beyond it go in its next write.
+pub const ENGINE_LATENCY_RAW_WRITE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes of random payload each producer draws record values from.
 pub const PAYLOAD_POOL_BYTES: usize = 1024 * 1024;

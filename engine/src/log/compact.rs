@@ -651,9 +651,11 @@ impl<'a> Batches<'a> {
         }
         let mut size = HEADER_BYTES;
         for _ in 0..2 {
+            // The window only ever starts at a position already reached.
+            debug_assert!(self.window_start <= self.position);
             let at = (self.position - self.window_start) as usize;
             let present = self.window.len().saturating_sub(at);
-            if self.position < self.window_start || present < size {
+            if present < size {
                 let len = COMPACTION_IO_BYTES.max(size) as u64;
                 let len = len.min(remaining) as usize;
                 self.window =
