@@ -39,6 +39,11 @@ pub const SHARD_TAIL_CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Most batches in the tail cache (bounds the bookkeeping for tiny batches).
 pub const PARTITION_TAIL_CACHE_BATCHES_MAX: usize = 16 * 1024;
 
+/// Segment base offsets lie below this (file names are 20 digits, and offset arithmetic
+/// past a base must not overflow). Recovery ignores files named past it; a log restarted
+/// at a leader's log start refuses to go past it.
+pub const SEGMENT_BASE_LIMIT: i64 = i64::MAX / 2;
+
 /// Most partitions one shard owns. Creating one more fails with a recoverable error.
 pub const SHARD_PARTITIONS_MAX: usize = 4096;
 

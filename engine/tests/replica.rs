@@ -213,6 +213,117 @@ fn truncation_to_the_log_start_empties_the_log_and_leader_appends_go_on() {
     });
 }
 
+/// A follower whose whole log lies below its leader's log start starts over, empty, at
+/// that offset: the old segments go, appends go on from there, everything below it
+/// counts as committed, and a restart finds the same log. A restart at or before the
+/// log end is refused and changes nothing.
+#[test]
+fn a_log_restarted_past_its_end_starts_empty_there_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, small_segments(8 * 1024)).await;
+        log.set_replicated();
+        replicate(&log, 40, 1).await;
+        durable(&log).await;
+        log.set_commit(Offset(60));
+        assert!(log.segment_count() > 2);
+        for refused in [Offset(120), Offset(119), Offset(0)] {
+            let outcome = log.restart_at(refused).await;
+            assert!(
+                matches!(outcome, Err(EngineError::ReplicaDiverged { .. })),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(log.offsets().log_end, Offset(120));
+        log.restart_at(Offset(1_000)).await.unwrap();
+        let offsets = log.offsets();
+        assert_eq!(
+            (offsets.log_start, offsets.log_end, offsets.high_watermark),
+            (Offset(1_000), Offset(1_000), Offset(1_000))
+        );
+        assert_eq!(log.segment_bases(), vec![Offset(1_000)]);
+        let files = std::fs::read_dir(log.dir()).unwrap().count();
+        // One segment's three files, partition.meta, the checkpoint (and maybe a
+        // producer snapshot of an old segment, which recovery ignores).
+        assert!(files <= 6, "{files} files left");
+        // Batches a leader stored from there on follow, and become visible when committed.
+        let sent = replicate(&log, 4, 2).await;
+        durable(&log).await;
+        log.set_commit(Offset(1_012));
+        assert_eq!(log.offsets().high_watermark, Offset(1_012));
+        let read = read_all(&log, Offset(1_000)).await;
+        assert_eq!(read, sent.iter().map(|b| b.to_vec()).collect::<Vec<_>>());
+        log.close().await.unwrap();
+        let log = reopen(&root).await.unwrap();
+        let offsets = log.offsets();
+        assert_eq!(
+            (offsets.log_start, offsets.log_end),
+            (Offset(1_000), Offset(1_012))
+        );
+        log.set_replicated();
+        log.set_commit(Offset(1_012));
+        assert_eq!(read_all(&log, Offset(1_000)).await.len(), 4);
+        log.close().await.unwrap();
+    });
+}
+
+/// A crash inside `restart_at`, in each of its two windows, recovers to a whole log:
+/// before the checkpoint names the new start, the new empty segment after the gap is
+/// dropped and the old log stays; after it, the old segments (all below the new start)
+/// are deleted and the log is the empty one at the new start.
+#[test]
+fn a_crash_inside_a_restart_recovers_the_old_log_or_the_new_one() {
+    use spate_engine::meta::{self, FileKind, RecoveryCheckpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let partition = root.join(tp().dir_name());
+    let checkpoint = |partition: &std::path::Path, log_start: i64, recovery_point: i64| {
+        let checkpoint = RecoveryCheckpoint {
+            log_start: Offset(log_start),
+            recovery_point: Offset(recovery_point),
+            leader_epoch: LeaderEpoch(1),
+            clean_shutdown: false,
+        };
+        let bytes = meta::encode(FileKind::RecoveryCheckpoint, &checkpoint);
+        std::fs::write(partition.join("recovery.checkpoint"), bytes).unwrap();
+    };
+    let new_segment = |partition: &std::path::Path| {
+        for ext in ["log", "index", "timeindex"] {
+            std::fs::write(partition.join(format!("{:020}.{ext}", 1_000)), b"").unwrap();
+        }
+    };
+    run(async move {
+        let log = create(&root, small_segments(8 * 1024)).await;
+        replicate(&log, 40, 1).await;
+        durable(&log).await;
+        log.close().await.unwrap();
+        // Window 1: the new segment exists, the checkpoint is the old one (as written
+        // while the log was open: not a clean shutdown).
+        checkpoint(&partition, 0, 0);
+        new_segment(&partition);
+        let log = reopen(&root).await.unwrap();
+        let offsets = log.offsets();
+        assert_eq!(
+            (offsets.log_start, offsets.log_end),
+            (Offset(0), Offset(120))
+        );
+        assert!(!partition.join(format!("{:020}.log", 1_000)).exists());
+        log.close().await.unwrap();
+        // Window 2: the checkpoint names the new start; no old segment is deleted yet.
+        new_segment(&partition);
+        checkpoint(&partition, 1_000, 1_000);
+        let log = reopen(&root).await.unwrap();
+        let offsets = log.offsets();
+        assert_eq!(
+            (offsets.log_start, offsets.log_end),
+            (Offset(1_000), Offset(1_000))
+        );
+        assert_eq!(log.segment_bases(), vec![Offset(1_000)]);
+        log.close().await.unwrap();
+    });
+}
+
 /// A compacted leader, and followers that catch up from it: one from scratch, one whose
 /// log ends inside a run of batches the leader's cleaning turned into one filler (it gets
 /// the rest of the filler). Both end with the leader's offsets, epochs and table; the

@@ -30,6 +30,7 @@ use crate::config::PartitionConfig;
 use crate::error::{EngineError, Result};
 use crate::file::{self, align_down};
 use crate::index::SegmentIndex;
+use crate::limits::SEGMENT_BASE_LIMIT;
 use crate::meta::{self, FileKind, PartitionMeta, RecoveryCheckpoint};
 use crate::producers::ProducerStates;
 use crate::segment::{finalize_files, Segment};
@@ -358,7 +359,7 @@ async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
             file::remove(&entry.path()).await?;
         } else if let Some(stem) = name.strip_suffix(compact::SWAP_SUFFIX) {
             match stem.parse::<i64>() {
-                Ok(base) if stem.len() == 20 && (0..i64::MAX / 2).contains(&base) => {
+                Ok(base) if stem.len() == 20 && (0..SEGMENT_BASE_LIMIT).contains(&base) => {
                     swaps.push((Offset(base), entry.path()))
                 }
                 _ => {
@@ -370,7 +371,7 @@ async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
                 // Base offsets near i64::MAX would overflow offset arithmetic; no real log
                 // reaches them, so such a name is not a segment of ours.
                 match stem.parse::<i64>() {
-                    Ok(base) if (0..i64::MAX / 2).contains(&base) => {
+                    Ok(base) if (0..SEGMENT_BASE_LIMIT).contains(&base) => {
                         logs.push((Offset(base), entry.path()))
                     }
                     _ => {

@@ -24,8 +24,9 @@ use crate::batch::{self, BatchHeader};
 use crate::compact;
 use crate::error::{EngineError, Result};
 use crate::file;
-use crate::limits::BATCH_BYTES_MAX;
+use crate::limits::{BATCH_BYTES_MAX, SEGMENT_BASE_LIMIT};
 use crate::meta::RecoveryCheckpoint;
+use crate::segment::Segment;
 use crate::types::{Offset, Timestamp};
 
 /// How often a truncation waiting for the flusher to seal rolled segments looks again.
@@ -289,12 +290,7 @@ impl PartitionLog {
     /// `to` fail with `ReplicaDiverged`.
     pub async fn truncate_to(&self, to: Offset) -> Result<()> {
         let inner = &self.0;
-        let _gate = inner
-            .gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        self.quiesce().await?;
+        let _gate = self.hold_appends().await?;
         let (target, position) = {
             let st = inner.state.borrow();
             if to == st.log_end {
@@ -333,6 +329,83 @@ impl PartitionLog {
         };
         inner.state.borrow_mut().truncating = false;
         outcome
+    }
+
+    /// Removes every record and starts the log again, empty, at `at`, past its end: what
+    /// a follower does when its leader's log starts past the follower's end (retention
+    /// or DeleteRecords deleted everything the follower lacks; Kafka's
+    /// `truncateFullyAndStartAt`). Every offset below `at` is committed (a log start
+    /// never passes the high watermark), so the high watermark and commit index become
+    /// `at`. Idempotent producers' state is forgotten (their next batch starts a new
+    /// sequence, as after any lost snapshot). Waits for staged appends first and holds
+    /// off appends meanwhile, as `truncate_to` does.
+    pub async fn restart_at(&self, at: Offset) -> Result<()> {
+        let inner = &self.0;
+        let _gate = self.hold_appends().await?;
+        {
+            let st = inner.state.borrow();
+            if at <= st.log_end || at.0 >= SEGMENT_BASE_LIMIT {
+                return Err(EngineError::ReplicaDiverged {
+                    tp: inner.tp.clone(),
+                    reason: format!(
+                        "cannot restart the log at {}: it ends at {} (a restart goes past the end, below {SEGMENT_BASE_LIMIT})",
+                        at.0, st.log_end.0
+                    ),
+                });
+            }
+        }
+        inner.state.borrow_mut().truncating = true;
+        let outcome = self.start_over(at).await;
+        if let Err(error) = &outcome {
+            // Old and new segments may both be on disk: nothing may trust this log any more.
+            inner.fail(error);
+        }
+        inner.state.borrow_mut().truncating = false;
+        outcome?;
+        tracing::info!(partition = %inner.tp, at = at.0, "restarted the log at the leader's log start");
+        self.write_checkpoint(false).await
+    }
+
+    /// Carries out a checked restart. Crash safety: the new empty segment at `at` exists
+    /// (and the directory is synced) before the checkpoint names `at` the log start, and
+    /// the old segments go only after that. A crash before the checkpoint leaves the old
+    /// log, whose last segment ends before `at`: recovery drops the new segment after
+    /// the gap. A crash after it leaves old segments wholly below the log start, which
+    /// recovery deletes.
+    async fn start_over(&self, at: Offset) -> Result<()> {
+        let inner = &self.0;
+        let interval = inner.state.borrow().config().index_interval_bytes;
+        let segment = Segment::create(&inner.dir, at, interval).await?;
+        file::sync_dir(&inner.dir).await?;
+        let checkpoint = RecoveryCheckpoint {
+            log_start: at,
+            recovery_point: at,
+            leader_epoch: inner.state.borrow().leader_epoch,
+            clean_shutdown: false,
+        };
+        write_checkpoint(&inner.dir, &checkpoint).await?;
+        let old = {
+            let mut st = inner.state.borrow_mut();
+            let old = std::mem::replace(&mut st.segments, [(at, segment)].into());
+            st.log_start = at;
+            st.log_end = at;
+            st.durable_end = at;
+            st.high_watermark = at;
+            st.commit = st.commit.max(at);
+            st.cleaned_to = st.cleaned_to.max(at);
+            st.cache.clear();
+            st.producers = Default::default();
+            st.dir_dirty = false;
+            assert!(st.durable_waiters.is_empty(), "quiesced: nothing waits");
+            st.check_invariants();
+            old
+        };
+        for segment in old.into_values() {
+            for path in segment.paths(&inner.dir) {
+                file::remove(&path).await?;
+            }
+        }
+        file::sync_dir(&inner.dir).await
     }
 
     /// Carries out a checked truncation. Crash safety: the checkpoint first says that
@@ -413,6 +486,19 @@ impl PartitionLog {
             position: found.unwrap_or(size),
             last_ts,
         })
+    }
+
+    /// Holds off appends (for as long as the permit lives) and waits until the log is
+    /// quiet: what a truncation or a restart needs before it replaces files.
+    async fn hold_appends(&self) -> Result<glommio::sync::Permit<'_>> {
+        let gate = self
+            .0
+            .gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        self.quiesce().await?;
+        Ok(gate)
     }
 
     /// Waits until everything appended is durable and every rolled segment is sealed, so
