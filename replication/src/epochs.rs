@@ -118,16 +118,19 @@ impl EpochCache {
     }
 
     /// The leader's check of a follower's fetch: the follower's log ends at
-    /// `fetch_offset` with a batch of `last_fetched_epoch` before it. `None` when the two
-    /// logs agree up to `fetch_offset`; otherwise where the follower must truncate.
+    /// `fetch_offset` with a batch of `last_fetched_epoch` before it, and starts at
+    /// `follower_start`. `None` when the two logs agree up to `fetch_offset`; otherwise
+    /// where the follower must truncate.
     pub fn diverging(
         &self,
-        last_fetched_epoch: LeaderEpoch,
-        fetch_offset: Offset,
+        (last_fetched_epoch, fetch_offset): (LeaderEpoch, Offset),
+        follower_start: Offset,
         log_end: Offset,
     ) -> Option<Diverging> {
-        if last_fetched_epoch.0 < 0 && fetch_offset == Offset::ZERO {
-            // An empty follower agrees with any leader.
+        if last_fetched_epoch.0 < 0 && fetch_offset == follower_start && fetch_offset <= log_end {
+            // An empty follower agrees with any leader whose log reaches its start: a new
+            // replica at offset 0, or one that started over at a leader's log start,
+            // below which every offset is committed.
             return None;
         }
         match self.end_of(last_fetched_epoch, log_end) {
@@ -246,7 +249,9 @@ mod tests {
         let leader = cache(&[(1, 0), (3, 8)]);
         let follower = cache(&[(1, 0), (2, 8)]);
         // The follower's log ends at 12 with a batch of epoch 2.
-        let d = leader.diverging(e(2), o(12), o(20)).expect("diverges");
+        let d = leader
+            .diverging((e(2), o(12)), o(0), o(20))
+            .expect("diverges");
         assert_eq!(
             d,
             Diverging {
@@ -256,14 +261,16 @@ mod tests {
         );
         assert_eq!(follower.truncation_point(d, o(12)), o(8));
         // After truncating to 8 with epoch 1 before it, the logs agree.
-        assert_eq!(leader.diverging(e(1), o(8), o(20)), None);
+        assert_eq!(leader.diverging((e(1), o(8)), o(0), o(20)), None);
     }
 
     #[test]
     fn a_follower_ahead_within_an_epoch_is_cut_to_the_leaders_end_of_it() {
         // The follower holds epoch 1 up to 15; the leader's epoch 1 ended at 10.
         let leader = cache(&[(1, 0), (2, 10)]);
-        let d = leader.diverging(e(1), o(15), o(30)).expect("diverges");
+        let d = leader
+            .diverging((e(1), o(15)), o(0), o(30))
+            .expect("diverges");
         assert_eq!(
             d,
             Diverging {
@@ -273,8 +280,21 @@ mod tests {
         );
         let follower = cache(&[(1, 0)]);
         assert_eq!(follower.truncation_point(d, o(15)), o(10));
-        assert_eq!(leader.diverging(e(2), o(30), o(30)), None);
-        assert_eq!(leader.diverging(e(-1), o(0), o(30)), None);
+        assert_eq!(leader.diverging((e(2), o(30)), o(0), o(30)), None);
+        assert_eq!(leader.diverging((e(-1), o(0)), o(0), o(30)), None);
+    }
+
+    /// A follower that started over at a leader's log start holds no record and no
+    /// epoch: it agrees with a leader whose log reaches its start. One that holds records
+    /// without epochs (it does not start where it ends), or one starting past the
+    /// leader's end, does not.
+    #[test]
+    fn an_empty_follower_agrees_at_its_start_within_the_leaders_log() {
+        let leader = cache(&[(1, 0), (2, 10)]);
+        assert_eq!(leader.diverging((e(-1), o(25)), o(25), o(30)), None);
+        assert_eq!(leader.diverging((e(-1), o(30)), o(30), o(30)), None);
+        assert!(leader.diverging((e(-1), o(25)), o(0), o(30)).is_some());
+        assert!(leader.diverging((e(-1), o(31)), o(31), o(30)).is_some());
     }
 
     #[test]
@@ -348,7 +368,7 @@ mod tests {
             // Fetch, truncate on divergence, repeat: it settles in a few rounds.
             for _ in 0..10 {
                 let last = if end == 0 { e(-1) } else { e(follower_log[end - 1]) };
-                match leader.diverging(last, o(end as i64), o(leader_log.len() as i64)) {
+                match leader.diverging((last, o(end as i64)), o(0), o(leader_log.len() as i64)) {
                     None => break,
                     Some(d) => {
                         let cut = f.truncation_point(d, o(end as i64));

@@ -173,6 +173,7 @@ impl Outbox {
                 fetch_offset,
                 last_fetched_epoch,
                 durable_end,
+                log_start,
             } => {
                 return peer.fetches.push(PartitionFetch {
                     key,
@@ -181,6 +182,7 @@ impl Outbox {
                     fetch_offset: fetch_offset.0,
                     last_fetched_epoch: last_fetched_epoch.0,
                     durable_end: durable_end.0,
+                    log_start: log_start.0,
                 })
             }
             Message::FetchAnswer {
@@ -199,6 +201,9 @@ impl Outbox {
                     },
                     FetchBody::Fenced { leader } => Outcome::Fenced {
                         leader: leader.map(|l| l.0),
+                    },
+                    FetchBody::StartAt { log_start } => Outcome::StartAt {
+                        log_start: log_start.0,
                     },
                 };
                 let answer = PartitionAnswer {
@@ -394,6 +399,7 @@ fn fetch_in(f: &PartitionFetch) -> Result<Inbound, WireError> {
         fetch_offset: offset(f.fetch_offset, "fetch offset")?,
         last_fetched_epoch: epoch(f.last_fetched_epoch, "last fetched epoch")?,
         durable_end: offset(f.durable_end, "durable end")?,
+        log_start: offset(f.log_start, "log start")?,
     };
     Ok(Inbound {
         key: f.key.clone(),
@@ -431,6 +437,9 @@ fn answer_in(a: &PartitionAnswer, at: &mut usize) -> Result<Inbound, WireError> 
         }),
         Outcome::Fenced { leader } => FetchBody::Fenced {
             leader: leader.map(ReplicaId),
+        },
+        Outcome::StartAt { log_start } => FetchBody::StartAt {
+            log_start: offset(*log_start, "log start to start at")?,
         },
     };
     let message = Message::FetchAnswer {

@@ -4,10 +4,17 @@
 //! ```text
 //! offset  size  field
 //!      0     4  frame length after this field (u32 LE), at most FRAME_BYTES_MAX
-//!      4     4  header length H (u32 LE)
-//!      8     H  header: an rkyv archive of `Header`
-//!    8+H     …  record bytes: each answered partition's records, in header order
+//!      4     2  wire version (u16 LE): WIRE_VERSION
+//!      6     2  reserved, zero
+//!      8     4  header length H (u32 LE)
+//!     12     H  header: an rkyv archive of `Header`
+//!   12+H     …  record bytes: each answered partition's records, in header order
 //! ```
+//!
+//! The version comes before the header because a header of another version may not
+//! even pass validation: a broker refuses a frame of any version but its own with an
+//! error naming both (brokers of one cluster run one version; there are no rolling
+//! upgrades across wire versions yet).
 //!
 //! The header is small and validated with rkyv's `bytecheck` before anything in it is
 //! used: a peer is not trusted to send well-formed bytes. The record bytes follow it
@@ -22,7 +29,10 @@ use rkyv::util::AlignedVec;
 pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The largest header accepted (a fetch naming 100,000 partitions fits).
 pub const HEADER_BYTES_MAX: usize = 16 * 1024 * 1024;
-const PREFIX_BYTES: usize = 8;
+/// The version of this layout and of `Header`'s archive. Version 1 had no version
+/// field; version 2 added it, fetches' log start and `Outcome::StartAt`.
+pub const WIRE_VERSION: u16 = 2;
+const PREFIX_BYTES: usize = 12;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Header {
@@ -55,6 +65,8 @@ pub struct PartitionFetch {
     pub fetch_offset: i64,
     pub last_fetched_epoch: i32,
     pub durable_end: i64,
+    /// The follower's log start.
+    pub log_start: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -85,6 +97,10 @@ pub enum Outcome {
     },
     Fenced {
         leader: Option<u32>,
+    },
+    /// The fetch is below the leader's log start: start over there.
+    StartAt {
+        log_start: i64,
     },
 }
 
@@ -134,6 +150,8 @@ pub enum WireError {
         size: usize,
         max: usize,
     },
+    /// A frame of another wire version than `WIRE_VERSION`.
+    Version(u16),
     /// The header failed rkyv's validation.
     BadHeader(String),
     /// The record byte counts do not add up to the record section.
@@ -152,6 +170,10 @@ impl std::fmt::Display for WireError {
             WireError::TooLarge { size, max } => {
                 write!(f, "frame part of {size} bytes, above {max}")
             }
+            WireError::Version(got) => write!(
+                f,
+                "a frame of replication wire version {got}; this broker speaks version {WIRE_VERSION} only"
+            ),
             WireError::BadHeader(why) => write!(f, "invalid frame header: {why}"),
             WireError::RecordBytes { declared, present } => {
                 write!(
@@ -190,7 +212,7 @@ pub fn encode_head(header: &Header) -> Result<Vec<u8>, WireError> {
         });
     }
     let records = declared_record_bytes(header);
-    let frame = (4 + archived.len()) as u64 + records;
+    let frame = (PREFIX_BYTES - 4 + archived.len()) as u64 + records;
     if frame > FRAME_BYTES_MAX as u64 {
         return Err(WireError::TooLarge {
             size: usize::try_from(frame).unwrap_or(usize::MAX),
@@ -199,6 +221,8 @@ pub fn encode_head(header: &Header) -> Result<Vec<u8>, WireError> {
     }
     let mut out = Vec::with_capacity(PREFIX_BYTES + archived.len());
     out.extend_from_slice(&(frame as u32).to_le_bytes());
+    out.extend_from_slice(&WIRE_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(archived.len() as u32).to_le_bytes());
     out.extend_from_slice(&archived);
     Ok(out)
@@ -238,8 +262,17 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, &[u8], usize), WireError> {
     if bytes.len() < total {
         return Err(WireError::Incomplete { needed: total });
     }
-    let header_len = word(4)?;
-    if header_len > HEADER_BYTES_MAX || 4 + header_len > frame {
+    if frame < PREFIX_BYTES - 4 {
+        return Err(WireError::BadHeader(format!(
+            "a frame of {frame} bytes, shorter than its prefix"
+        )));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let header_len = word(8)?;
+    if header_len > HEADER_BYTES_MAX || PREFIX_BYTES - 4 + header_len > frame {
         return Err(WireError::BadHeader(format!(
             "header of {header_len} bytes in a frame of {frame}"
         )));
@@ -311,6 +344,14 @@ mod tests {
                         bytes: 3,
                     },
                 },
+                PartitionAnswer {
+                    key: key(3),
+                    request: 2,
+                    epoch: 4,
+                    commit: 900,
+                    log_start: 500,
+                    outcome: Outcome::StartAt { log_start: 500 },
+                },
             ]),
         };
         (header, b"abcdefgh".to_vec())
@@ -329,6 +370,7 @@ mod tests {
                 fetch_offset: 110,
                 last_fetched_epoch: 3,
                 durable_end: 110,
+                log_start: 20,
             }]),
         };
         bytes.extend(encode(&fetch, &[]).unwrap());
@@ -365,6 +407,18 @@ mod tests {
         assert!(matches!(decode(&huge), Err(WireError::TooLarge { .. })));
     }
 
+    /// A frame of another version is refused by its version, before its header is read.
+    #[test]
+    fn frames_of_another_version_are_refused_by_name() {
+        let (header, records) = answer_frame();
+        let mut bytes = encode(&header, &records).unwrap();
+        assert_eq!(bytes[4..6], WIRE_VERSION.to_le_bytes());
+        bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+        let error = decode(&bytes).unwrap_err();
+        assert_eq!(error, WireError::Version(1));
+        assert!(error.to_string().contains("version 1"), "{error}");
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -372,11 +426,11 @@ mod tests {
         }
 
         #[test]
-        fn a_flipped_header_byte_is_an_error_or_a_valid_header(at in 8usize..200, bit in 0u8..8) {
+        fn a_flipped_header_byte_is_an_error_or_a_valid_header(at in 0usize..200, bit in 0u8..8) {
             let (header, records) = answer_frame();
             let mut bytes = encode(&header, &records).unwrap();
-            let header_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
-            let at = 8 + at % header_len;
+            let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+            let at = PREFIX_BYTES + at % header_len;
             bytes[at] ^= 1 << bit;
             // Either rejected, or (a flip inside a value) a well-formed header whose
             // byte counts still match what follows: never a panic, never a misread

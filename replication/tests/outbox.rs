@@ -90,6 +90,9 @@ impl Broker {
                     self.apply(now, key, more, &[]);
                 }
                 Action::Truncate { to } => self.logs.get_mut(key).unwrap().truncate(to.0 as usize),
+                Action::Restart { at } => {
+                    panic!("no log start moves here, yet restarted at {at:?}")
+                }
                 Action::Refused { from, reason } => panic!("{from:?} refused: {reason}"),
                 Action::Persist(_) | Action::Commit { .. } | Action::Resigned => {}
                 Action::Send { .. } | Action::SendRecords { .. } => unreachable!("kept"),
@@ -226,6 +229,7 @@ fn every_message_kind_survives_a_frame() {
             fetch_offset: Offset(10),
             last_fetched_epoch: LeaderEpoch(-1),
             durable_end: Offset(9),
+            log_start: Offset(10),
         },
         Message::FetchAnswer {
             request: 3,
@@ -242,6 +246,14 @@ fn every_message_kind_survives_a_frame() {
             commit: Offset(4),
             body: FetchBody::Fenced {
                 leader: Some(ReplicaId(2)),
+            },
+        },
+        Message::FetchAnswer {
+            request: 5,
+            epoch: e,
+            commit: Offset(40),
+            body: FetchBody::StartAt {
+                log_start: Offset(30),
             },
         },
         Message::PreVote {
@@ -357,6 +369,7 @@ fn negative_offsets_and_epochs_below_minus_one_are_refused() {
             fetch_offset,
             last_fetched_epoch: -1,
             durable_end: 0,
+            log_start: 0,
         }]),
     };
     assert!(inbound(&fetch(0, 0)).is_ok());

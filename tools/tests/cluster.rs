@@ -66,7 +66,7 @@ fn a_consumer_group_keeps_consuming_and_its_commits_across_coordinator_failovers
 }
 
 #[test]
-fn delete_records_is_for_the_leader_and_its_log_start_survives_a_failover() {
+fn delete_records_is_for_the_leader_and_a_replica_below_its_log_start_starts_over_there() {
     run("delete-records");
 }
 

@@ -73,6 +73,13 @@ impl Shared {
                 partition.log.truncate_to(to).await?;
                 self.save_epochs_if_changed(partition).await
             }
+            Action::Restart { at } => {
+                // The emptied epoch cache is saved first: after a crash before the log
+                // restarts, recovery finds a cache that covers none of the log, and
+                // rebuilds it from the log; the leader then says to start over again.
+                self.save_epochs_if_changed(partition).await?;
+                Ok(partition.log.restart_at(at).await?)
+            }
             Action::Commit { index } => {
                 partition.log.set_commit(index);
                 Ok(())
@@ -229,10 +236,12 @@ impl Shared {
             if partition.failed.get() || self.stopped.get() {
                 continue;
             }
-            let actions = partition
-                .replica
-                .borrow_mut()
-                .receive(self.now(), from, part.message);
+            let actions = {
+                let mut replica = partition.replica.borrow_mut();
+                // Retention, DeleteRecords or the leader's log start may have moved it.
+                replica.set_log_start(partition.log.offsets().log_start);
+                replica.receive(self.now(), from, part.message)
+            };
             self.execute(&partition, actions, fetched).await;
             if let Some(start) = part.log_start {
                 follow_log_start(&partition, start).await;

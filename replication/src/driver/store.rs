@@ -9,12 +9,15 @@
 //!   after a crash it may name epochs past the log end, never miss one inside it; on
 //!   recovery it is cut back to the log end;
 //! - after a truncation it is written *after* the log is cut, for the same reason;
-//! - a missing or damaged checkpoint is rebuilt from the log's batch headers.
+//! - a missing or damaged checkpoint is rebuilt from the log's batch headers, and so is
+//!   one that has no epoch for the log's last record (a crash while a follower started
+//!   over at its leader's log start: the emptied cache was saved, the log not yet
+//!   restarted).
 
 use std::path::{Path, PathBuf};
 
 use spate_engine::meta::{self, FileKind};
-use spate_engine::{file, LeaderEpoch, PartitionLog};
+use spate_engine::{file, LeaderEpoch, Offset, PartitionLog};
 
 use super::DriverError;
 use crate::epochs::EpochCache;
@@ -51,7 +54,11 @@ pub async fn recover(log: &PartitionLog) -> Result<Recovered, DriverError> {
     let stored = file::read_small(&dir.join(EPOCH_CHECKPOINT_FILE))
         .await?
         .and_then(|bytes| EpochCache::decode(&bytes));
-    let epochs = match stored {
+    let covers_log = |epochs: &EpochCache| {
+        offsets.log_end == offsets.log_start
+            || epochs.epoch_at(Offset(offsets.log_end.0 - 1)).is_some()
+    };
+    let epochs = match stored.filter(covers_log) {
         Some(mut epochs) => {
             epochs.truncate_to(offsets.log_end);
             epochs
@@ -84,6 +91,7 @@ pub async fn recover(log: &PartitionLog) -> Result<Recovered, DriverError> {
     };
     Ok(Recovered {
         persisted,
+        log_start: offsets.log_start,
         log_end: offsets.log_end,
         epochs,
         memberships: Vec::new(),

@@ -9,6 +9,7 @@
 use spate_engine::{LeaderEpoch, Offset};
 
 use super::{Action, BatchKind, BatchMeta, FetchBody, Message, Replica, ReplicaId, Role};
+use crate::epochs::EpochCache;
 
 impl Replica {
     pub(super) fn follower_tick(&mut self, now: u64, out: &mut Vec<Action>) {
@@ -78,6 +79,7 @@ impl Replica {
             fetch_offset,
             last_fetched_epoch,
             durable_end: self.durable_end,
+            log_start: self.log_start,
         };
         self.fetch_sent_at = Some(now);
         self.send(leader, message, out);
@@ -115,7 +117,33 @@ impl Replica {
             FetchBody::Records { base, batches } => {
                 self.take_records(now, from, commit, base, batches, out)
             }
+            FetchBody::StartAt { log_start } => {
+                if log_start <= self.log_end {
+                    let reason = format!(
+                        "told to start over at {log_start:?}, within our log (it ends at {:?})",
+                        self.log_end
+                    );
+                    return out.push(Action::Refused { from, reason });
+                }
+                self.restart_at(log_start, out);
+                self.fetch(now, out);
+            }
         }
+    }
+
+    /// Empties the log and starts it again at `at`, past its end: every offset below
+    /// `at` is committed (a leader's log start never passes its commit index), so the
+    /// commit index moves there with it. The replica sets the log stated stay in force:
+    /// they were not undone, only their records deleted.
+    fn restart_at(&mut self, at: Offset, out: &mut Vec<Action>) {
+        assert!(at > self.log_end && self.commit <= self.log_end);
+        self.epochs = EpochCache::new();
+        self.log_start = at;
+        self.log_end = at;
+        self.durable_end = at;
+        self.commit = at;
+        self.leader_commit = self.leader_commit.max(at);
+        out.push(Action::Restart { at });
     }
 
     fn truncate(&mut self, cut: Offset, out: &mut Vec<Action>) {

@@ -10,8 +10,8 @@
 use spate_engine::{LeaderEpoch, Offset};
 
 use super::{
-    Action, BatchKind, BatchMeta, Change, ChangeError, FetchBody, Leadership, Membership, Message,
-    NotLeader, Parked, Replica, ReplicaId, Role, Transfer,
+    Action, BatchKind, BatchMeta, Change, ChangeError, FetchBody, FollowerLog, Leadership,
+    Membership, Message, NotLeader, Parked, Replica, ReplicaId, Role, Transfer,
 };
 use crate::commit::quorum_commit;
 
@@ -203,15 +203,13 @@ impl Replica {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_fetch(
         &mut self,
         now: u64,
         from: ReplicaId,
         epoch: LeaderEpoch,
         fetch: Parked,
-        last_fetched_epoch: LeaderEpoch,
-        durable_end: Offset,
+        follower: FollowerLog,
         out: &mut Vec<Action>,
     ) {
         if epoch > self.epoch {
@@ -220,7 +218,7 @@ impl Replica {
         if epoch == self.epoch && self.is_leader() {
             // Replicas outside the set (removed, or not added yet) are not served.
             if self.membership().is_member(from) {
-                self.answer_fetch(now, from, fetch, last_fetched_epoch, durable_end, out);
+                self.answer_fetch(now, from, fetch, follower, out);
             }
         } else {
             let answer = Message::FetchAnswer {
@@ -240,15 +238,23 @@ impl Replica {
         now: u64,
         from: ReplicaId,
         fetch: Parked,
-        last_fetched_epoch: LeaderEpoch,
-        durable_end: Offset,
+        follower: FollowerLog,
         out: &mut Vec<Action>,
     ) {
         let fetch_offset = fetch.fetch_offset;
-        if let Some(diverging) =
-            self.epochs
-                .diverging(last_fetched_epoch, fetch_offset, self.log_end)
-        {
+        if fetch_offset < self.log_start {
+            return self.start_over(now, from, fetch, out);
+        }
+        let FollowerLog {
+            last_fetched_epoch,
+            durable_end,
+            log_start: follower_start,
+        } = follower;
+        if let Some(diverging) = self.epochs.diverging(
+            (last_fetched_epoch, fetch_offset),
+            follower_start,
+            self.log_end,
+        ) {
             let answer = Message::FetchAnswer {
                 request: fetch.request,
                 epoch: self.epoch,
@@ -283,6 +289,23 @@ impl Replica {
             leadership.parked.remove(&from);
             self.send_records(from, fetch, out);
         }
+    }
+
+    /// Answers a fetch below this log's start: the follower lacks only records deleted
+    /// here, so it starts over at our log start. It is alive, though not caught up.
+    fn start_over(&mut self, now: u64, from: ReplicaId, fetch: Parked, out: &mut Vec<Action>) {
+        let (epoch, commit, log_start) = (self.epoch, self.commit, self.log_start);
+        let leadership = self.leadership_mut().expect("leader");
+        if let Some(progress) = leadership.progress.get_mut(&from) {
+            progress.last_fetch_ms = now;
+        }
+        let answer = Message::FetchAnswer {
+            request: fetch.request,
+            epoch,
+            commit,
+            body: FetchBody::StartAt { log_start },
+        };
+        self.send(from, answer, out);
     }
 
     /// Serves exactly the other members of the set in force: new ones are announced

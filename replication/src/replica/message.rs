@@ -52,6 +52,9 @@ pub enum Message {
         fetch_offset: Offset,
         last_fetched_epoch: LeaderEpoch,
         durable_end: Offset,
+        /// The follower's log start: a follower whose log is empty (no epoch) at its
+        /// start agrees with any leader there.
+        log_start: Offset,
     },
     FetchAnswer {
         request: u64,
@@ -103,6 +106,10 @@ pub enum FetchBody {
     },
     /// The follower's log diverges: truncate, then fetch again.
     Diverging(Diverging),
+    /// The follower's log ends below the leader's log start: everything it lacks was
+    /// deleted (retention, DeleteRecords), so it empties its log and starts it again at
+    /// `log_start`.
+    StartAt { log_start: Offset },
     /// The fetch reached a replica that is not the leader of the fetch's epoch; the
     /// answer's epoch is the replica's, and `leader` the leader it knows of it.
     Fenced { leader: Option<ReplicaId> },
@@ -134,6 +141,12 @@ pub enum Action {
     /// Remove every record at or past `to`.
     Truncate {
         to: Offset,
+    },
+    /// Remove every record and start the log again, empty, at `at` (past its end). Every
+    /// offset below `at` is committed: the log's commit index and high watermark become
+    /// `at`.
+    Restart {
+        at: Offset,
     },
     /// The commit index moved: acks=all writes below it are complete, consumers may
     /// read below it.

@@ -66,6 +66,7 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct Recovered {
     pub persisted: Persisted,
+    pub log_start: Offset,
     pub log_end: Offset,
     pub epochs: EpochCache,
     pub memberships: Vec<(Offset, Membership)>,
@@ -79,6 +80,7 @@ impl Recovered {
                 epoch: LeaderEpoch(0),
                 voted_for: None,
             },
+            log_start: Offset::ZERO,
             log_end: Offset::ZERO,
             epochs: EpochCache::new(),
             memberships: Vec::new(),
@@ -143,6 +145,14 @@ struct Parked {
     deadline: u64,
 }
 
+/// What a fetch says of the follower's log besides where it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FollowerLog {
+    last_fetched_epoch: LeaderEpoch,
+    durable_end: Offset,
+    log_start: Offset,
+}
+
 /// A leadership hand-over in progress: no appends until it succeeds or `deadline`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Transfer {
@@ -159,6 +169,9 @@ pub struct Replica {
     epoch: LeaderEpoch,
     voted_for: Option<ReplicaId>,
     role: Role,
+    /// The log's start as the driver last reported it (`set_log_start`): a leader sends
+    /// a follower fetching below it `StartAt`.
+    log_start: Offset,
     log_end: Offset,
     durable_end: Offset,
     epochs: EpochCache,
@@ -188,6 +201,7 @@ impl Replica {
             epoch: recovered.persisted.epoch,
             voted_for: recovered.persisted.voted_for,
             role: Role::Unattached,
+            log_start: recovered.log_start,
             log_end: recovered.log_end,
             durable_end: recovered.log_end,
             epochs: recovered.epochs,
@@ -226,6 +240,21 @@ impl Replica {
 
     pub fn commit_index(&self) -> Offset {
         self.commit
+    }
+
+    pub fn log_start(&self) -> Offset {
+        self.log_start
+    }
+
+    /// The log's start moved (retention, DeleteRecords, following the leader's). It only
+    /// moves up, and never past the log end.
+    pub fn set_log_start(&mut self, start: Offset) {
+        debug_assert!(
+            start <= self.log_end,
+            "{start:?} past the log end {:?}",
+            self.log_end
+        );
+        self.log_start = self.log_start.max(start.min(self.log_end));
     }
 
     pub fn log_end(&self) -> Offset {
@@ -385,6 +414,7 @@ impl Replica {
                 fetch_offset,
                 last_fetched_epoch,
                 durable_end,
+                log_start,
             } => {
                 let fetch = Parked {
                     request,
@@ -396,8 +426,11 @@ impl Replica {
                     from,
                     epoch,
                     fetch,
-                    last_fetched_epoch,
-                    durable_end,
+                    FollowerLog {
+                        last_fetched_epoch,
+                        durable_end,
+                        log_start,
+                    },
                     &mut out,
                 )
             }

@@ -101,6 +101,11 @@ impl Group {
                     self.apply(i, more);
                 }
                 Action::Truncate { to } => self.logs[i].truncate(to.0 as usize),
+                Action::Restart { at } => {
+                    // Offsets below `at` stand for deleted records.
+                    let deleted = BatchMeta::data(LeaderEpoch(-1), 1);
+                    self.logs[i] = vec![deleted; at.0 as usize];
+                }
                 Action::Refused { from, reason } => panic!("refused {from:?}: {reason}"),
                 Action::Persist(_) | Action::Commit { .. } | Action::Resigned => {}
             }
@@ -237,6 +242,45 @@ fn a_follower_that_stops_catching_up_leaves_the_in_sync_set() {
         None,
         "only a leader knows"
     );
+}
+
+/// A follower that was away while its leader deleted every record it lacks (retention,
+/// DeleteRecords) starts over at the leader's log start, catches up from there, and is
+/// in sync again; a fetch at or past the log start is served as before.
+#[test]
+fn a_follower_behind_the_leaders_log_start_starts_over_there() {
+    let mut g = Group::new(3, &[0, 1, 2], None);
+    g.run(400);
+    let leader = g.leader().unwrap();
+    let away = (leader + 1) % 3;
+    g.write(5);
+    g.run(20);
+    g.down[away] = true;
+    for _ in 0..10 {
+        g.write(3);
+        g.run(5);
+    }
+    let commit = g.replicas[leader].commit_index();
+    let behind = g.replicas[away].log_end();
+    assert!(behind < commit, "{behind:?} {commit:?}");
+    g.replicas[leader].set_log_start(commit);
+    g.down[away] = false;
+    g.run(200);
+    let (follower, leading) = (&g.replicas[away], &g.replicas[leader]);
+    assert_eq!(follower.log_start(), commit);
+    assert_eq!(follower.log_end(), leading.log_end());
+    assert_eq!(follower.commit_index(), leading.commit_index());
+    let from = commit.0 as usize;
+    assert_eq!(g.logs[away][from..], g.logs[leader][from..]);
+    assert_eq!(
+        leading.in_sync(g.now, 100),
+        Some(ids(&[0, 1, 2])),
+        "caught up from the log start"
+    );
+    // Its own later fetches, from an empty start and then with epochs, agree.
+    g.write(2);
+    g.run(20);
+    assert_eq!(g.replicas[away].log_end(), g.replicas[leader].log_end());
 }
 
 #[test]
@@ -436,4 +480,13 @@ fn a_follower_refuses_what_no_leader_sends_and_keeps_its_log() {
     assert!(refused(&out));
     assert!(!out.iter().any(|a| matches!(a, Action::Truncate { .. })));
     assert_eq!(r.log_end(), Offset(5));
+    // Told to start over inside its own log: refused, nothing restarted.
+    let start = FetchBody::StartAt {
+        log_start: Offset(5),
+    };
+    let request = r.fetch_request;
+    let out = r.receive(9, leader, answer(request, 5, start));
+    assert!(refused(&out));
+    assert!(!out.iter().any(|a| matches!(a, Action::Restart { .. })));
+    assert_eq!((r.log_start(), r.log_end()), (Offset::ZERO, Offset(5)));
 }

@@ -124,6 +124,12 @@ impl Sim {
                 self.report.truncations += 1;
             }
             Action::Commit { index } => self.committed(i, index)?,
+            // Simulated logs never move their start (no retention, no DeleteRecords), so
+            // no leader has a reason to send `StartAt`.
+            Action::Restart { at } => {
+                let what = format!("{me:?} restarts its log at {at:?} with no log start moved");
+                return Err(self.violation(what));
+            }
             Action::Resigned => self.nodes[i].writes.clear(),
             // Correct replicas never provoke a refusal: in the simulator it is a bug.
             Action::Refused { from, reason } => {

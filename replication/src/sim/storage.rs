@@ -88,6 +88,7 @@ impl Storage {
             .collect();
         Recovered {
             persisted: self.persisted,
+            log_start: Offset::ZERO,
             log_end: Offset(self.log.len() as i64),
             epochs,
             memberships,

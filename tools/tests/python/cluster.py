@@ -12,8 +12,10 @@ Usage: cluster.py SPATE_BINARY WORKDIR SCENARIO. Driven by tools/tests/cluster.r
                  the topic and commits as it goes, see another coordinator named within
                  10 s and a commit acknowledged by it, restart the killed broker
   delete-records DeleteRecords to a follower is refused with NOT_LEADER_OR_FOLLOWER; to the
-                 leader it moves the log start; after the leader is killed, the new one
-                 starts its log at the same offset (followers follow the leader's log start)
+                 leader it moves the log start; a broker down meanwhile comes back below
+                 it, starts over at it and is in sync again; after the leader is killed,
+                 the new one starts its log at the same offset (followers follow the
+                 leader's log start)
   compaction     `chk` is compacted (see `compaction` below): a follower killed while the
                  leader cleans catches up, every replica cleans its own log, and after the
                  leader is killed the new one serves the same table
@@ -95,6 +97,8 @@ COMMIT_TIMEOUT = 30
 EXAMPLES_MAX = 5
 NOT_LEADER_OR_FOLLOWER = 6  # Kafka's error code
 LOG_TAIL_LINES = 40
+# What a follower's broker logs when it starts over at its leader's log start.
+RESTARTED_LINE = "restarted the log at the leader's log start"
 
 
 class Failure(Exception):
@@ -249,6 +253,11 @@ class Broker:
         self.process.wait()
         self.process = None
         self.paused = False
+
+    def logged(self, text):
+        """True if the broker's log has a line containing `text`, else None."""
+        with open(self.log_path, errors="replace") as log:
+            return True if any(text in line for line in log) else None
 
     def tail(self):
         try:
@@ -757,15 +766,18 @@ def kill_all(cluster):
 
 
 def delete_records(cluster):
-    """DeleteRecords below an acknowledged offset in the middle of the log: refused by a
-    follower, done by the leader. After more acknowledged writes the leader is killed; the
-    check then requires the new leader's log start to be that offset, nothing below it to
-    be read, and every acknowledged record above it to be there."""
+    """DeleteRecords below the latest acknowledged offset while a third broker is down:
+    refused by a follower, done by the leader. The broker that was down comes back with a
+    log ending below the new log start; it must start over there and be in sync again.
+    After more acknowledged writes the leader is killed; the check then requires the new
+    leader's log start to be that offset, nothing below it to be read, and every
+    acknowledged record above it to be there."""
     cluster.produce_for(2)
     leader = cluster.wait_for("a leader all brokers agree on", LEADER_TIMEOUT, cluster.settled_leader)
-    acked = sorted(cluster.workload.acked.values())
-    target = acked[len(acked) // 2]
-    follower = next(n for n in NODE_IDS if n != leader)
+    follower, away = [n for n in NODE_IDS if n != leader]
+    cluster.kill([away])
+    cluster.produce_for(1)  # acknowledged by two: broker `away` lacks all of it
+    target = max(cluster.workload.acked.values())
     error_code, _ = delete_records_at(cluster.brokers[follower].port, target)
     if error_code != NOT_LEADER_OR_FOLLOWER:
         fail(f"DeleteRecords at follower {follower}: error {error_code}, not {NOT_LEADER_OR_FOLLOWER}")
@@ -775,6 +787,12 @@ def delete_records(cluster):
     event(f"leader {leader} deleted the records below offset {target}")
     cluster.deleted_below = target
     cluster.produce_for(1)  # acks=all: the followers fetch, and learn the log start
+    cluster.start([away])
+    # (The in-sync set alone would not tell: a replica stays in it for
+    # replica.lag.time.max.ms after it last caught up, which covers its time down.)
+    cluster.wait_for(f"broker {away}, back with a log below the log start, starting over there", ISR_TIMEOUT,
+                     lambda: cluster.brokers[away].logged(RESTARTED_LINE))
+    cluster.wait_for(f"broker {away} in the in-sync replicas", ISR_TIMEOUT, cluster.full_isr)
     cluster.kill([leader])
     cluster.fault()
     cluster.await_new_leader(leader)
