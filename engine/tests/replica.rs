@@ -268,6 +268,44 @@ fn a_log_restarted_past_its_end_starts_empty_there_and_survives_a_reopen() {
     });
 }
 
+/// A log start DeleteRecords put inside a batch: the batch is still read whole for a
+/// follower from its base (and nowhere else below the log start), and a follower that
+/// starts over at that base holds it as the leader does.
+#[test]
+fn a_log_start_inside_a_batch_leaves_that_batch_readable_for_followers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::create_dir_all(root.join("leader")).unwrap();
+    std::fs::create_dir_all(root.join("follower")).unwrap();
+    run(async move {
+        let leader = create(&root.join("leader"), small_segments(8 * 1024)).await;
+        leader.set_replicated();
+        let sent = replicate(&leader, 40, 1).await;
+        durable(&leader).await;
+        leader.set_commit(Offset(120));
+        assert_eq!(leader.log_start_batch().await.unwrap(), Offset(0));
+        // Offset 64 is the second record of the batch at 63.
+        leader.delete_records(Offset(64)).await.unwrap();
+        assert_eq!(leader.offsets().log_start, Offset(64));
+        assert_eq!(leader.log_start_batch().await.unwrap(), Offset(63));
+        for below in [Offset(60), Offset(62), Offset(64)] {
+            let read = leader.read_replicated(below, Offset(120), 10_000).await;
+            assert!(read.is_err(), "{below:?}: {read:?}");
+        }
+        let follower = create(&root.join("follower"), small_segments(8 * 1024)).await;
+        follower.set_replicated();
+        follower.restart_at(Offset(63)).await.unwrap();
+        follow(&leader, &follower, Offset(120)).await;
+        durable(&follower).await;
+        follower.set_commit(Offset(120));
+        let copied = read_replicated_all(&follower, Offset(63), Offset(120)).await;
+        let expected: Vec<Vec<u8>> = sent[21..].iter().map(|b| b.to_vec()).collect();
+        assert_eq!(copied, expected);
+        leader.close().await.unwrap();
+        follower.close().await.unwrap();
+    });
+}
+
 /// A crash inside `restart_at`, in each of its two windows, recovers to a whole log:
 /// before the checkpoint names the new start, the new empty segment after the gap is
 /// dropped and the old log stays; after it, the old segments (all below the new start)

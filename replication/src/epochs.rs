@@ -133,19 +133,29 @@ impl EpochCache {
             // below which every offset is committed.
             return None;
         }
-        match self.end_of(last_fetched_epoch, log_end) {
-            Some((epoch, end)) if epoch == last_fetched_epoch && fetch_offset <= end => None,
-            Some((epoch, end)) => Some(Diverging {
+        match (
+            self.end_of(last_fetched_epoch, log_end),
+            self.entries.first(),
+        ) {
+            (Some((epoch, end)), _) if epoch == last_fetched_epoch && fetch_offset <= end => None,
+            (Some((epoch, end)), _) => Some(Diverging {
                 epoch,
                 end_offset: end.min(fetch_offset),
             }),
-            // The leader has nothing as old: the follower keeps nothing of that epoch.
-            None => Some(Diverging {
+            // Every epoch here is newer: this cache starts past the follower's epoch (the
+            // leader started over at a log start, or its first epochs went). As Kafka's
+            // epoch cache answers, the follower's epoch ends, for this leader, where the
+            // cache starts: a follower ending there agrees (everything below it is
+            // committed), one ending past it cuts back to it.
+            (None, Some(&(_, first))) if fetch_offset <= first => None,
+            (None, Some(&(_, first))) => Some(Diverging {
+                epoch: last_fetched_epoch,
+                end_offset: first,
+            }),
+            // An empty leader: the follower keeps nothing.
+            (None, None) => Some(Diverging {
                 epoch: LeaderEpoch(-1),
-                end_offset: self
-                    .entries
-                    .first()
-                    .map_or(Offset::ZERO, |&(_, start)| start),
+                end_offset: Offset::ZERO,
             }),
         }
     }
@@ -282,6 +292,34 @@ mod tests {
         assert_eq!(follower.truncation_point(d, o(15)), o(10));
         assert_eq!(leader.diverging((e(2), o(30)), o(0), o(30)), None);
         assert_eq!(leader.diverging((e(-1), o(0)), o(0), o(30)), None);
+    }
+
+    /// A leader whose cache starts past the follower's last epoch (it started over at a
+    /// log start, then led): a follower ending where the cache starts agrees, one ending
+    /// past it cuts back to it, as Kafka's epoch cache answers.
+    #[test]
+    fn a_cache_starting_past_the_followers_epoch_ends_that_epoch_at_its_start() {
+        let leader = cache(&[(4, 200)]);
+        assert_eq!(leader.diverging((e(3), o(200)), o(0), o(260)), None);
+        let d = leader
+            .diverging((e(3), o(250)), o(0), o(260))
+            .expect("diverges");
+        assert_eq!(
+            d,
+            Diverging {
+                epoch: e(3),
+                end_offset: o(200)
+            }
+        );
+        let follower = cache(&[(1, 0), (3, 100)]);
+        assert_eq!(follower.truncation_point(d, o(250)), o(200));
+        assert_eq!(
+            EpochCache::new().diverging((e(3), o(5)), o(0), o(0)),
+            Some(Diverging {
+                epoch: e(-1),
+                end_offset: o(0)
+            })
+        );
     }
 
     /// A follower that started over at a leader's log start holds no record and no

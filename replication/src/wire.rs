@@ -5,7 +5,7 @@
 //! offset  size  field
 //!      0     4  frame length after this field (u32 LE), at most FRAME_BYTES_MAX
 //!      4     2  wire version (u16 LE): WIRE_VERSION
-//!      6     2  reserved, zero
+//!      6     2  reserved, zero (checked)
 //!      8     4  header length H (u32 LE)
 //!     12     H  header: an rkyv archive of `Header`
 //!   12+H     …  record bytes: each answered partition's records, in header order
@@ -270,6 +270,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, &[u8], usize), WireError> {
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version != WIRE_VERSION {
         return Err(WireError::Version(version));
+    }
+    if bytes[6..8] != [0, 0] {
+        return Err(WireError::BadHeader(
+            "the reserved bytes after the version are not zero".into(),
+        ));
     }
     let header_len = word(8)?;
     if header_len > HEADER_BYTES_MAX || PREFIX_BYTES - 4 + header_len > frame {

@@ -154,6 +154,14 @@ impl PartitionLog {
         max_bytes: usize,
     ) -> Result<ReplicaRead> {
         let inner = &self.0;
+        // A log start inside a batch (DeleteRecords) leaves that batch readable for
+        // followers from its base: they need it whole.
+        let log_start = inner.state.borrow().log_start;
+        let lowest = if from < log_start {
+            self.log_start_batch().await?
+        } else {
+            log_start
+        };
         let plan = {
             let st = inner.state.borrow();
             st.usable(&inner.tp)?;
@@ -161,7 +169,8 @@ impl PartitionLog {
                 end: from,
                 ..ReplicaRead::default()
             };
-            if from < st.log_start || from > st.log_end {
+            let below = from < st.log_start && from != lowest;
+            if below || from > st.log_end {
                 return Err(EngineError::OffsetOutOfRange {
                     tp: inner.tp.clone(),
                     offset: from,
@@ -262,6 +271,40 @@ impl PartitionLog {
             None => {}
         }
         Ok(read)
+    }
+
+    /// The base offset of the batch holding the log start: the log start itself unless
+    /// DeleteRecords put it inside a batch (or the log is empty there). A follower that
+    /// starts over starts here, and reads from here are served, so that it holds the
+    /// batch whole, as the leader does.
+    pub async fn log_start_batch(&self) -> Result<Offset> {
+        let inner = &self.0;
+        let (dma, path, position, durable, log_start) = {
+            let st = inner.state.borrow();
+            st.usable(&inner.tp)?;
+            let log_start = st.log_start;
+            if log_start >= st.durable_end {
+                return Ok(log_start);
+            }
+            let (_, segment) = st
+                .segments
+                .range(..=log_start)
+                .next_back()
+                .expect("offset at or past log start lies in a segment");
+            let position = u64::from(segment.index.lookup(log_start).position);
+            let (dma, path) = (segment.file.clone(), segment.log_path.clone());
+            (dma, path, position, segment.durable, log_start)
+        };
+        let mut base = log_start;
+        scan::headers(&dma, &path, position, durable, |_, header| {
+            if header.last_offset() < log_start {
+                return ControlFlow::Continue(());
+            }
+            base = header.base_offset.min(log_start);
+            ControlFlow::Break(())
+        })
+        .await?;
+        Ok(base)
     }
 
     fn cached_read(&self, from: Offset, batches: Vec<Bytes>) -> Result<ReplicaRead> {
@@ -383,6 +426,8 @@ impl PartitionLog {
             leader_epoch: inner.state.borrow().leader_epoch,
             clean_shutdown: false,
         };
+        // As in `cut`: no periodic checkpoint of the old state between these two.
+        let serial = inner.metadata_permit().await?;
         write_checkpoint(&inner.dir, &checkpoint).await?;
         let old = {
             let mut st = inner.state.borrow_mut();
@@ -400,6 +445,7 @@ impl PartitionLog {
             st.check_invariants();
             old
         };
+        drop(serial);
         for segment in old.into_values() {
             for path in segment.paths(&inner.dir) {
                 file::remove(&path).await?;
@@ -423,6 +469,9 @@ impl PartitionLog {
                 clean_shutdown: false,
             }
         };
+        // Held until the log's state matches the files, so that no periodic checkpoint
+        // of the state before the cut lands in between.
+        let serial = inner.metadata_permit().await?;
         write_checkpoint(&inner.dir, &checkpoint).await?;
         self.remove_segments_after(target).await?;
         file::sync_dir(&inner.dir).await?;
@@ -446,6 +495,7 @@ impl PartitionLog {
             }
             st.check_invariants();
         }
+        drop(serial);
         tracing::info!(partition = %inner.tp, to = to.0, "truncated the log to follow the leader");
         self.write_checkpoint(false).await
     }

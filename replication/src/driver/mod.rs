@@ -143,6 +143,9 @@ struct Partition {
     saved_epochs: RefCell<EpochCache>,
     /// Set after an engine failure: the replica no longer matches its log, so it stops.
     failed: Cell<bool>,
+    /// The log start last seen, and the base of the batch holding it: looked up again
+    /// only when the log start moves.
+    start_batch: Cell<Option<(Offset, Offset)>>,
 }
 
 /// A shard's replication driver. Cheap to clone; lives on its shard.
@@ -248,6 +251,7 @@ impl Replicator {
             step: Semaphore::new(1),
             saved_epochs: RefCell::new(saved_epochs),
             failed: Cell::new(false),
+            start_batch: Cell::new(None),
         });
         shared
             .partitions

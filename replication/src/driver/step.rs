@@ -236,10 +236,11 @@ impl Shared {
             if partition.failed.get() || self.stopped.get() {
                 continue;
             }
+            // Retention, DeleteRecords or the leader's log start may have moved it.
+            let start = log_start_batch(&partition).await;
             let actions = {
                 let mut replica = partition.replica.borrow_mut();
-                // Retention, DeleteRecords or the leader's log start may have moved it.
-                replica.set_log_start(partition.log.offsets().log_start);
+                replica.set_log_start(start);
                 replica.receive(self.now(), from, part.message)
             };
             self.execute(&partition, actions, fetched).await;
@@ -247,6 +248,24 @@ impl Shared {
                 follow_log_start(&partition, start).await;
             }
         }
+    }
+}
+
+/// The replica's log start: the base of the batch holding the log's start (DeleteRecords
+/// may put it inside a batch, which followers need whole).
+async fn log_start_batch(partition: &Partition) -> Offset {
+    let start = partition.log.offsets().log_start;
+    match partition.start_batch.get() {
+        Some((known, base)) if known == start => base,
+        _ => match partition.log.log_start_batch().await {
+            Ok(base) => {
+                partition.start_batch.set(Some((start, base)));
+                base
+            }
+            // A failed log (the replica stops on its next action), or a log start moved
+            // meanwhile: the next message looks again.
+            Err(_) => partition.replica.borrow().log_start(),
+        },
     }
 }
 

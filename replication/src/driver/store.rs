@@ -91,7 +91,7 @@ pub async fn recover(log: &PartitionLog) -> Result<Recovered, DriverError> {
     };
     Ok(Recovered {
         persisted,
-        log_start: offsets.log_start,
+        log_start: log.log_start_batch().await?,
         log_end: offsets.log_end,
         epochs,
         memberships: Vec::new(),
@@ -102,7 +102,7 @@ pub async fn recover(log: &PartitionLog) -> Result<Recovered, DriverError> {
 async fn rebuild_epochs(log: &PartitionLog) -> Result<EpochCache, DriverError> {
     let mut epochs = EpochCache::new();
     let offsets = log.offsets();
-    let mut at = offsets.log_start;
+    let mut at = log.log_start_batch().await?;
     while at < offsets.log_end {
         let read = log
             .read_replicated(at, offsets.log_end, REBUILD_READ_BYTES)

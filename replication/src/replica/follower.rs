@@ -6,6 +6,7 @@
 //! its leader says diverges, and never below its commit index; anything a correct
 //! leader never sends is refused, not panicked on.
 
+use spate_engine::limits::SEGMENT_BASE_LIMIT;
 use spate_engine::{LeaderEpoch, Offset};
 
 use super::{Action, BatchKind, BatchMeta, FetchBody, Message, Replica, ReplicaId, Role};
@@ -118,9 +119,9 @@ impl Replica {
                 self.take_records(now, from, commit, base, batches, out)
             }
             FetchBody::StartAt { log_start } => {
-                if log_start <= self.log_end {
+                if log_start <= self.log_end || log_start.0 >= SEGMENT_BASE_LIMIT {
                     let reason = format!(
-                        "told to start over at {log_start:?}, within our log (it ends at {:?})",
+                        "told to start over at {log_start:?}: our log ends at {:?}, and a log starts below {SEGMENT_BASE_LIMIT}",
                         self.log_end
                     );
                     return out.push(Action::Refused { from, reason });

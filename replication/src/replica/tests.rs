@@ -488,5 +488,11 @@ fn a_follower_refuses_what_no_leader_sends_and_keeps_its_log() {
     let out = r.receive(9, leader, answer(request, 5, start));
     assert!(refused(&out));
     assert!(!out.iter().any(|a| matches!(a, Action::Restart { .. })));
+    // Or past where any log may start (the engine could not name its segment).
+    let far = FetchBody::StartAt {
+        log_start: Offset(spate_engine::limits::SEGMENT_BASE_LIMIT),
+    };
+    let out = r.receive(10, leader, answer(request, 5, far));
+    assert!(refused(&out));
     assert_eq!((r.log_start(), r.log_end()), (Offset::ZERO, Offset(5)));
 }
