@@ -168,6 +168,18 @@ impl LogState {
         &self.meta.config
     }
 
+    /// The segment holding `offset`: the last one starting at or below it. Readers ask
+    /// only for offsets at or past the first segment's base (the log start, or the base
+    /// of the batch holding it).
+    fn segment_holding(&self, offset: Offset) -> &Segment {
+        let (_, segment) = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .expect("offset at or past log start lies in a segment");
+        segment
+    }
+
     fn active(&self) -> &Segment {
         self.segments
             .values()

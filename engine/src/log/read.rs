@@ -111,11 +111,7 @@ impl PartitionLog {
                 result.chunks = batches.into_iter().map(ReadChunk::Cached).collect();
                 return Ok(result);
             }
-            let (_, segment) = st
-                .segments
-                .range(..=offset)
-                .next_back()
-                .expect("offset at or past log start lies in a segment");
+            let segment = st.segment_holding(offset);
             // Below the high watermark every byte up to `durable` is on disk and visible.
             let entry = segment.index.lookup(offset);
             let plan = (

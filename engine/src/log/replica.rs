@@ -185,11 +185,7 @@ impl PartitionLog {
                 let batches = st.cache.read(from, until, max_bytes);
                 return self.cached_read(from, batches);
             }
-            let (_, segment) = st
-                .segments
-                .range(..=from)
-                .next_back()
-                .expect("offset at or past log start lies in a segment");
+            let segment = st.segment_holding(from);
             let entry = segment.index.lookup(from);
             (
                 segment.file.clone(),
@@ -286,11 +282,7 @@ impl PartitionLog {
             if log_start >= st.durable_end {
                 return Ok(log_start);
             }
-            let (_, segment) = st
-                .segments
-                .range(..=log_start)
-                .next_back()
-                .expect("offset at or past log start lies in a segment");
+            let segment = st.segment_holding(log_start);
             let position = u64::from(segment.index.lookup(log_start).position);
             let (dma, path) = (segment.file.clone(), segment.log_path.clone());
             (dma, path, position, segment.durable, log_start)

@@ -51,6 +51,8 @@ pub async fn save_epochs(dir: &Path, epochs: &EpochCache) -> Result<(), DriverEr
 pub async fn recover(log: &PartitionLog) -> Result<Recovered, DriverError> {
     let dir: PathBuf = log.dir().to_path_buf();
     let offsets = log.offsets();
+    // Where the log starts for replication: the base of the batch holding its start.
+    let start = log.log_start_batch().await?;
     let stored = file::read_small(&dir.join(EPOCH_CHECKPOINT_FILE))
         .await?
         .and_then(|bytes| EpochCache::decode(&bytes));
@@ -67,7 +69,7 @@ pub async fn recover(log: &PartitionLog) -> Result<Recovered, DriverError> {
             if offsets.log_end > offsets.log_start {
                 tracing::warn!(partition = %log.topic_partition(), "no valid leader-epoch-checkpoint: rebuilding it from the log");
             }
-            let rebuilt = rebuild_epochs(log).await?;
+            let rebuilt = rebuild_epochs(log, start).await?;
             save_epochs(&dir, &rebuilt).await?;
             rebuilt
         }
@@ -91,18 +93,18 @@ pub async fn recover(log: &PartitionLog) -> Result<Recovered, DriverError> {
     };
     Ok(Recovered {
         persisted,
-        log_start: log.log_start_batch().await?,
+        log_start: start,
         log_end: offsets.log_end,
         epochs,
         memberships: Vec::new(),
     })
 }
 
-/// The epoch cache from the batch headers of the whole log.
-async fn rebuild_epochs(log: &PartitionLog) -> Result<EpochCache, DriverError> {
+/// The epoch cache from the batch headers of the whole log, read from `start`.
+async fn rebuild_epochs(log: &PartitionLog, start: Offset) -> Result<EpochCache, DriverError> {
     let mut epochs = EpochCache::new();
     let offsets = log.offsets();
-    let mut at = log.log_start_batch().await?;
+    let mut at = start;
     while at < offsets.log_end {
         let read = log
             .read_replicated(at, offsets.log_end, REBUILD_READ_BYTES)
