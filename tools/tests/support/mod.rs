@@ -17,12 +17,55 @@ impl Guard {
         self.0.as_mut().expect("running")
     }
 
-    /// Sends `signal` and waits for the process to exit.
+    /// Sends `signal` and waits for the process to exit, for at most `STOP_DEADLINE`: a
+    /// broker that does not stop is a bug to diagnose, not a test to wait on forever.
     pub fn signal_and_wait(mut self, signal: i32) -> Output {
         let child = self.0.take().expect("running");
         // SAFETY: a signal to our own child process.
         unsafe { libc::kill(child.id() as i32, signal) };
-        child.wait_with_output().expect("wait")
+        wait_within(child, STOP_DEADLINE, &format!("after signal {signal}"))
+    }
+}
+
+/// Runs `command` to its end with its output captured, for at most `limit`.
+pub fn output_within(command: &mut std::process::Command, limit: std::time::Duration) -> Output {
+    use std::process::Stdio;
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_within(child, limit, "after it started")
+}
+
+/// Waits for `child` to exit. One still running after `limit` fails the test with its
+/// threads' stacks (when gdb can attach) and its stderr, and is killed.
+fn wait_within(mut child: Child, limit: std::time::Duration, since: &str) -> Output {
+    use std::time::Instant;
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let stacks = thread_stacks(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&joined(stderr)).into_owned();
+            panic!(
+                "process {} still running {limit:?} {since}\n\
+                 --- its threads:\n{stacks}\n--- its stderr:\n{stderr}",
+                child.id()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: joined(stdout),
+        stderr: joined(stderr),
     }
 }
 
@@ -32,6 +75,41 @@ impl Drop for Guard {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// How long a signalled broker may take to exit. Brokers in these tests stop in well
+/// under a second; the margin is for a loaded machine.
+pub const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads `pipe` to its end on a thread of its own, so a child never blocks on a full pipe.
+fn drain<R: std::io::Read + Send + 'static>(mut pipe: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+fn joined(pipe: Option<std::thread::JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    pipe.map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Every thread's stack of process `pid`, from gdb; a line saying why not otherwise.
+fn thread_stacks(pid: u32) -> String {
+    match std::process::Command::new("gdb")
+        .args([
+            "-batch",
+            "-p",
+            &pid.to_string(),
+            "-ex",
+            "thread apply all bt",
+        ])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(no stacks: cannot run gdb: {e})"),
     }
 }
 
