@@ -24,6 +24,7 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use serde_json::json;
+use spate_engine::batch::BatchHeader;
 use spate_net::client::member::Member;
 use spate_net::client::Client;
 
@@ -235,9 +236,11 @@ fn fetch_once(
                 continue;
             };
             for mut batch in complete_batches(p.records.clone().unwrap_or_default()) {
-                let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| {
-                    format!("undecodable batch from {name}-{}: {e}", p.partition_index)
-                })?;
+                let undecodable =
+                    |e: String| format!("undecodable batch from {name}-{}: {e}", p.partition_index);
+                let header = BatchHeader::parse(&batch).map_err(|e| undecodable(e.to_string()))?;
+                let set = RecordBatchDecoder::decode(&mut batch)
+                    .map_err(|e| undecodable(e.to_string()))?;
                 let from = *position;
                 for record in set.records.iter().filter(|r| r.offset >= from) {
                     if printer.done() {
@@ -248,6 +251,9 @@ fn fetch_once(
                         printer.print(&name, p.partition_index, record);
                     }
                 }
+                // Past the whole batch: compaction may have removed its last records (an
+                // empty filler batch has none), and a fetch inside it returns it again.
+                *position = (*position).max(header.last_offset().0.saturating_add(1));
             }
             if *position < p.high_watermark {
                 at_end = false;

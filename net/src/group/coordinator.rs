@@ -919,6 +919,10 @@ async fn ensure_all_loaded(node: &Rc<Node>) -> Result<(), ResponseError> {
 }
 
 /// Reads a partition from its start and applies every record; returns how many.
+///
+/// It moves on by batches, not records: a compacted batch may end with offsets whose
+/// records the cleaner removed (an empty filler batch has none at all), and a read at
+/// any of them returns that batch again.
 async fn replay(node: &Rc<Node>, tp: &TopicPartition) -> Result<usize, String> {
     let mut offset = match node.shard.offsets(tp.clone()).await {
         Ok(offsets) => offsets.log_start,
@@ -936,23 +940,35 @@ async fn replay(node: &Rc<Node>, tp: &TopicPartition) -> Result<usize, String> {
         if read.chunks.is_empty() {
             return Ok(count);
         }
+        let from = offset;
         for chunk in &read.chunks {
             let mut bytes = chunk_bytes(chunk)?;
-            let batches = RecordBatchDecoder::decode_all(&mut bytes)
-                .map_err(|e| format!("undecodable batch at offset {}: {e}", offset.0))?;
-            for record in batches.iter().flat_map(|b| &b.records) {
-                offset = Offset(record.offset + 1);
+            // A file range may end inside a batch; the next read starts with it.
+            while let Ok(header) = spate_engine::batch::BatchHeader::parse(&bytes) {
+                if header.size > bytes.len() {
+                    break;
+                }
+                let mut batch = bytes.split_to(header.size);
+                let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| {
+                    format!("undecodable batch at offset {}: {e}", header.base_offset.0)
+                })?;
                 // Control records (a leader's epoch marker) hold no group data.
-                if record.control {
-                    continue;
+                for record in set.records.iter().filter(|r| r.offset >= offset.0) {
+                    if let (false, Some(key)) = (record.control, &record.key) {
+                        let entry = records::decode(key, record.value.as_deref())
+                            .map_err(|e| format!("record at offset {}: {e}", record.offset))?;
+                        apply(&node.groups, entry);
+                        count += 1;
+                    }
                 }
-                if let Some(key) = &record.key {
-                    let entry = records::decode(key, record.value.as_deref())
-                        .map_err(|e| format!("record at offset {}: {e}", record.offset))?;
-                    apply(&node.groups, entry);
-                    count += 1;
-                }
+                offset = offset.max(Offset(header.last_offset().0.saturating_add(1)));
             }
+        }
+        if offset == from {
+            return Err(format!(
+                "no whole batch at offset {} within a read of {REPLAY_READ_BYTES} bytes",
+                offset.0
+            ));
         }
     }
 }
