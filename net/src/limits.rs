@@ -19,6 +19,13 @@ pub const CONNECTION_INFLIGHT_REQUESTS_MAX: usize = 1024;
 /// Most connections one shard serves at once; further accepts are closed at once.
 pub const SHARD_CONNECTIONS_MAX: usize = 16 * 1024;
 
+/// How long a stopping shard waits for its connections to answer the requests they have
+/// read. A fetch's `max_wait_ms` and a produce's `timeout_ms` are the client's to choose
+/// (Kafka's clients use 0.5 s and 30 s), and a handler may be stuck by a bug; a signal
+/// must stop the broker all the same. Connections still busy after this are dropped
+/// unanswered, as a crash would.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// Most partitions a topic may have (CreateTopics, auto-creation).
 pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
 

@@ -32,7 +32,7 @@ use crate::handlers::fetch::Part;
 use crate::handlers::{self, Reply};
 use crate::limits::{
     CONNECTION_INFLIGHT_BYTES_MAX, CONNECTION_INFLIGHT_REQUESTS_MAX, REQUEST_FRAME_BYTES_MAX,
-    SHARD_CONNECTIONS_MAX,
+    SHARD_CONNECTIONS_MAX, SHUTDOWN_DRAIN,
 };
 use crate::node::Node;
 
@@ -56,7 +56,7 @@ async fn stopped(stop: &AtomicBool) {
 }
 
 /// Serves connections on this shard until `stop` is set, then lets every connection
-/// finish the requests it has read and returns.
+/// finish the requests it has read, for up to `SHUTDOWN_DRAIN`, and returns.
 pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
     let listener = spate_engine::shard::listen::listen(node.config.listen)?;
     // One permit per live connection; shutdown takes them all back to wait for every
@@ -107,7 +107,18 @@ pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
     drop(listener);
     // Joins and syncs waiting for a rebalance would hold their connections open.
     node.groups.close();
-    let _all = live.acquire_permit(SHARD_CONNECTIONS_MAX as u64).await;
+    let drained = futures::select! {
+        all = live.acquire_permit(SHARD_CONNECTIONS_MAX as u64).fuse() => all.is_ok(),
+        () = glommio::timer::sleep(SHUTDOWN_DRAIN).fuse() => false,
+    };
+    if !drained {
+        // Their tasks are dropped with the shard's executor.
+        tracing::warn!(
+            shard = node.shard.id().0,
+            busy = SHARD_CONNECTIONS_MAX as u64 - live.available(),
+            "connections still answering {SHUTDOWN_DRAIN:?} after the stop; stopping without them"
+        );
+    }
     let (zero_copy, copied) = node.fetch_bytes();
     tracing::info!(
         shard = node.shard.id().0,

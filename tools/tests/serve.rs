@@ -1,4 +1,5 @@
-//! `spate serve` as a user runs it: start, answer, stop on SIGTERM with exit 0, refuse
+//! `spate serve` as a user runs it: start, answer, stop on SIGTERM with exit 0 (within
+//! the drain limit, whatever a client waits for), refuse
 //! bad settings with one clear line and nothing created, and refuse a data directory
 //! another broker holds, and bring partitions written by an older version in line with
 //! their topics.
@@ -79,6 +80,60 @@ fn serves_and_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("is another broker using it?"), "{stderr}");
     assert_eq!(api_versions(port, 43), (43, 0));
     assert!(terminate(child).status.success());
+}
+
+/// A request that never ends (here a fetch whose `max_wait_ms` is 24 days) delays a stop
+/// only by the drain limit (`SHUTDOWN_DRAIN`, 40 s): the broker then stops, exits 0, and
+/// says so.
+#[test]
+fn a_request_that_never_ends_delays_a_stop_only_by_the_drain_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = start(&dir.path().join("data"), port, &[]);
+    let created = spate()
+        .args([
+            "topic",
+            "create",
+            "quiet",
+            "-b",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let address = format!("127.0.0.1:{port}");
+    let mut client =
+        spate_net::client::Client::connect(&address, "test", Duration::from_secs(120)).unwrap();
+    let fetch = spate_net::client::lookup::fetch_request([("quiet", 0, 0)], i32::MAX, 1024, 1024);
+    // No data comes: the broker stops under it.
+    let waiting = std::thread::spawn(move || {
+        client.send(4, &fetch).map(|r| {
+            r.responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.error_code)
+                .collect::<Vec<_>>()
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "the fetch was answered at once");
+    let started = std::time::Instant::now();
+    let output = terminate(child);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(39),
+        "stopped after {:?}, before the drain limit, under a fetch that should hold it",
+        started.elapsed()
+    );
+    assert!(log.contains("connections still answering"), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    // Either the connection closed under it, or it was woken as its partition closed
+    // and told the partition is gone: never an empty success.
+    match waiting.join().unwrap() {
+        Err(_) => {}
+        Ok(errors) => assert!(errors.iter().all(|e| *e != 0), "{errors:?}"),
+    }
 }
 
 #[test]
