@@ -331,8 +331,7 @@ fn cluster_settings(
 /// Fails if another process holds the address. The shards bind with SO_REUSEPORT, which
 /// would otherwise silently share a port with another broker.
 fn probe_port(listen: SocketAddr) -> Result<(), String> {
-    std::net::TcpListener::bind(listen)
-        .map(drop)
+    spate_engine::shard::listen::probe(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))
 }
 
