@@ -33,7 +33,9 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use kafka_protocol::ResponseError;
-use spate_engine::{AckPolicy, EngineError, LeaderEpoch, Offset, Timestamp, TopicPartition};
+use spate_engine::{
+    AckPolicy, BatchError, EngineError, LeaderEpoch, Offset, Timestamp, TopicPartition,
+};
 use spate_replication::driver::Acks;
 use spate_replication::replica::ReplicaId;
 
@@ -943,11 +945,18 @@ async fn replay(node: &Rc<Node>, tp: &TopicPartition) -> Result<usize, String> {
         let from = offset;
         for chunk in &read.chunks {
             let mut bytes = chunk_bytes(chunk)?;
-            // A file range may end inside a batch; the next read starts with it.
-            while let Ok(header) = spate_engine::batch::BatchHeader::parse(&bytes) {
-                if header.size > bytes.len() {
-                    break;
-                }
+            while !bytes.is_empty() {
+                let header = match spate_engine::batch::BatchHeader::parse(&bytes) {
+                    Ok(header) if header.size <= bytes.len() => header,
+                    // A file range may end inside a batch; the next read starts with it.
+                    Ok(_) | Err(BatchError::TooShort { .. }) => break,
+                    Err(e) => {
+                        return Err(format!(
+                            "unreadable batch header at offset {}: {e}",
+                            offset.0
+                        ))
+                    }
+                };
                 let mut batch = bytes.split_to(header.size);
                 let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| {
                     format!("undecodable batch at offset {}: {e}", header.base_offset.0)
