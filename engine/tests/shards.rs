@@ -198,3 +198,38 @@ fn cross_shard_replies_arrive_under_concurrent_appends_and_abandoned_waits() {
     })
     .unwrap();
 }
+
+/// A shard whose thread dies (a panic) sends no "done" to its peers. They must not wait
+/// for it when they stop: its dropped channel ends count as done. Otherwise a signalled
+/// broker with one dead shard would never exit.
+#[test]
+fn a_shard_whose_thread_dies_does_not_keep_the_others_from_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let noticed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = noticed.clone();
+    let set = ShardSet::start(config(dir.path(), 2), move |shard| {
+        let seen = seen.clone();
+        async move {
+            if shard.id().0 == 1 {
+                panic!("shard 1 dies (on purpose)");
+            }
+            // Shard 0 learns of it (the broker stops on that).
+            for _ in 0..500 {
+                if shard.a_peer_died() {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    })
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(set.join()));
+    let joined = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("shard 0 stopped although shard 1 had died");
+    let error = joined.expect_err("a dead shard is an error").to_string();
+    assert!(error.contains("shard thread"), "{error}");
+    assert!(noticed.load(std::sync::atomic::Ordering::Relaxed));
+}

@@ -1,12 +1,14 @@
 //! Starting a broker: the topic catalog, the control mesh and every shard's server.
+//! A broker with a dead shard thread stops, as failed: it is no longer whole.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use spate_engine::catalog::Catalog;
 use spate_engine::shard::channels::Mesh;
-use spate_engine::{EngineConfig, ShardSet, TopicPartition};
+use spate_engine::{EngineConfig, Shard, ShardSet, TopicPartition};
 
 use crate::cluster::{reconcile, register, Cluster};
 use crate::controller;
@@ -91,6 +93,8 @@ impl Broker {
                 };
                 drop(mesh);
                 let (senders, receivers) = ends.connect().await;
+                glommio::spawn_local(stop_if_a_shard_dies(shard.clone(), stop.clone(), failure.clone()))
+                    .detach();
                 let node = Node::new(shard, server, catalog, senders);
                 for (_, receiver) in receivers {
                     glommio::spawn_local(node.clone().serve_control(receiver)).detach();
@@ -139,6 +143,26 @@ impl Broker {
             );
         }
         Ok(())
+    }
+}
+
+/// How often a shard checks that every other shard is alive.
+const SHARD_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Stops the broker, as failed, when another shard's thread has died (a panic): the
+/// partitions it owned are out of reach, so the broker is no longer whole.
+async fn stop_if_a_shard_dies(shard: Shard, stop: Arc<AtomicBool>, failure: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if shard.a_peer_died() {
+            tracing::error!(
+                shard = shard.id().0,
+                "another shard's thread died; stopping the broker"
+            );
+            failure.store(true, Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        glommio::timer::sleep(SHARD_WATCH_INTERVAL).await;
     }
 }
 

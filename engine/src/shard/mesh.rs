@@ -90,13 +90,15 @@ pub enum Request {
     },
 }
 
-/// Serves one peer's channel until it closes.
-pub(super) async fn serve_peer(shard: Shard, receiver: ConnectedReceiver<Message>) {
+/// Serves shard `peer`'s channel until it closes.
+pub(super) async fn serve_peer(shard: Shard, peer: usize, receiver: ConnectedReceiver<Message>) {
     let permits = Rc::new(Semaphore::new(SHARD_PEER_REQUESTS_INFLIGHT_MAX as u64));
     let waits = Rc::new(Semaphore::new(SHARD_PEER_WAITS_INFLIGHT_MAX as u64));
+    let mut finished = false;
     while let Some(message) = receiver.recv().await {
         let request = match message {
             Message::Done => {
+                finished = true;
                 shard.note_peer_done(1);
                 continue;
             }
@@ -130,6 +132,17 @@ pub(super) async fn serve_peer(shard: Shard, receiver: ConnectedReceiver<Message
         glommio::spawn_local_into(task, queue)
             .expect("latency queue exists")
             .detach();
+    }
+    if !finished {
+        // The peer dropped its ends without saying it was done: its thread died (a
+        // panic). It will send nothing more, so it counts as done; otherwise this shard
+        // would wait for it for ever when it stops.
+        tracing::error!(
+            shard = shard.id().0,
+            peer,
+            "a peer shard went away without finishing: its thread died"
+        );
+        shard.note_peer_died();
     }
 }
 

@@ -226,14 +226,15 @@ where
         peers_done: Cell::new(0),
         all_peers_done: RefCell::new(None),
         stopping: Cell::new(false),
+        peer_died: Cell::new(false),
     }));
     for existing in owned {
         shard.open_existing(existing).await;
     }
-    for (_, receiver) in receivers {
+    for (peer, receiver) in receivers {
         let shard = shard.clone();
         glommio::spawn_local_into(
-            async move { mesh::serve_peer(shard, receiver).await },
+            async move { mesh::serve_peer(shard, peer, receiver).await },
             latency,
         )
         .expect("latency queue exists")
@@ -309,6 +310,8 @@ struct ShardInner {
     peers_done: Cell<usize>,
     all_peers_done: RefCell<Option<oneshot::Sender<()>>>,
     stopping: Cell<bool>,
+    /// Set when a peer shard's thread died: the broker is no longer whole.
+    peer_died: Cell<bool>,
 }
 
 /// Runs `$local` on the owning shard: directly if that is this shard, else over the mesh.
@@ -326,6 +329,12 @@ macro_rules! route {
 }
 
 impl Shard {
+    /// Whether another shard's thread has died (a panic). Its partitions are out of
+    /// reach, so the broker should stop.
+    pub fn a_peer_died(&self) -> bool {
+        self.0.peer_died.get()
+    }
+
     pub fn id(&self) -> ShardId {
         self.0.id
     }
@@ -634,6 +643,11 @@ impl Shard {
         if peers > 0 {
             let _ = rx.await;
         }
+    }
+
+    fn note_peer_died(&self) {
+        self.0.peer_died.set(true);
+        self.note_peer_done(1);
     }
 
     fn note_peer_done(&self, count: usize) {
