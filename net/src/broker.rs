@@ -20,6 +20,8 @@ use crate::node::{ControlMessage, Node, ServerConfig};
 pub struct Broker {
     shards: ShardSet,
     failed: Arc<AtomicBool>,
+    /// Whether every shard was listening when `start` returned.
+    listening: bool,
 }
 
 /// Partitions present on disk, from their directory names.
@@ -80,9 +82,13 @@ impl Broker {
         ));
         let failed = Arc::new(AtomicBool::new(false));
         let failure = failed.clone();
+        let shard_count = engine.shard_count;
+        // Each shard says when it listens; one that fails first drops its sender.
+        let (listens, listening) = std::sync::mpsc::channel::<()>();
         let shards = ShardSet::start(engine, move |shard| {
             let (server, stop, catalog, mesh, failure) =
                 (server.clone(), stop.clone(), catalog.clone(), mesh.clone(), failure.clone());
+            let listens = listens.clone();
             async move {
                 let id = shard.id();
                 let Some(ends) = mesh.claim(id.index()) else {
@@ -118,7 +124,10 @@ impl Broker {
                 } else {
                     apply_topic_configs(&node).await;
                 }
-                let served = crate::server::serve(node.clone(), stop.clone()).await;
+                let listens = move || {
+                    let _ = listens.send(());
+                };
+                let served = crate::server::serve(node.clone(), stop.clone(), listens).await;
                 if let Some(cluster) = node.cluster() {
                     // Closes the peer connections: a stopped broker leaves the quorum.
                     cluster.replicator.stop();
@@ -131,7 +140,18 @@ impl Broker {
             }
         })
         .map_err(|e| e.to_string())?;
-        Ok(Broker { shards, failed })
+        let listening = (0..shard_count).all(|_| listening.recv().is_ok());
+        Ok(Broker {
+            shards,
+            failed,
+            listening,
+        })
+    }
+
+    /// Whether every shard was listening when `start` returned; if not, one failed and
+    /// the broker is stopping (`join` says why).
+    pub fn is_serving(&self) -> bool {
+        self.listening
     }
 
     /// Waits for the broker to stop; `Err` if any shard failed.

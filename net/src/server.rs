@@ -56,9 +56,11 @@ async fn stopped(stop: &AtomicBool) {
 }
 
 /// Serves connections on this shard until `stop` is set, then lets every connection
-/// finish the requests it has read, for up to `SHUTDOWN_DRAIN`, and returns.
-pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>) -> Result<()> {
+/// finish the requests it has read, for up to `SHUTDOWN_DRAIN`, and returns. Calls
+/// `listening` once the shard listens.
+pub async fn serve(node: Rc<Node>, stop: Arc<AtomicBool>, listening: impl FnOnce()) -> Result<()> {
     let listener = spate_engine::shard::listen::listen(node.config.listen)?;
+    listening();
     // One permit per live connection; shutdown takes them all back to wait for every
     // connection to finish.
     let live = Rc::new(Semaphore::new(SHARD_CONNECTIONS_MAX as u64));

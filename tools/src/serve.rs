@@ -425,6 +425,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         cluster: settings.cluster,
     };
     let broker = Broker::start(engine, server, stop)?;
+    if !broker.is_serving() {
+        return broker
+            .join()
+            .and(Err("a shard could not start serving (see the log)".into()));
+    }
     tracing::info!(
         listen = %settings.listen,
         advertise = %settings.advertise,
