@@ -34,6 +34,12 @@ fn api_versions(port: u16, correlation_id: i32) -> (i32, i16) {
     )
 }
 
+/// Runs a `spate serve` that must refuse to start; one that serves instead fails the
+/// test within a minute rather than holding it for ever.
+fn refused(command: &mut Command) -> Output {
+    support::output_within(command, Duration::from_secs(60))
+}
+
 fn terminate(child: Guard) -> Output {
     child.signal_and_wait(libc::SIGTERM)
 }
@@ -67,14 +73,17 @@ fn serves_and_stops_cleanly_on_sigterm() {
     );
     // The data directory is free again: a second broker can take it.
     let child = start(&data, port, &[]);
-    // But not a third while the second runs: it is refused with one line.
-    let output = spate()
-        .args(["serve", "--shards", "1", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    // But not a third while the second runs: it is refused with one line. (Bounded: when
+    // the port probe could be taken for the broker, this test returned before the
+    // second broker had locked the directory, the third took it and served, and the
+    // test waited on it for ever: CI's 82-minute hang.)
+    let output = refused(
+        spate()
+            .args(["serve", "--shards", "1", "--listen"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(&data),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("is another broker using it?"), "{stderr}");
@@ -187,13 +196,13 @@ fn bad_settings_get_one_clear_line_and_create_nothing() {
         ),
     ];
     for (args, expected) in cases {
-        let output = spate()
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(&args)
-            .output()
-            .unwrap();
+        let output = refused(
+            spate()
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(&data)
+                .args(&args),
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} should fail");
         let errors: Vec<&str> = stderr
@@ -207,16 +216,16 @@ fn bad_settings_get_one_clear_line_and_create_nothing() {
     // A data directory that cannot be created.
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"x").unwrap();
-    let output = spate()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--data-dir",
-        ])
-        .arg(blocker.join("sub"))
-        .output()
-        .unwrap();
+    let output = refused(
+        spate()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--data-dir",
+            ])
+            .arg(blocker.join("sub")),
+    );
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot create data directory"));
     drop(busy);
