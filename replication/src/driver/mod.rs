@@ -146,6 +146,11 @@ struct Partition {
     /// The log start last seen, and the base of the batch holding it: looked up again
     /// only when the log start moves.
     start_batch: Cell<Option<(Offset, Offset)>>,
+    /// The highest log start a leader has answered this replica with. Its high watermark
+    /// may still be below it (just started over, say); it is applied once that allows,
+    /// even if this replica leads by then, so records the cluster deleted never
+    /// resurface after a failover.
+    leader_log_start: Cell<Offset>,
 }
 
 /// A shard's replication driver. Cheap to clone; lives on its shard.
@@ -252,6 +257,7 @@ impl Replicator {
             saved_epochs: RefCell::new(saved_epochs),
             failed: Cell::new(false),
             start_batch: Cell::new(None),
+            leader_log_start: Cell::new(Offset(0)),
         });
         shared
             .partitions

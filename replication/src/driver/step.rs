@@ -244,9 +244,7 @@ impl Shared {
                 replica.receive(self.now(), from, part.message)
             };
             self.execute(&partition, actions, fetched).await;
-            if let Some(start) = part.log_start {
-                follow_log_start(&partition, start).await;
-            }
+            follow_log_start(&partition, part.log_start).await;
         }
     }
 }
@@ -269,16 +267,21 @@ async fn log_start_batch(partition: &Partition) -> Offset {
     }
 }
 
-/// Moves a follower's log start up to the one its leader answered with, but never past
-/// its own high watermark: below that every record is committed, so the leader held the
-/// same records and has deleted them (retention or DeleteRecords). Retention then drops
-/// the segments below on this replica too, and a failover does not bring them back.
-async fn follow_log_start(partition: &Partition, leader_start: Offset) {
-    if partition.replica.borrow().is_leader() {
-        return;
+/// Moves a replica's log start up to the highest one a leader answered it with, but
+/// never past its own high watermark: below that every record is committed, so the
+/// leader held the same records and has deleted them (retention or DeleteRecords).
+/// Retention then drops the segments below on this replica too, and a failover does not
+/// bring them back. What the high watermark holds back is applied on a later message,
+/// also once this replica leads.
+async fn follow_log_start(partition: &Partition, answered: Option<Offset>) {
+    if let Some(start) = answered {
+        if !partition.replica.borrow().is_leader() {
+            let highest = partition.leader_log_start.get().max(start);
+            partition.leader_log_start.set(highest);
+        }
     }
     let offsets = partition.log.offsets();
-    let target = leader_start.min(offsets.high_watermark);
+    let target = partition.leader_log_start.get().min(offsets.high_watermark);
     if target <= offsets.log_start {
         return;
     }
