@@ -1,8 +1,10 @@
 #!/bin/bash
 # RF=3 against RF=1 on three local brokers, alternating rounds (docs/PERFORMANCE.md, replication).
-# usage: scripts/bench-rf3-vs-rf1.sh [ROUNDS] [MAX_IN_FLIGHT]   (needs a release build)
+# usage: [CPUSET=none] scripts/bench-rf3-vs-rf1.sh [ROUNDS] [MAX_IN_FLIGHT]   (needs a release build)
+# Three brokers share this machine, so they are not pinned (each would pin its shard 0 to
+# core 0) unless CPUSET says otherwise.
 set -u
-SPATE=$(cd "$(dirname "$0")/.." && pwd)/target/release/spate
+SPATE=${SPATE:-$(cd "$(dirname "$0")/.." && pwd)/target/release/spate}
 WORK=${WORK:-$(mktemp -d)}
 echo "working in $WORK (each RF=1 round writes about 10 GB there)"
 cd "$WORK" && rm -rf d1 d2 d3 *.log out-*
@@ -10,7 +12,7 @@ B=$SPATE
 V="1@127.0.0.1:19410,2@127.0.0.1:19420,3@127.0.0.1:19430"
 PIDS=""
 for i in 1 2 3; do
-  $B serve --node-id $i --listen 127.0.0.1:1940$i --peer-listen 127.0.0.1:194${i}0 --voters $V --data-dir d$i --shards 1 >>b$i.log 2>&1 &
+  $B serve --node-id $i --listen 127.0.0.1:1940$i --peer-listen 127.0.0.1:194${i}0 --voters $V --data-dir d$i --shards 1 --cpuset ${CPUSET:-none} >>b$i.log 2>&1 &
   PIDS="$PIDS $!"
 done
 trap 'kill -9 $PIDS 2>/dev/null' EXIT

@@ -12,7 +12,7 @@ use spate_engine::{
 
 fn config(root: &std::path::Path, shards: usize) -> EngineConfig {
     let mut c = EngineConfig::new(root, shards);
-    c.pin_cores = false;
+    c.cores = spate_engine::shard::CoreSet::Unpinned;
     c
 }
 

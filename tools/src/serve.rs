@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use clap::Args;
 use serde::Deserialize;
+use spate_engine::shard::cores::machine_cores;
+use spate_engine::shard::CoreSet;
 use spate_engine::EngineConfig;
 use spate_net::cluster::ClusterConfig;
 use spate_net::group::GroupConfig;
@@ -20,7 +22,7 @@ use spate_net::{Broker, ServerConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// TOML file with any of: listen, advertise, data_dir, shards, node_id,
+    /// TOML file with any of: listen, advertise, data_dir, shards, cpuset, node_id,
     /// offsets_partitions, offsets_replication_factor, offsets_segment_bytes,
     /// group_initial_rebalance_delay_ms,
     /// log_cleaner_backoff_ms, log_cleaner_io_max_bytes_per_second,
@@ -39,6 +41,11 @@ pub struct ServeArgs {
     /// Number of shards (one per core) [default: the number of cores].
     #[arg(long, env = "SPATE_SHARDS")]
     shards: Option<usize>,
+    /// Cores the shards are pinned to: `all` (shard i on core i), `none` (not pinned),
+    /// or a list such as 0-3,6 (shard i on the i-th listed). Brokers sharing a machine
+    /// need their own cores, or none [default: all].
+    #[arg(long, env = "SPATE_CPUSET")]
+    cpuset: Option<String>,
     /// This broker's node id [default: 1].
     #[arg(long, env = "SPATE_NODE_ID")]
     node_id: Option<i32>,
@@ -94,6 +101,7 @@ struct FileConfig {
     advertise: Option<String>,
     data_dir: Option<PathBuf>,
     shards: Option<usize>,
+    cpuset: Option<String>,
     node_id: Option<i32>,
     offsets_partitions: Option<i32>,
     offsets_replication_factor: Option<u32>,
@@ -114,6 +122,7 @@ struct Settings {
     advertise: SocketAddr,
     data_dir: PathBuf,
     shards: usize,
+    cores: CoreSet,
     node_id: i32,
     groups: GroupConfig,
     cleaner_interval: std::time::Duration,
@@ -177,6 +186,11 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             spate_engine::limits::SHARDS_MAX
         ));
     }
+    let cores = match args.cpuset.or(file.cpuset) {
+        None => CoreSet::All,
+        Some(text) => CoreSet::parse(&text, &machine_cores())
+            .map_err(|e| format!("invalid cpuset '{text}': {e}"))?,
+    };
     let node_id = args.node_id.or(file.node_id).unwrap_or(1);
     if node_id < 0 {
         return Err(format!("invalid node id {node_id}: must be 0 or more"));
@@ -254,6 +268,7 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         advertise,
         data_dir,
         shards,
+        cores,
         node_id,
         groups,
         cleaner_interval: std::time::Duration::from_millis(cleaner_ms),
@@ -412,6 +427,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     handle_signals(stop.clone())?;
     let mut engine = EngineConfig::new(&settings.data_dir, settings.shards);
+    engine.cores = settings.cores;
     engine.cleaner_interval = settings.cleaner_interval;
     engine.cleaner_io_bytes_per_sec = settings.cleaner_io_bytes_per_sec;
     let server = ServerConfig {

@@ -53,6 +53,57 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> Guard {
     spawn_serving(&mut command, port)
 }
 
+/// The cores each shard thread of broker `pid` may run on, as the kernel lists them.
+fn shard_cores(pid: u32) -> Vec<String> {
+    let mut cores = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !name.starts_with("spate-shard-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("a task status lists its cores");
+        cores.push(allowed.trim().to_string());
+    }
+    cores
+}
+
+/// Brokers sharing a machine give each their own cores: `--cpuset 0` pins both shards
+/// to core 0, `--cpuset none` leaves them wherever the process may run (on this 2-core
+/// machine, a pinned shard's list differs from the process's).
+#[test]
+fn cpuset_pins_shards_to_the_cores_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let child = start(&data, port, &["--cpuset", "0"]);
+    // Two shards; glommio's helper thread of each shard carries its name too.
+    let pinned = shard_cores(child.id());
+    assert!(
+        pinned.len() >= 2 && pinned.iter().all(|c| c == "0"),
+        "{pinned:?}"
+    );
+    assert!(terminate(child).status.success());
+    let child = start(&data, port, &["--cpuset", "none"]);
+    let process = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let process = process
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let free = shard_cores(child.id());
+    assert!(
+        free.len() >= 2 && free.iter().all(|c| *c == process),
+        "{free:?}"
+    );
+    assert!(terminate(child).status.success());
+}
+
 #[test]
 fn serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,6 +236,14 @@ fn bad_settings_get_one_clear_line_and_create_nothing() {
             "invalid listen address",
         ),
         (vec!["--shards".into(), "0".into()], "invalid shards 0"),
+        (
+            vec!["--cpuset".into(), "0-99999".into()],
+            "invalid cpuset '0-99999'",
+        ),
+        (
+            vec!["--cpuset".into(), "one".into()],
+            "is not a core number",
+        ),
         (vec!["--node-id=-3".into()], "invalid node id"),
         (
             vec!["--listen".into(), "0.0.0.0:0".into()],

@@ -17,6 +17,7 @@
 //! requests until all peers have said the same, then closes its partitions cleanly.
 
 pub mod channels;
+pub mod cores;
 pub mod listen;
 mod mesh;
 pub mod reply;
@@ -43,6 +44,7 @@ use crate::log::{
 use crate::placement::{ExistingPartition, Placement};
 use crate::types::{LeaderEpoch, Offset, ShardId, Timestamp, TopicPartition};
 use channels::{Mesh, MeshEnds, Senders};
+pub use cores::CoreSet;
 pub use mesh::Message;
 use mesh::Request;
 
@@ -53,8 +55,9 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Number of shards (cores); 1 to `SHARDS_MAX`.
     pub shard_count: usize,
-    /// Pin each shard to its own core (production); off lets tests share cores freely.
-    pub pin_cores: bool,
+    /// The cores the shards are pinned to (production: shard i on core i); tests leave
+    /// them unpinned to share cores freely.
+    pub cores: CoreSet,
     /// How often each shard applies retention (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_interval: Duration,
     /// How often each shard writes recovery checkpoints.
@@ -72,7 +75,7 @@ impl EngineConfig {
         EngineConfig {
             data_dir: data_dir.into(),
             shard_count,
-            pin_cores: true,
+            cores: CoreSet::All,
             retention_check_interval: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(60),
             cleaner_interval: Duration::from_secs(15),
@@ -108,16 +111,15 @@ impl ShardSet {
         let placement = Arc::new(placement);
         let mesh = Mesh::<Message>::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
         let doorbells = Mesh::<reply::Doorbell>::full(config.shard_count, SHARD_CHANNEL_CAPACITY);
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let machine = cores::machine_cores();
         let mut threads = Vec::with_capacity(config.shard_count);
         for index in 0..config.shard_count {
             let id = ShardId(index as u16);
             let owned: Vec<ExistingPartition> =
                 existing.iter().filter(|p| p.shard == id).cloned().collect();
-            let placement_for_cpu = match (config.pin_cores, cores.get(index % cores.len().max(1)))
-            {
-                (true, Some(core)) => glommio::Placement::Fixed(core.id),
-                _ => glommio::Placement::Unbound,
+            let placement_for_cpu = match config.cores.core_for(index, &machine) {
+                Some(core) => glommio::Placement::Fixed(core),
+                None => glommio::Placement::Unbound,
             };
             let (config, placement, body) = (config.clone(), placement.clone(), body.clone());
             let ends = (

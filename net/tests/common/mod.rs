@@ -47,7 +47,7 @@ impl TestBroker {
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let mut engine = EngineConfig::new(data, shards);
-        engine.pin_cores = false;
+        engine.cores = spate_engine::shard::CoreSet::Unpinned;
         let server = ServerConfig {
             listen: addr,
             advertise: addr,
