@@ -5,8 +5,9 @@
 //!      0     4  magic "SPTM"
 //!      4     1  kind (1 partition meta, 2 recovery checkpoint, 3 topic catalog,
 //!                  4 producer snapshot, 5 leader-epoch checkpoint)
-//!      5     1  format version (1; 2 for partition meta since compaction's configs:
-//!                  version 1 files are still read, with those configs at their defaults)
+//!      5     1  format version (1; 3 for partition meta: version 2 added compaction's
+//!                  configs, version 3 the topic id; older files are still read, with
+//!                  those configs at their defaults and no topic id)
 //!      6     2  reserved, zero
 //!      8     4  payload length, little-endian
 //!     12     4  CRC-32C of the payload, little-endian
@@ -32,7 +33,7 @@ const MAGIC: &[u8; 4] = b"SPTM";
 /// The format version each kind is written in.
 fn version(kind: FileKind) -> u8 {
     match kind {
-        FileKind::PartitionMeta => 2,
+        FileKind::PartitionMeta => 3,
         _ => 1,
     }
 }
@@ -65,6 +66,20 @@ pub struct PartitionMeta {
     pub partition: i32,
     pub shard: ShardId,
     pub config: PartitionConfig,
+    /// The Kafka topic id of the topic this partition was created for, once known (in
+    /// cluster mode, from the metadata image). A topic deleted and created again under
+    /// the same name has a new id, so a partition left on a broker that was down
+    /// meanwhile is known for what it is. `None` in files of earlier versions.
+    pub topic_id: Option<[u8; 16]>,
+}
+
+/// `partition.meta` as format version 2 wrote it.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionMetaV2 {
+    pub topic: String,
+    pub partition: i32,
+    pub shard: ShardId,
+    pub config: PartitionConfig,
 }
 
 /// `partition.meta` as format version 1 wrote it.
@@ -76,10 +91,19 @@ pub struct PartitionMetaV1 {
     pub config: PartitionConfigV1,
 }
 
-/// Reads `partition.meta` of either format version.
+/// Reads `partition.meta` of any format version.
 pub fn decode_partition_meta(bytes: &[u8]) -> Option<PartitionMeta> {
     if let Some(meta) = decode(FileKind::PartitionMeta, bytes) {
         return Some(meta);
+    }
+    if let Some(v2) = decode_version::<PartitionMetaV2>(FileKind::PartitionMeta, 2, bytes) {
+        return Some(PartitionMeta {
+            topic: v2.topic,
+            partition: v2.partition,
+            shard: v2.shard,
+            config: v2.config,
+            topic_id: None,
+        });
     }
     let v1: PartitionMetaV1 = decode_version(FileKind::PartitionMeta, 1, bytes)?;
     Some(PartitionMeta {
@@ -87,6 +111,7 @@ pub fn decode_partition_meta(bytes: &[u8]) -> Option<PartitionMeta> {
         partition: v1.partition,
         shard: v1.shard,
         config: v1.config.into(),
+        topic_id: None,
     })
 }
 
@@ -183,6 +208,7 @@ mod tests {
             partition: 3,
             shard: ShardId(1),
             config: PartitionConfig::default(),
+            topic_id: Some([7; 16]),
         };
         let bytes = encode(FileKind::PartitionMeta, &meta);
         assert_eq!(
@@ -192,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn partition_meta_of_format_version_1_reads_with_default_cleanup_configs() {
+    fn partition_meta_of_format_versions_1_and_2_reads_with_defaults_and_no_topic_id() {
         let v1 = PartitionMetaV1 {
             topic: "t".into(),
             partition: 2,
@@ -214,12 +240,23 @@ mod tests {
         assert_eq!(read.config.segment_bytes, 1 << 20);
         assert_eq!(read.config.retention_bytes, 5 << 20);
         assert!(read.config.cleanup_delete && !read.config.cleanup_compact);
-        let current = PartitionMeta {
+        assert_eq!(read.topic_id, None);
+        let v2 = PartitionMetaV2 {
+            topic: read.topic.clone(),
+            partition: read.partition,
+            shard: read.shard,
             config: PartitionConfig::default(),
+        };
+        let mut bytes = encode(FileKind::PartitionMeta, &v2);
+        bytes[5] = 2;
+        let read = decode_partition_meta(&bytes).expect("a version 2 file reads");
+        assert_eq!((read.config.clone(), read.topic_id), (v2.config, None));
+        let current = PartitionMeta {
+            topic_id: Some([1; 16]),
             ..read
         };
         let bytes = encode(FileKind::PartitionMeta, &current);
-        assert_eq!(bytes[5], 2);
+        assert_eq!(bytes[5], 3);
         assert_eq!(decode_partition_meta(&bytes), Some(current));
     }
 

@@ -74,3 +74,8 @@ fn delete_records_is_for_the_leader_and_a_replica_below_its_log_start_starts_ove
 fn every_replica_of_a_compacted_topic_cleans_and_a_new_leader_serves_the_same_table() {
     run("compaction");
 }
+
+#[test]
+fn a_broker_away_while_its_topic_was_recreated_does_not_serve_the_old_records() {
+    run("recreated-topic");
+}

@@ -71,6 +71,7 @@ impl PartitionLog {
             partition: tp.partition.0,
             shard: shard.shard,
             config,
+            topic_id: None,
         };
         let made = async {
             file::write_atomic(
@@ -251,15 +252,30 @@ impl PartitionLog {
     /// Replaces the partition's config, persisting it first. New values apply to the next
     /// append, roll and retention pass; existing segments are not rewritten.
     pub async fn update_config(&self, config: PartitionConfig) -> Result<()> {
+        self.rewrite_meta(|meta| meta.config = config).await
+    }
+
+    /// The id of the topic this partition was created for, if recorded.
+    pub fn topic_id(&self) -> Option<[u8; 16]> {
+        self.0.state.borrow().meta.topic_id
+    }
+
+    /// Records the id of the topic this partition belongs to, persisting it first.
+    pub async fn set_topic_id(&self, id: [u8; 16]) -> Result<()> {
+        self.rewrite_meta(|meta| meta.topic_id = Some(id)).await
+    }
+
+    /// Changes `partition.meta` with `change`, writing it atomically before the new
+    /// value is used.
+    async fn rewrite_meta(&self, change: impl FnOnce(&mut PartitionMeta)) -> Result<()> {
         let inner = &self.0;
         let _serial = inner.metadata_permit().await?;
         let meta = {
             let st = inner.state.borrow();
             st.usable(&inner.tp)?;
-            PartitionMeta {
-                config,
-                ..st.meta.clone()
-            }
+            let mut meta = st.meta.clone();
+            change(&mut meta);
+            meta
         };
         file::write_atomic(
             &inner.dir,

@@ -8,6 +8,12 @@
 //! forward, so that means the topic was deleted. A partition on disk that the image
 //! does not name is left alone (and served by nobody): after a restart the image may
 //! still be catching up, and deleting it then would lose data.
+//!
+//! Each replicated partition records its topic's id (`partition.meta`). A partition whose
+//! recorded id is not its topic's in the image belongs to a topic of the same name that
+//! was deleted and created again, while this broker was down or between two passes: it
+//! is deleted and created empty, so its records never pass for the new topic's. A
+//! partition written before ids were recorded takes the image's id as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -92,26 +98,30 @@ type Configs = Vec<(String, String)>;
 
 /// The partitions of `image` this shard should replicate, with their replica sets and
 /// topic configs.
-fn wanted(
-    node: &Node,
-    me: u32,
-    image: &MetadataImage,
-) -> BTreeMap<TopicPartition, (Vec<u32>, Configs)> {
+fn wanted(node: &Node, me: u32, image: &MetadataImage) -> BTreeMap<TopicPartition, Wanted> {
     let here = node.shard.id();
     image
         .replicas_on(me)
         .into_iter()
         .map(|(topic, p, replicas)| (TopicPartition::new(&topic, p), replicas))
         .filter(|(tp, _)| node.shard.owner(tp) == here)
-        .map(|(tp, replicas)| {
-            let configs = image
-                .topics
-                .get(&*tp.topic)
-                .map(|t| t.configs.clone())
-                .unwrap_or_default();
-            (tp, (replicas, configs))
+        .filter_map(|(tp, replicas)| {
+            let topic = image.topics.get(&*tp.topic)?;
+            let wanted = Wanted {
+                replicas,
+                configs: topic.configs.clone(),
+                topic_id: topic.id,
+            };
+            Some((tp, wanted))
         })
         .collect()
+}
+
+/// What the image asks of one partition on this shard.
+struct Wanted {
+    replicas: Vec<u32>,
+    configs: Configs,
+    topic_id: [u8; 16],
 }
 
 /// One pass; `true` if everything the image asks of this shard is done.
@@ -138,15 +148,23 @@ async fn reconcile(
             complete = false;
         }
     }
-    for (tp, (replicas, configs)) in &wanted {
-        let outcome = if present.contains(tp) {
-            update_configs(node, tp, configs, state).await
-        } else {
-            add(node, cluster, tp, replicas, configs).await
+    for (tp, want) in &wanted {
+        let recorded = node.shard.local(tp).ok().and_then(|log| log.topic_id());
+        let outcome = match present.contains(tp) {
+            // Deleted and created again between two passes: the replica is the old topic's.
+            true if recorded.is_some_and(|id| id != want.topic_id) => {
+                tracing::warn!(partition = %tp, "replacing the replica of a deleted topic of the same name");
+                match remove(node, cluster, tp).await {
+                    Ok(()) => add(node, cluster, tp, want).await,
+                    Err(e) => Err(e),
+                }
+            }
+            true => update_configs(node, tp, &want.configs, state).await,
+            false => add(node, cluster, tp, want).await,
         };
         match outcome {
             Ok(()) => {
-                state.configs.insert(tp.clone(), configs.clone());
+                state.configs.insert(tp.clone(), want.configs.clone());
             }
             Err(e) => {
                 tracing::warn!(partition = %tp, error = %e, "could not bring a replica in line with the metadata");
@@ -162,30 +180,48 @@ async fn add(
     node: &Node,
     cluster: &Cluster,
     tp: &TopicPartition,
-    replicas: &[u32],
-    configs: &[(String, String)],
+    want: &Wanted,
 ) -> Result<(), String> {
     let log = match node.shard.local(tp) {
-        Ok(log) => log,
-        Err(EngineError::UnknownPartition(_)) => {
-            let config = topic_config::partition_config(configs).map_err(|(_, m)| m)?;
+        Ok(log) if log.topic_id().is_some_and(|id| id != want.topic_id) => {
+            tracing::warn!(partition = %tp, "deleting what is left of a deleted topic of the same name");
             node.shard
-                .create_partition(tp.clone(), config)
+                .delete_partition(tp.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            node.shard.local(tp).map_err(|e| e.to_string())?
+            create(node, tp, &want.configs).await?
         }
+        Ok(log) => log,
+        Err(EngineError::UnknownPartition(_)) => create(node, tp, &want.configs).await?,
         Err(e) => return Err(e.to_string()),
     };
-    let voters = replicas.iter().map(|id| ReplicaId(*id)).collect();
+    if log.topic_id().is_none() {
+        log.set_topic_id(want.topic_id)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let voters = want.replicas.iter().map(|id| ReplicaId(*id)).collect();
     let membership = Membership::new(voters, Vec::new())?;
     cluster
         .replicator
         .add(key_of(tp), log, membership)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(partition = %tp, ?replicas, "replicating partition");
+    tracing::info!(partition = %tp, replicas = ?want.replicas, "replicating partition");
     Ok(())
+}
+
+async fn create(
+    node: &Node,
+    tp: &TopicPartition,
+    configs: &[(String, String)],
+) -> Result<spate_engine::PartitionLog, String> {
+    let config = topic_config::partition_config(configs).map_err(|(_, m)| m)?;
+    node.shard
+        .create_partition(tp.clone(), config)
+        .await
+        .map_err(|e| e.to_string())?;
+    node.shard.local(tp).map_err(|e| e.to_string())
 }
 
 async fn remove(node: &Node, cluster: &Cluster, tp: &TopicPartition) -> Result<(), String> {

@@ -456,23 +456,31 @@ class Cluster:
     # Set-up.
 
     def create_topic(self, configs=None):
-        # The admin client retries NOT_CONTROLLER itself; this loop covers a controller not
-        # yet elected or a request that timed out while one was.
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        topic = NewTopic(TOPIC, num_partitions=1, replication_factor=3, config=configs or {})
+        self.admin_until_done(f"creating topic {TOPIC}", KafkaError.TOPIC_ALREADY_EXISTS,
+                              lambda admin: admin.create_topics([topic], request_timeout=5)[TOPIC])
 
+    def delete_topic(self):
+        self.admin_until_done(f"deleting topic {TOPIC}", KafkaError.UNKNOWN_TOPIC_OR_PART,
+                              lambda admin: admin.delete_topics([TOPIC], request_timeout=5)[TOPIC])
+
+    def admin_until_done(self, what, done_before, request):
+        """Sends `request(admin)` until it succeeds, or fails with `done_before` (an earlier
+        attempt that seemed to fail did it). The admin client retries NOT_CONTROLLER itself;
+        this loop covers a controller not yet elected, or killed: each attempt's client asks
+        afresh which broker controls."""
         def attempt():
-            topic = NewTopic(TOPIC, num_partitions=1, replication_factor=3, config=configs or {})
-            future = admin.create_topics([topic], request_timeout=5)[TOPIC]
+            admin = AdminClient({"bootstrap.servers": self.bootstrap})
             try:
-                future.result()
+                request(admin).result()
                 return True
             except KafkaException as e:
-                if e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    return True  # An earlier attempt that seemed to fail did create it.
-                self.probe_error = f"create topic: {e}"
+                if e.args[0].code() == done_before:
+                    return True
+                self.probe_error = f"{what}: {e}"
                 return None
 
-        self.wait_for(f"creating topic {TOPIC}", CREATE_TIMEOUT, attempt)
+        self.wait_for(what, CREATE_TIMEOUT, attempt)
 
     def print_log_tails(self):
         for broker in self.brokers.values():
@@ -980,8 +988,81 @@ def read_keyed(bootstrap, offset_end):
         consumer.close()
 
 
+def partition_holds(broker, needle):
+    """Whether the segment files of partition 0 of TOPIC in `broker`'s data directory
+    contain `needle` (records are written uncompressed here)."""
+    directory = os.path.join(broker.data_dir, f"{TOPIC}-0")
+    for name in os.listdir(directory):
+        if name.endswith(".log"):
+            with open(os.path.join(directory, name), "rb") as f:
+                if needle in f.read():
+                    return True
+    return False
+
+
+def recreated_topic(cluster):
+    """TOPIC deleted and created again under the same name while a follower was down. The
+    follower, back, must not take what it held of the old topic for the new one's records
+    (both start at offset 0, in the same leader epochs): it must become an in-sync replica
+    of the new topic holding its records and none of the old one's, and a reader must get
+    exactly the new records."""
+    cluster.start(NODE_IDS)
+    cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
+    cluster.create_topic()
+    leader = cluster.wait_for(f"a leader and three in-sync replicas for {TOPIC}", ISR_TIMEOUT,
+                              cluster.full_isr).leader
+    away = next(n for n in NODE_IDS if n != leader)
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 5,
+                         "message.timeout.ms": MESSAGE_TIMEOUT_MS})
+
+    def write(prefix, count):
+        acked, errors = [], []
+
+        def report(error, message):
+            if error is not None:
+                errors.append(str(error))
+            else:
+                acked.append((message.offset(), message.value()))
+
+        for i in range(count):
+            producer.produce(TOPIC, value=f"{prefix}-{i:04d}".encode(), partition=0, on_delivery=report)
+            if i % 50 == 49:
+                producer.flush(MESSAGE_TIMEOUT_MS / 1000)  # several batches, as a log of many writes has
+        if producer.flush(MESSAGE_TIMEOUT_MS / 1000) != 0 or errors or len(acked) != count:
+            fail(f"writing {prefix} records: {len(acked)} of {count} acknowledged; {errors[:EXAMPLES_MAX]}")
+        return sorted(acked)
+
+    write("old", 300)
+    cluster.wait_for(f"broker {away} holding the old records", ISR_TIMEOUT,
+                     lambda: partition_holds(cluster.brokers[away], b"old-0299") or None)
+    cluster.kill([away])
+    cluster.delete_topic()  # The broker killed may have been the controller.
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    cluster.wait_for(f"{TOPIC} gone", CREATE_TIMEOUT,
+                     lambda: TOPIC not in admin.list_topics(timeout=2).topics or None)
+    cluster.create_topic()
+    cluster.start([away])
+    cluster.wait_for(f"the new {TOPIC} with three in-sync replicas, broker {away} back", ISR_TIMEOUT,
+                     cluster.full_isr)
+    new = write("new", 120)
+    cluster.wait_for(f"broker {away} holding the new records", ISR_TIMEOUT,
+                     lambda: partition_holds(cluster.brokers[away], b"new-0119") or None)
+    stale = [n for n in NODE_IDS if partition_holds(cluster.brokers[n], b"old-")]
+    records = read_partition(cluster.bootstrap, new[-1][0] + 1)[2]
+    if stale or [r for r in records if not r[1].startswith(b"new-")] or len(records) != len(new):
+        fail(f"after re-creating {TOPIC}: brokers still holding old records: {stale}; "
+             f"{len(records)} records read, {len(new)} new ones acknowledged, first read: {records[:3]}")
+    with open(cluster.brokers[away].log_path, errors="replace") as log:
+        deleted = "deleted topic of the same name" in log.read()
+    print(f"cluster.py recreated-topic ok: broker {away} away while {TOPIC} was re-created; "
+          f"{len(new)} new records read, no old one on any broker; its log says it replaced the "
+          f"old topic's partition: {deleted}")
+    return 0
+
+
 SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
-             "group-failover": group_failover, "delete-records": delete_records, "compaction": compaction}
+             "group-failover": group_failover, "delete-records": delete_records, "compaction": compaction,
+             "recreated-topic": recreated_topic}
 
 
 def run(cluster, scenario):
@@ -1038,8 +1119,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"cluster.py {scenario}: terminated"))
     cluster = Cluster(binary, workdir)
     try:
-        if scenario == "compaction":
-            return compaction(cluster)
+        if scenario in ("compaction", "recreated-topic"):
+            return SCENARIOS[scenario](cluster)
         return run(cluster, scenario)
     except (Failure, KafkaException) as error:
         print(f"FAILED: cluster.py {scenario}: {error}")
