@@ -7,7 +7,8 @@
 //! heartbeats between fetches, commits every `COMMIT_INTERVAL` and on exit, and rejoins
 //! when the group rebalances. It follows the log until Ctrl-C (or SIGTERM), `-n COUNT`
 //! records, or with `--exit-at-end` the end of every partition; then it commits and
-//! leaves the group.
+//! leaves the group. Each partition is fetched from its leader (in a cluster each broker
+//! serves only the partitions it leads); one whose leader moved is read from the next.
 //!
 //! Output: `--format` is a template with `{key}`, `{value}`, `{partition}`, `{offset}`,
 //! `{timestamp}`, `{headers}` and `{topic}` (default, and `text`: `{value}`), or `json` for one JSON
@@ -26,6 +27,7 @@ use kafka_protocol::ResponseError;
 use serde_json::json;
 use spate_engine::batch::BatchHeader;
 use spate_net::client::member::Member;
+use spate_net::client::route::{leader_moved, Partition, Router};
 use spate_net::client::Client;
 
 use crate::client_args::{connect_to, failure, say};
@@ -36,6 +38,8 @@ const FETCH_PARTITION_BYTES: i32 = 1 << 20;
 const FETCH_BYTES: i32 = 8 << 20;
 /// How long a fetch waits for data; also bounds how late a heartbeat or Ctrl-C is seen.
 const FETCH_WAIT_MS: i32 = 500;
+/// Pause before asking for the leaders again after a partition's leader moved.
+const LEADER_REFRESH_PAUSE: Duration = Duration::from_millis(200);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 
@@ -203,29 +207,81 @@ fn complete_batches(mut records: Bytes) -> Vec<Bytes> {
     out
 }
 
-/// Fetches once from every partition at its position; prints and advances. Returns
-/// whether every partition is at its end.
+/// Fetches once from every partition at its position, from each partition's leader;
+/// prints and advances. Returns whether every partition is at its end.
 fn fetch_once(
-    client: &mut Client,
+    router: &mut Router,
     version: i16,
-    positions: &mut BTreeMap<(String, i32), i64>,
+    positions: &mut BTreeMap<Partition, i64>,
     printer: &mut Printer,
 ) -> Result<bool, String> {
-    let request = spate_net::client::lookup::fetch_request(
-        positions.iter().map(|((t, p), o)| (t.as_str(), *p, *o)),
-        FETCH_WAIT_MS,
-        FETCH_BYTES,
-        FETCH_PARTITION_BYTES,
-    );
-    let answered = client.send(version, &request).map_err(|e| e.to_string())?;
-    if answered.error_code != 0 {
-        return Err(failure("fetch failed", answered.error_code));
+    let groups: Vec<(String, Vec<(Partition, i64)>)> = router
+        .by_leader(positions.iter())
+        .into_iter()
+        .map(|(leader, group)| {
+            (
+                leader,
+                group.into_iter().map(|(k, o)| (k.clone(), *o)).collect(),
+            )
+        })
+        .collect();
+    // Each leader waits its share, so that a pass over idle partitions takes
+    // FETCH_WAIT_MS whatever the number of leaders.
+    let wait = FETCH_WAIT_MS / groups.len().max(1) as i32;
+    let (mut at_end, mut moved) = (true, false);
+    for (leader, asked) in groups {
+        let request = spate_net::client::lookup::fetch_request(
+            asked.iter().map(|((t, p), o)| (t.as_str(), *p, *o)),
+            wait,
+            FETCH_BYTES,
+            FETCH_PARTITION_BYTES,
+        );
+        let answered = router
+            .client(&leader)?
+            .send(version, &request)
+            .map_err(|e| e.to_string())?;
+        if answered.error_code != 0 {
+            return Err(failure("fetch failed", answered.error_code));
+        }
+        match take_answer(&answered, positions, printer)? {
+            Taken::Done => return Ok(true),
+            Taken::Read { end, leader_moved } => {
+                at_end &= end;
+                moved |= leader_moved;
+            }
+        }
     }
-    let mut at_end = true;
+    if moved {
+        // Leaders are being chosen: ask again shortly, not in a busy loop.
+        std::thread::sleep(LEADER_REFRESH_PAUSE);
+        router.refresh()?;
+    }
+    Ok(at_end && !moved)
+}
+
+/// What one leader's fetch answer gave.
+enum Taken {
+    /// The record count asked for is printed.
+    Done,
+    /// `end`: every partition answered is at its end.
+    Read { end: bool, leader_moved: bool },
+}
+
+/// Prints the records of one fetch answer and advances the positions.
+fn take_answer(
+    answered: &kafka_protocol::messages::FetchResponse,
+    positions: &mut BTreeMap<Partition, i64>,
+    printer: &mut Printer,
+) -> Result<Taken, String> {
+    let (mut at_end, mut moved) = (true, false);
     for topic in &answered.responses {
         let name = topic.topic.to_string();
         for p in &topic.partitions {
             let key = (name.clone(), p.partition_index);
+            if leader_moved(p.error_code) {
+                moved = true;
+                continue;
+            }
             if p.error_code != 0 {
                 return Err(failure(
                     &format!("cannot read {name}-{}", p.partition_index),
@@ -244,7 +300,7 @@ fn fetch_once(
                 let from = *position;
                 for record in set.records.iter().filter(|r| r.offset >= from) {
                     if printer.done() {
-                        return Ok(true);
+                        return Ok(Taken::Done);
                     }
                     *position = record.offset + 1;
                     if !record.control {
@@ -260,7 +316,10 @@ fn fetch_once(
             }
         }
     }
-    Ok(at_end)
+    Ok(Taken::Read {
+        end: at_end,
+        leader_moved: moved,
+    })
 }
 
 pub fn run(args: &ConsumeArgs) -> Result<(), String> {
@@ -299,8 +358,9 @@ pub fn run(args: &ConsumeArgs) -> Result<(), String> {
                 }
             }
             let mut positions = starts(&mut client, args, &partitions)?;
+            let mut router = Router::new(client, &args.topics)?;
             while !STOP.load(Ordering::Relaxed) && !printer.done() {
-                let at_end = fetch_once(&mut client, version, &mut positions, &mut printer)?;
+                let at_end = fetch_once(&mut router, version, &mut positions, &mut printer)?;
                 if at_end && args.exit_at_end {
                     break;
                 }
@@ -309,7 +369,7 @@ pub fn run(args: &ConsumeArgs) -> Result<(), String> {
         }
         Some(group) => consume_in_group(
             Member::join(connect_to(&address)?, group, &args.topics)?,
-            &mut client,
+            &mut Router::new(client, &args.topics)?,
             version,
             args,
             &mut printer,
@@ -350,13 +410,13 @@ impl Positions for Member {
 /// Consumes as a member of a group until told to stop; then commits and leaves.
 fn consume_in_group(
     (mut member, assigned): (Member, BTreeSet<(String, i32)>),
-    client: &mut Client,
+    router: &mut Router,
     version: i16,
     args: &ConsumeArgs,
     printer: &mut Printer,
 ) -> Result<(), String> {
     {
-        let mut positions = member.positions(client, args, &assigned)?;
+        let mut positions = member.positions(router.bootstrap(), args, &assigned)?;
         let (mut last_commit, mut last_beat) = (Instant::now(), Instant::now());
         let outcome = loop {
             if STOP.load(Ordering::Relaxed) || printer.done() {
@@ -366,7 +426,7 @@ fn consume_in_group(
                 std::thread::sleep(Duration::from_millis(FETCH_WAIT_MS as u64));
                 true
             } else {
-                match fetch_once(client, version, &mut positions, printer) {
+                match fetch_once(router, version, &mut positions, printer) {
                     Ok(at_end) => at_end,
                     Err(e) => break Err(e),
                 }
@@ -385,7 +445,7 @@ fn consume_in_group(
                     Some(ResponseError::RebalanceInProgress) => {
                         member.commit(&positions)?;
                         let assigned = member.rejoin()?;
-                        positions = member.positions(client, args, &assigned)?;
+                        positions = member.positions(router.bootstrap(), args, &assigned)?;
                     }
                     Some(e) => {
                         break Err(failure(

@@ -5,12 +5,15 @@
 //! partition Kafka's Java client would pick (murmur2 of the key), unkeyed ones fill a
 //! batch per partition in turn; `--partition` overrides both. Records are sent in
 //! batches of up to `BATCH_RECORDS_MAX` records or `BATCH_BYTES_MAX` bytes per partition,
-//! one request at a time. A summary (records, bytes, rate) goes to stderr at the end, or
+//! one request per partition leader at a time (in a cluster each broker takes only the
+//! partitions it leads; a batch refused because its leader moved goes again to the next
+//! one, up to `LEADER_RETRIES` times). A summary (records, bytes, rate) goes to stderr at the end, or
 //! with `--format json` to stdout as `{"topic", "records", "bytes", "seconds"}`.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
@@ -23,7 +26,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use spate_bench::workload::Codec;
-use spate_net::client::Client;
+use spate_net::client::route::{leader_moved, Partition, Router};
 
 use crate::client_args::{failure, key_value, print_json, ClientArgs, Format};
 use spate_net::client::lookup::{partitions_of, topic_name};
@@ -32,6 +35,10 @@ use spate_net::client::lookup::{partitions_of, topic_name};
 const BATCH_RECORDS_MAX: usize = 1000;
 /// Most key and value bytes in one batch (well under Kafka's default `max.message.bytes`).
 const BATCH_BYTES_MAX: usize = 512 * 1024;
+/// How often a batch refused because its partition's leader moved is sent again, and
+/// the pause before each time (as a Kafka producer's `retries` and `retry.backoff.ms`).
+const LEADER_RETRIES: u32 = 10;
+const LEADER_RETRY_BACKOFF: Duration = Duration::from_millis(300);
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
@@ -64,7 +71,7 @@ struct Pending {
 }
 
 struct Sender<'a> {
-    client: Client,
+    router: Router,
     version: i16,
     topic: &'a str,
     acks: i16,
@@ -75,7 +82,7 @@ struct Sender<'a> {
 
 impl Sender<'_> {
     fn send(&mut self, pending: &mut Pending) -> Result<(), String> {
-        let mut partition_data = Vec::new();
+        let mut batches = BTreeMap::new();
         for (p, records) in pending.batches.iter_mut().enumerate() {
             if records.is_empty() {
                 continue;
@@ -91,48 +98,84 @@ impl Sender<'_> {
             self.sent_bytes += pending.bytes[p] as u64;
             records.clear();
             pending.bytes[p] = 0;
-            partition_data.push(
-                PartitionProduceData::default()
-                    .with_index(p as i32)
-                    .with_records(Some(buf.freeze())),
-            );
+            batches.insert((self.topic.to_string(), p as i32), buf.freeze());
         }
-        if partition_data.is_empty() {
-            return Ok(());
+        for attempt in 0..=LEADER_RETRIES {
+            if batches.is_empty() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                std::thread::sleep(LEADER_RETRY_BACKOFF);
+                self.router.refresh()?;
+            }
+            batches = self.send_to_leaders(&batches)?;
         }
-        let request = ProduceRequest::default()
-            .with_transactional_id(None)
-            .with_acks(self.acks)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(self.topic))
-                .with_partition_data(partition_data)]);
-        if self.acks == 0 {
-            return self
-                .client
-                .send_without_response(self.version, &request)
-                .map_err(|e| e.to_string());
-        }
-        let answered = self
-            .client
-            .send(self.version, &request)
-            .map_err(|e| e.to_string())?;
-        for topic in &answered.responses {
-            for p in &topic.partition_responses {
-                if p.error_code != 0 {
-                    let detail = p
-                        .error_message
-                        .as_ref()
-                        .map(|m| format!(": {}", m.as_str()))
-                        .unwrap_or_default();
-                    return Err(failure(
-                        &format!("could not produce to {}-{}{detail}", self.topic, p.index),
-                        p.error_code,
-                    ));
+        let stuck: Vec<String> = batches.keys().map(|(t, p)| format!("{t}-{p}")).collect();
+        Err(format!(
+            "could not produce to {}: the leader kept moving ({LEADER_RETRIES} tries)",
+            stuck.join(", ")
+        ))
+    }
+
+    /// Sends each batch to its partition's leader; returns those refused because the
+    /// leader moved.
+    fn send_to_leaders(
+        &mut self,
+        batches: &BTreeMap<Partition, Bytes>,
+    ) -> Result<BTreeMap<Partition, Bytes>, String> {
+        let mut moved = BTreeMap::new();
+        for (leader, group) in self.router.by_leader(batches) {
+            let partition_data = group
+                .iter()
+                .map(|((_, p), bytes)| {
+                    PartitionProduceData::default()
+                        .with_index(*p)
+                        .with_records(Some(Bytes::clone(bytes)))
+                })
+                .collect();
+            let request = ProduceRequest::default()
+                .with_transactional_id(None)
+                .with_acks(self.acks)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(topic_name(self.topic))
+                    .with_partition_data(partition_data)]);
+            let client = self.router.client(&leader)?;
+            if self.acks == 0 {
+                client
+                    .send_without_response(self.version, &request)
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
+            let answered = client
+                .send(self.version, &request)
+                .map_err(|e| e.to_string())?;
+            for p in answered
+                .responses
+                .iter()
+                .flat_map(|t| &t.partition_responses)
+            {
+                let key = (self.topic.to_string(), p.index);
+                match (p.error_code, batches.get(&key)) {
+                    (0, _) => {}
+                    (code, Some(batch)) if leader_moved(code) => {
+                        moved.insert(key, batch.clone());
+                    }
+                    (code, _) => {
+                        let detail = p
+                            .error_message
+                            .as_ref()
+                            .map(|m| format!(": {}", m.as_str()))
+                            .unwrap_or_default();
+                        return Err(failure(
+                            &format!("could not produce to {}-{}{detail}", self.topic, p.index),
+                            code,
+                        ));
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(moved)
     }
 }
 
@@ -169,7 +212,7 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
         .version(ApiKey::Produce, (3, 9))
         .map_err(|e| e.to_string())?;
     let mut sender = Sender {
-        client,
+        router: Router::new(client, std::slice::from_ref(&args.topic))?,
         version,
         topic: &args.topic,
         acks: if args.acks == "all" {

@@ -79,3 +79,8 @@ fn every_replica_of_a_compacted_topic_cleans_and_a_new_leader_serves_the_same_ta
 fn a_broker_away_while_its_topic_was_recreated_does_not_serve_the_old_records() {
     run("recreated-topic");
 }
+
+#[test]
+fn spate_produce_and_consume_route_each_partition_to_its_leader() {
+    run("cli-tools");
+}

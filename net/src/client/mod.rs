@@ -23,6 +23,7 @@ pub mod errors;
 pub mod lookup;
 pub mod member;
 pub mod partitioner;
+pub mod route;
 
 /// A connection to one broker.
 #[derive(Debug)]

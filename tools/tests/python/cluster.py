@@ -55,6 +55,7 @@ printed on failure. Every broker is killed when the script exits, however it exi
 """
 
 import collections
+import json
 import ctypes
 import os
 import signal
@@ -1060,9 +1061,59 @@ def recreated_topic(cluster):
     return 0
 
 
+def cli_tools(cluster):
+    """`spate produce` and `spate consume`, each given one broker of the cluster, on a topic
+    whose partitions have leaders on different brokers: each partition's records must go to
+    and come from its leader (the others answer NOT_LEADER_OR_FOLLOWER), as Kafka's console
+    tools do. Every keyed line written is read back exactly once, in its key's partition."""
+    cluster.start(NODE_IDS)
+    cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
+    spate = cluster.brokers[NODE_IDS[0]].binary
+    first, second = (f"127.0.0.1:{cluster.brokers[n].port}" for n in NODE_IDS[:2])
+
+    def tool(*args, stdin=None):
+        done = subprocess.run([spate, *args], input=stdin, capture_output=True, timeout=60)
+        if done.returncode != 0:
+            fail(f"spate {' '.join(args[:2])} failed: {done.stderr.decode(errors='replace').strip()}")
+        return done.stdout.decode()
+
+    def leaders():
+        """The leaders of the topic's partitions, once every partition has one."""
+        try:
+            described = json.loads(tool("topic", "describe", "tools", "--brokers", first, "--format", "json"))
+        except Failure as e:
+            cluster.probe_error = str(e)
+            return None
+        found = [p.get("leader") for p in described["partitions"]]
+        return found if len(found) == 3 and all(isinstance(n, int) and n >= 0 for n in found) else None
+
+    # One replica each, placed round robin: the leaders are on three brokers. (With three
+    # replicas each, the first elections may all be won on one broker.)
+    tool("topic", "create", "tools", "--partitions", "3", "--replicas", "1", "--brokers", first)
+    found = cluster.wait_for("a leader for each partition of tools", ISR_TIMEOUT, leaders)
+    if len(set(found)) < 2:
+        fail(f"the partitions' leaders are all on one broker ({found}): nothing to route")
+    lines = "".join(f"key-{i}:value-{i}\n" for i in range(300)).encode()
+    tool("produce", "tools", "--brokers", first, "--key-separator", ":", stdin=lines)
+    read = tool("consume", "tools", "--brokers", second, "--from-beginning", "--exit-at-end",
+                "--format", "{partition} {key} {value}").split("\n")
+    records = [line.split(" ") for line in read if line]
+    by_key = collections.defaultdict(set)
+    for partition, key, _ in records:
+        by_key[key].add(partition)
+    values = sorted(value for _, _, value in records)
+    if values != sorted(f"value-{i}" for i in range(300)) or any(len(ps) != 1 for ps in by_key.values()):
+        fail(f"read {len(records)} records, {len(set(values))} distinct values of 300; keys in "
+             f"several partitions: {[k for k, ps in by_key.items() if len(ps) > 1][:EXAMPLES_MAX]}")
+    counts = collections.Counter(partition for partition, _, _ in records)
+    print(f"cluster.py cli-tools ok: leaders {found}; 300 records written through broker "
+          f"{NODE_IDS[0]} and read through broker {NODE_IDS[1]}, by partition {dict(counts)}")
+    return 0
+
+
 SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
              "group-failover": group_failover, "delete-records": delete_records, "compaction": compaction,
-             "recreated-topic": recreated_topic}
+             "recreated-topic": recreated_topic, "cli-tools": cli_tools}
 
 
 def run(cluster, scenario):
@@ -1119,7 +1170,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"cluster.py {scenario}: terminated"))
     cluster = Cluster(binary, workdir)
     try:
-        if scenario in ("compaction", "recreated-topic"):
+        if scenario in ("compaction", "recreated-topic", "cli-tools"):
             return SCENARIOS[scenario](cluster)
         return run(cluster, scenario)
     except (Failure, KafkaException) as error:
