@@ -1013,10 +1013,12 @@ def recreated_topic(cluster):
     leader = cluster.wait_for(f"a leader and three in-sync replicas for {TOPIC}", ISR_TIMEOUT,
                               cluster.full_isr).leader
     away = next(n for n in NODE_IDS if n != leader)
-    producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 5,
-                         "message.timeout.ms": MESSAGE_TIMEOUT_MS})
 
     def write(prefix, count):
+        # A producer of its own, which never creates the topic: one left over from the old
+        # records would create it again by asking for its metadata after the delete.
+        producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 5,
+                             "message.timeout.ms": MESSAGE_TIMEOUT_MS, "allow.auto.create.topics": False})
         acked, errors = [], []
 
         def report(error, message):
