@@ -62,14 +62,19 @@ fn shard_cores(pid: u32) -> Vec<String> {
         if !name.starts_with("spate-shard-") {
             continue;
         }
-        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
-        let allowed = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .expect("a task status lists its cores");
-        cores.push(allowed.trim().to_string());
+        cores.push(cpus_allowed(&task.join("status")));
     }
     cores
+}
+
+/// The `Cpus_allowed_list` of a `/proc` status file.
+fn cpus_allowed(status: &Path) -> String {
+    let status = std::fs::read_to_string(status).unwrap_or_default();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("a status lists its cores");
+    allowed.trim().to_string()
 }
 
 /// Brokers sharing a machine give each their own cores: `--cpuset 0` pins both shards
@@ -89,13 +94,7 @@ fn cpuset_pins_shards_to_the_cores_listed() {
     );
     assert!(terminate(child).status.success());
     let child = start(&data, port, &["--cpuset", "none"]);
-    let process = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let process = process
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let process = cpus_allowed(Path::new(&format!("/proc/{}/status", child.id())));
     let free = shard_cores(child.id());
     assert!(
         free.len() >= 2 && free.iter().all(|c| *c == process),

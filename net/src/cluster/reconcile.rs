@@ -149,18 +149,24 @@ async fn reconcile(
         }
     }
     for (tp, want) in &wanted {
-        let recorded = node.shard.local(tp).ok().and_then(|log| log.topic_id());
-        let outcome = match present.contains(tp) {
-            // Deleted and created again between two passes: the replica is the old topic's.
-            true if recorded.is_some_and(|id| id != want.topic_id) => {
-                tracing::warn!(partition = %tp, "replacing the replica of a deleted topic of the same name");
-                match remove(node, cluster, tp).await {
-                    Ok(()) => add(node, cluster, tp, want).await,
-                    Err(e) => Err(e),
-                }
+        let stale = node
+            .shard
+            .local(tp)
+            .ok()
+            .and_then(|log| log.topic_id())
+            .is_some_and(|id| id != want.topic_id);
+        let outcome = if stale {
+            // Deleted and created again, while this broker was down or between two
+            // passes: the partition here, replicated or only on disk, is the old topic's.
+            tracing::warn!(partition = %tp, "replacing the partition of a deleted topic of the same name");
+            match remove(node, cluster, tp).await {
+                Ok(()) => add(node, cluster, tp, want).await,
+                Err(e) => Err(e),
             }
-            true => update_configs(node, tp, &want.configs, state).await,
-            false => add(node, cluster, tp, want).await,
+        } else if present.contains(tp) {
+            update_configs(node, tp, &want.configs, state).await
+        } else {
+            add(node, cluster, tp, want).await
         };
         match outcome {
             Ok(()) => {
@@ -183,16 +189,15 @@ async fn add(
     want: &Wanted,
 ) -> Result<(), String> {
     let log = match node.shard.local(tp) {
-        Ok(log) if log.topic_id().is_some_and(|id| id != want.topic_id) => {
-            tracing::warn!(partition = %tp, "deleting what is left of a deleted topic of the same name");
+        Ok(log) => log,
+        Err(EngineError::UnknownPartition(_)) => {
+            let config = topic_config::partition_config(&want.configs).map_err(|(_, m)| m)?;
             node.shard
-                .delete_partition(tp.clone())
+                .create_partition(tp.clone(), config)
                 .await
                 .map_err(|e| e.to_string())?;
-            create(node, tp, &want.configs).await?
+            node.shard.local(tp).map_err(|e| e.to_string())?
         }
-        Ok(log) => log,
-        Err(EngineError::UnknownPartition(_)) => create(node, tp, &want.configs).await?,
         Err(e) => return Err(e.to_string()),
     };
     if log.topic_id().is_none() {
@@ -209,19 +214,6 @@ async fn add(
         .map_err(|e| e.to_string())?;
     tracing::info!(partition = %tp, replicas = ?want.replicas, "replicating partition");
     Ok(())
-}
-
-async fn create(
-    node: &Node,
-    tp: &TopicPartition,
-    configs: &[(String, String)],
-) -> Result<spate_engine::PartitionLog, String> {
-    let config = topic_config::partition_config(configs).map_err(|(_, m)| m)?;
-    node.shard
-        .create_partition(tp.clone(), config)
-        .await
-        .map_err(|e| e.to_string())?;
-    node.shard.local(tp).map_err(|e| e.to_string())
 }
 
 async fn remove(node: &Node, cluster: &Cluster, tp: &TopicPartition) -> Result<(), String> {
