@@ -20,6 +20,14 @@ pub enum NetError {
     Unreachable { address: String, reason: String },
 }
 
+impl NetError {
+    /// Whether the error is the connection's (refused, reset, closed, timed out), so
+    /// that another connection, maybe to another broker, may succeed.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, NetError::Io(_) | NetError::Unreachable { .. })
+    }
+}
+
 impl From<glommio::GlommioError<()>> for NetError {
     fn from(e: glommio::GlommioError<()>) -> Self {
         NetError::Io(e.into())

@@ -27,11 +27,10 @@ use kafka_protocol::ResponseError;
 use serde_json::json;
 use spate_engine::batch::BatchHeader;
 use spate_net::client::member::Member;
-use spate_net::client::route::{leader_moved, Partition, Router};
-use spate_net::client::Client;
+use spate_net::client::route::{leader_moved, Partition, Router, FOLLOW_LEADERS};
 
 use crate::client_args::{connect_to, failure, say};
-use spate_net::client::lookup::{offsets_at, partitions_of, EARLIEST, LATEST};
+use spate_net::client::lookup::{partitions_of, EARLIEST, LATEST};
 
 /// Bytes asked for per partition and per fetch.
 const FETCH_PARTITION_BYTES: i32 = 1 << 20;
@@ -98,7 +97,7 @@ fn catch_signals() {
 
 /// Where each partition starts when nothing was committed.
 fn starts(
-    client: &mut Client,
+    router: &mut Router,
     args: &ConsumeArgs,
     partitions: &BTreeSet<(String, i32)>,
 ) -> Result<BTreeMap<(String, i32), i64>, String> {
@@ -109,8 +108,8 @@ fn starts(
         let ms = crate::group::parse_rfc3339(time).ok_or_else(|| {
             format!("invalid time \"{time}\": expected RFC 3339, e.g. 2026-01-02T03:04:05Z")
         })?;
-        let at = offsets_at(client, partitions, ms)?;
-        let ends = offsets_at(client, partitions, LATEST)?;
+        let at = router.offsets_at(partitions, ms, FOLLOW_LEADERS)?;
+        let ends = router.offsets_at(partitions, LATEST, FOLLOW_LEADERS)?;
         return Ok(at
             .into_iter()
             .map(|(tp, o)| {
@@ -120,14 +119,18 @@ fn starts(
             .collect());
     }
     match (args.offset.as_deref(), args.from_beginning) {
-        (Some("earliest"), _) | (None, true) => offsets_at(client, partitions, EARLIEST),
-        (Some("latest"), _) | (None, false) => offsets_at(client, partitions, LATEST),
+        (Some("earliest"), _) | (None, true) => {
+            router.offsets_at(partitions, EARLIEST, FOLLOW_LEADERS)
+        }
+        (Some("latest"), _) | (None, false) => {
+            router.offsets_at(partitions, LATEST, FOLLOW_LEADERS)
+        }
         (Some(n), _) => {
             let n: i64 = n.parse().map_err(|_| {
                 format!("invalid offset \"{n}\": expected a number, earliest or latest")
             })?;
-            let first = offsets_at(client, partitions, EARLIEST)?;
-            let last = offsets_at(client, partitions, LATEST)?;
+            let first = router.offsets_at(partitions, EARLIEST, FOLLOW_LEADERS)?;
+            let last = router.offsets_at(partitions, LATEST, FOLLOW_LEADERS)?;
             Ok(partitions
                 .iter()
                 .map(|tp| (tp.clone(), n.clamp(first[tp], last[tp])))
@@ -236,10 +239,11 @@ fn fetch_once(
             FETCH_BYTES,
             FETCH_PARTITION_BYTES,
         );
-        let answered = router
-            .client(&leader)?
-            .send(version, &request)
-            .map_err(|e| e.to_string())?;
+        let Some(answered) = router.send(&leader, version, &request)? else {
+            // The leader's broker is gone: ask where the partitions went.
+            moved = true;
+            continue;
+        };
         if answered.error_code != 0 {
             return Err(failure("fetch failed", answered.error_code));
         }
@@ -357,8 +361,8 @@ pub fn run(args: &ConsumeArgs) -> Result<(), String> {
                     return Err(format!("no partition {p} in {}", args.topics.join(", ")));
                 }
             }
-            let mut positions = starts(&mut client, args, &partitions)?;
             let mut router = Router::new(client, &args.topics)?;
+            let mut positions = starts(&mut router, args, &partitions)?;
             while !STOP.load(Ordering::Relaxed) && !printer.done() {
                 let at_end = fetch_once(&mut router, version, &mut positions, &mut printer)?;
                 if at_end && args.exit_at_end {
@@ -381,7 +385,7 @@ pub fn run(args: &ConsumeArgs) -> Result<(), String> {
 trait Positions {
     fn positions(
         &mut self,
-        client: &mut Client,
+        router: &mut Router,
         args: &ConsumeArgs,
         assigned: &BTreeSet<(String, i32)>,
     ) -> Result<BTreeMap<(String, i32), i64>, String>;
@@ -391,7 +395,7 @@ impl Positions for Member {
     /// Positions of `assigned`: committed offsets, else the chosen start.
     fn positions(
         &mut self,
-        client: &mut Client,
+        router: &mut Router,
         args: &ConsumeArgs,
         assigned: &BTreeSet<(String, i32)>,
     ) -> Result<BTreeMap<(String, i32), i64>, String> {
@@ -401,7 +405,7 @@ impl Positions for Member {
             .filter(|tp| !committed.contains_key(*tp))
             .cloned()
             .collect();
-        let mut positions = starts(client, args, &missing)?;
+        let mut positions = starts(router, args, &missing)?;
         positions.extend(committed);
         Ok(positions)
     }
@@ -416,7 +420,7 @@ fn consume_in_group(
     printer: &mut Printer,
 ) -> Result<(), String> {
     {
-        let mut positions = member.positions(router.bootstrap(), args, &assigned)?;
+        let mut positions = member.positions(router, args, &assigned)?;
         let (mut last_commit, mut last_beat) = (Instant::now(), Instant::now());
         let outcome = loop {
             if STOP.load(Ordering::Relaxed) || printer.done() {
@@ -445,7 +449,7 @@ fn consume_in_group(
                     Some(ResponseError::RebalanceInProgress) => {
                         member.commit(&positions)?;
                         let assigned = member.rejoin()?;
-                        positions = member.positions(router.bootstrap(), args, &assigned)?;
+                        positions = member.positions(router, args, &assigned)?;
                     }
                     Some(e) => {
                         break Err(failure(

@@ -6,17 +6,27 @@
 //! batch per partition in turn; `--partition` overrides both. Records are sent in
 //! batches of up to `BATCH_RECORDS_MAX` records or `BATCH_BYTES_MAX` bytes per partition,
 //! one request per partition leader at a time (in a cluster each broker takes only the
-//! partitions it leads; a batch refused because its leader moved goes again to the next
-//! one, up to `LEADER_RETRIES` times). A summary (records, bytes, rate) goes to stderr at the end, or
-//! with `--format json` to stdout as `{"topic", "records", "bytes", "seconds"}`.
+//! partitions it leads). What is read is sent as soon as the input has no more lines
+//! ready, so lines typed or piped in slowly go out one by one.
+//!
+//! A batch refused because its leader moved, or whose leader's broker cannot be reached,
+//! goes again to the leader the metadata names next, for up to `route::FOLLOW_LEADERS`.
+//! With acks=all the producer is idempotent (as Kafka's is by default): it takes a
+//! producer id and numbers its batches, so a batch sent again after its leader died,
+//! which that leader may have written already, is written once. With acks=1 or 0, or
+//! `--no-idempotence`, such a batch may be written twice.
+//!
+//! A summary (records, bytes, rate) goes to stderr at the end, or with `--format json`
+//! to stdout as `{"topic", "records", "bytes", "seconds"}`.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
+use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
@@ -25,8 +35,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use kafka_protocol::ResponseError;
 use spate_bench::workload::Codec;
-use spate_net::client::route::{leader_moved, Partition, Router};
+use spate_net::client::route::{leader_moved, Partition, Router, FOLLOW_LEADERS};
 
 use crate::client_args::{failure, key_value, print_json, ClientArgs, Format};
 use spate_net::client::lookup::{partitions_of, topic_name};
@@ -35,10 +46,9 @@ use spate_net::client::lookup::{partitions_of, topic_name};
 const BATCH_RECORDS_MAX: usize = 1000;
 /// Most key and value bytes in one batch (well under Kafka's default `max.message.bytes`).
 const BATCH_BYTES_MAX: usize = 512 * 1024;
-/// How often a batch refused because its partition's leader moved is sent again, and
-/// the pause before each time (as a Kafka producer's `retries` and `retry.backoff.ms`).
-const LEADER_RETRIES: u32 = 10;
-const LEADER_RETRY_BACKOFF: Duration = Duration::from_millis(300);
+/// Bytes of input read at a time; the input is known to have nothing more ready when
+/// this buffer is empty.
+const INPUT_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
@@ -54,6 +64,9 @@ pub struct ProduceArgs {
     acks: String,
     #[arg(long, value_enum, default_value_t = Codec::None)]
     compression: Codec,
+    /// Do not number batches (idempotence needs acks=all, and is on by default with it).
+    #[arg(long)]
+    no_idempotence: bool,
     /// Send every record to this partition.
     #[arg(long)]
     partition: Option<i32>,
@@ -76,6 +89,9 @@ struct Sender<'a> {
     topic: &'a str,
     acks: i16,
     compression: Compression,
+    /// The producer id and epoch, and each partition's next sequence number, if
+    /// idempotent.
+    idempotent: Option<(i64, i16, Vec<i32>)>,
     sent_records: u64,
     sent_bytes: u64,
 }
@@ -86,6 +102,9 @@ impl Sender<'_> {
         for (p, records) in pending.batches.iter_mut().enumerate() {
             if records.is_empty() {
                 continue;
+            }
+            if let Some((id, epoch, sequences)) = &mut self.idempotent {
+                number(records, *id, *epoch, &mut sequences[p]);
             }
             let mut buf = BytesMut::new();
             let options = RecordEncodeOptions {
@@ -100,25 +119,27 @@ impl Sender<'_> {
             pending.bytes[p] = 0;
             batches.insert((self.topic.to_string(), p as i32), buf.freeze());
         }
-        for attempt in 0..=LEADER_RETRIES {
+        let patience = FOLLOW_LEADERS;
+        for attempt in 0..=patience.retries {
             if batches.is_empty() {
                 return Ok(());
             }
             if attempt > 0 {
-                std::thread::sleep(LEADER_RETRY_BACKOFF);
+                std::thread::sleep(patience.backoff);
                 self.router.refresh()?;
             }
             batches = self.send_to_leaders(&batches)?;
         }
         let stuck: Vec<String> = batches.keys().map(|(t, p)| format!("{t}-{p}")).collect();
         Err(format!(
-            "could not produce to {}: the leader kept moving ({LEADER_RETRIES} tries)",
-            stuck.join(", ")
+            "could not produce to {}: no leader took it ({} tries)",
+            stuck.join(", "),
+            patience.retries + 1
         ))
     }
 
     /// Sends each batch to its partition's leader; returns those refused because the
-    /// leader moved.
+    /// leader moved or whose leader could not be reached.
     fn send_to_leaders(
         &mut self,
         batches: &BTreeMap<Partition, Bytes>,
@@ -140,16 +161,23 @@ impl Sender<'_> {
                 .with_topic_data(vec![TopicProduceData::default()
                     .with_name(topic_name(self.topic))
                     .with_partition_data(partition_data)]);
-            let client = self.router.client(&leader)?;
+            let unreached = |moved: &mut BTreeMap<Partition, Bytes>| {
+                moved.extend(group.iter().map(|(k, b)| ((*k).clone(), Bytes::clone(b))));
+            };
             if self.acks == 0 {
-                client
-                    .send_without_response(self.version, &request)
-                    .map_err(|e| e.to_string())?;
+                if self
+                    .router
+                    .send_without_response(&leader, self.version, &request)?
+                    .is_none()
+                {
+                    unreached(&mut moved);
+                }
                 continue;
             }
-            let answered = client
-                .send(self.version, &request)
-                .map_err(|e| e.to_string())?;
+            let Some(answered) = self.router.send(&leader, self.version, &request)? else {
+                unreached(&mut moved);
+                continue;
+            };
             for p in answered
                 .responses
                 .iter()
@@ -179,21 +207,62 @@ impl Sender<'_> {
     }
 }
 
+/// Gives `records` (one batch) producer id `id`, `epoch` and the sequence numbers from
+/// `next` on, and advances `next` past them (wrapping, as Kafka's sequences do).
+fn number(records: &mut [Record], id: i64, epoch: i16, next: &mut i32) {
+    for record in records.iter_mut() {
+        record.producer_id = id;
+        record.producer_epoch = epoch;
+        record.sequence = next.wrapping_add(record.offset as i32);
+    }
+    *next = next.wrapping_add(records.len() as i32);
+}
+
+/// A producer id and epoch from the broker, for an idempotent producer.
+fn producer_id(router: &mut Router) -> Result<(i64, i16), String> {
+    let version = router.version(ApiKey::InitProducerId, (0, 4))?;
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(i32::MAX);
+    for attempt in 0..=FOLLOW_LEADERS.retries {
+        if attempt > 0 {
+            std::thread::sleep(FOLLOW_LEADERS.backoff);
+            router.refresh()?;
+        }
+        let Some(answer) = router.send(&router.any_broker(), version, &request)? else {
+            continue;
+        };
+        match answer.error_code {
+            0 => return Ok((answer.producer_id.0, answer.producer_epoch)),
+            // Producer-id blocks come from the controller, which may be being chosen.
+            code if code == ResponseError::CoordinatorNotAvailable.code() => continue,
+            code => return Err(failure("could not get a producer id", code)),
+        }
+    }
+    Err(format!(
+        "could not get a producer id: no broker had one to give ({} tries)",
+        FOLLOW_LEADERS.retries + 1
+    ))
+}
+
 pub fn run(args: &ProduceArgs) -> Result<(), String> {
     let headers = args
         .headers
         .iter()
         .map(|h| key_value(h, "header"))
         .collect::<Result<Vec<_>, _>>()?;
-    let (input, size): (Box<dyn BufRead>, Option<u64>) = match &args.file {
+    let (input, size): (Box<dyn Read>, Option<u64>) = match &args.file {
         Some(path) => {
             let file = std::fs::File::open(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let size = file.metadata().map(|m| m.len()).ok();
-            (Box::new(std::io::BufReader::new(file)), size)
+            (Box::new(file), size)
         }
-        None => (Box::new(std::io::stdin().lock()), None),
+        None => (Box::new(std::io::stdin()), None),
     };
+    // A file never keeps the reader waiting; stdin may, and what was read is sent first.
+    let interactive = args.file.is_none();
+    let mut input = BufReader::with_capacity(INPUT_BUFFER_BYTES, input);
     // Only a file has a known size to show progress against.
     let progress = size.map_or_else(indicatif::ProgressBar::hidden, |s| {
         crate::progress::bar(s, "bytes")
@@ -211,15 +280,24 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
     let version = client
         .version(ApiKey::Produce, (3, 9))
         .map_err(|e| e.to_string())?;
+    let acks = if args.acks == "all" {
+        -1
+    } else {
+        args.acks.parse().expect("clap checked it")
+    };
+    let mut router = Router::new(client, std::slice::from_ref(&args.topic))?;
+    let idempotent = if acks == -1 && !args.no_idempotence {
+        let (id, epoch) = producer_id(&mut router)?;
+        Some((id, epoch, vec![0; partitions as usize]))
+    } else {
+        None
+    };
     let mut sender = Sender {
-        router: Router::new(client, std::slice::from_ref(&args.topic))?,
+        router,
         version,
         topic: &args.topic,
-        acks: if args.acks == "all" {
-            -1
-        } else {
-            args.acks.parse().expect("clap checked it")
-        },
+        acks,
+        idempotent,
         compression: match args.compression {
             Codec::None => Compression::None,
             Codec::Gzip => Compression::Gzip,
@@ -236,8 +314,20 @@ pub fn run(args: &ProduceArgs) -> Result<(), String> {
     };
     let started = Instant::now();
     let mut sticky = 0;
-    for (number, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read line {}: {e}", number + 1))?;
+    let mut line = String::new();
+    for number in 0u64.. {
+        if interactive && input.buffer().is_empty() {
+            sender.send(&mut pending)?;
+        }
+        line.clear();
+        let read = input
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read line {}: {e}", number + 1))?;
+        if read == 0 {
+            break;
+        }
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        let line = line.strip_suffix('\r').unwrap_or(line).to_string();
         progress.inc(line.len() as u64 + 1);
         let (key, value) = match &args.key_separator {
             Some(sep) => match line.split_once(sep.as_str()) {

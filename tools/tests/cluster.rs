@@ -8,8 +8,10 @@
 //! twice keeps consuming, and never resumes below an acknowledged commit. A compacted
 //! topic is cleaned by every replica, a follower catches up from its leader's cleaned
 //! log, and a new leader serves the same table. DeleteRecords is refused by followers,
-//! and the log start it sets at the leader holds after a failover. The scenarios and the
-//! checker are `python/cluster.py`.
+//! and the log start it sets at the leader holds after a failover. `spate produce` and
+//! `spate consume` route each partition to its leader, and carry on, writing and
+//! printing every line once, when the leader they were both given is killed. The
+//! scenarios and the checker are `python/cluster.py`.
 
 use std::path::Path;
 use std::process::Command;
@@ -83,4 +85,9 @@ fn a_broker_away_while_its_topic_was_recreated_does_not_serve_the_old_records() 
 #[test]
 fn spate_produce_and_consume_route_each_partition_to_its_leader() {
     run("cli-tools");
+}
+
+#[test]
+fn spate_produce_and_consume_follow_the_leader_when_its_broker_is_killed() {
+    run("cli-failover");
 }

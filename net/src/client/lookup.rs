@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::errors::failure;
+use super::route::leaders_in;
 use super::Client;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
@@ -15,8 +16,8 @@ use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
-use kafka_protocol::messages::MetadataResponse;
 use kafka_protocol::messages::{ApiKey, BrokerId, GroupId, TopicName};
+use kafka_protocol::messages::{ListOffsetsResponse, MetadataResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
@@ -30,7 +31,8 @@ pub fn topic_name(topic: &str) -> TopicName {
 
 /// The offset of each partition at `timestamp`; every partition asked for is in the
 /// answer, or this is an error. (LATEST, EARLIEST or a time in ms). Each partition is
-/// asked of its leader, as brokers of a cluster answer only for what they lead.
+/// asked of its leader, as brokers of a cluster answer only for what they lead; for a
+/// session that must follow leaders as they move, `route::Router::offsets_at`.
 pub fn offsets_at(
     client: &mut Client,
     partitions: &BTreeSet<(String, i32)>,
@@ -38,34 +40,29 @@ pub fn offsets_at(
 ) -> Result<BTreeMap<(String, i32), i64>, String> {
     let topics: BTreeSet<String> = partitions.iter().map(|(t, _)| t.clone()).collect();
     let metadata = metadata_of(client, &topics.into_iter().collect::<Vec<_>>())?;
-    let addresses = broker_addresses(&metadata);
-    let leaders: BTreeMap<(String, i32), &String> = metadata
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-        .filter_map(|(t, p)| {
-            Some((
-                (name_of(t), p.partition_index),
-                addresses.get(&p.leader_id.0)?,
-            ))
-        })
-        .collect();
+    let leaders = leaders_in(&metadata, &broker_addresses(&metadata));
     let mut by_leader: BTreeMap<String, BTreeSet<(String, i32)>> = BTreeMap::new();
     for key in partitions {
         // No leader known (or no such partition): the broker at hand says why.
         let leader = leaders
             .get(key)
-            .map_or_else(|| client.address().to_string(), |a| a.to_string());
+            .map_or_else(|| client.address().to_string(), String::clone);
         by_leader.entry(leader).or_default().insert(key.clone());
     }
+    let version = client
+        .version(ApiKey::ListOffsets, (1, 7))
+        .map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     for (leader, asked) in &by_leader {
-        if leader == client.address() {
-            out.extend(offsets_from(client, asked, timestamp)?);
+        let request = offsets_request(asked, timestamp);
+        let answer = if leader == client.address() {
+            client.send(version, &request)
         } else {
             let mut other = client.connect_like(leader).map_err(|e| e.to_string())?;
-            out.extend(offsets_from(&mut other, asked, timestamp)?);
-        }
+            other.send(version, &request)
+        };
+        let (found, _) = read_offsets(&answer.map_err(|e| e.to_string())?, |_| false)?;
+        out.extend(found);
     }
     // Callers index the answer by every partition they asked for.
     if let Some((topic, p)) = partitions.iter().find(|tp| !out.contains_key(*tp)) {
@@ -85,15 +82,8 @@ pub fn broker_addresses(metadata: &MetadataResponse) -> BTreeMap<i32, String> {
         .collect()
 }
 
-/// `offsets_at` for partitions that `client`'s broker leads.
-fn offsets_from(
-    client: &mut Client,
-    partitions: &BTreeSet<(String, i32)>,
-    timestamp: i64,
-) -> Result<BTreeMap<(String, i32), i64>, String> {
-    let version = client
-        .version(ApiKey::ListOffsets, (1, 7))
-        .map_err(|e| e.to_string())?;
+/// A ListOffsets request (a consumer's) for `partitions` at `timestamp`.
+pub fn offsets_request(partitions: &BTreeSet<(String, i32)>, timestamp: i64) -> ListOffsetsRequest {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (topic, p) in partitions {
         by_topic.entry(topic).or_default().push(*p);
@@ -114,42 +104,59 @@ fn offsets_from(
                 )
         })
         .collect();
-    let answered = client
-        .send(
-            version,
-            &ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(topics),
-        )
-        .map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
+    ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(topics)
+}
+
+/// The offsets a ListOffsets answer gives, and the partitions refused with an error
+/// `retry` accepts (a leader that moved); any other error is this one.
+pub fn read_offsets(
+    answered: &ListOffsetsResponse,
+    retry: impl Fn(i16) -> bool,
+) -> Result<OffsetsRead, String> {
+    let (mut found, mut refused) = (BTreeMap::new(), BTreeSet::new());
     for topic in &answered.topics {
         for p in &topic.partitions {
-            if p.error_code != 0 {
-                return Err(failure(
-                    &format!(
-                        "could not read the offsets of {}-{}",
-                        topic.name.as_str(),
-                        p.partition_index
-                    ),
-                    p.error_code,
-                ));
+            let key = (topic.name.to_string(), p.partition_index);
+            match p.error_code {
+                0 => {
+                    found.insert(key, p.offset);
+                }
+                code if retry(code) => {
+                    refused.insert(key);
+                }
+                code => {
+                    return Err(failure(
+                        &format!(
+                            "could not read the offsets of {}-{}",
+                            topic.name.as_str(),
+                            p.partition_index
+                        ),
+                        code,
+                    ))
+                }
             }
-            out.insert((topic.name.to_string(), p.partition_index), p.offset);
         }
     }
-    Ok(out)
+    Ok((found, refused))
 }
+
+/// Offsets found, and partitions to ask again.
+pub type OffsetsRead = (BTreeMap<(String, i32), i64>, BTreeSet<(String, i32)>);
 
 /// The broker's Metadata answer for `topics`, asked so that it creates none of them.
 pub fn metadata_of(client: &mut Client, topics: &[String]) -> Result<MetadataResponse, String> {
-    let version = client
-        .version(ApiKey::Metadata, (1, 9))
-        .map_err(|e| e.to_string())?;
-    let version = version.max(4);
-    client
-        .send(version, &metadata_request(topics))
-        .map_err(|e| e.to_string())
+    ask_metadata(client, topics).map_err(|e| e.to_string())
+}
+
+/// `metadata_of`, telling a broken connection from other errors.
+pub fn ask_metadata(
+    client: &mut Client,
+    topics: &[String],
+) -> crate::error::Result<MetadataResponse> {
+    let version = client.version(ApiKey::Metadata, (1, 9))?.max(4);
+    client.send(version, &metadata_request(topics))
 }
 
 /// A Metadata request (v4 or later) for `topics`, asked so that it creates none of them

@@ -88,6 +88,16 @@ impl Client {
         &self.address
     }
 
+    /// The client id this client sends.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// How long a read or write on this connection waits.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Every API the broker offers: (key, min version, max version), by key.
     pub fn api_versions(&self) -> Vec<(i16, i16, i16)> {
         let mut all: Vec<_> = self

@@ -63,6 +63,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -98,6 +99,9 @@ COMMIT_TIMEOUT = 30
 EXAMPLES_MAX = 5
 NOT_LEADER_OR_FOLLOWER = 6  # Kafka's error code
 LOG_TAIL_LINES = 40
+TOOL_TIMEOUT = 60  # seconds a `spate` command of a scenario may take
+FAILOVER_LINES = 600
+FAILOVER_LINE_INTERVAL = 0.005  # seconds between lines written to `spate produce`
 # What a follower's broker logs when it starts over at its leader's log start.
 RESTARTED_LINE = "restarted the log at the leader's log start"
 
@@ -1063,6 +1067,14 @@ def recreated_topic(cluster):
     return 0
 
 
+def spate_tool(spate, *args, stdin=None):
+    """Runs `spate ARGS` to the end; its stdout, or a failure with its stderr."""
+    done = subprocess.run([spate, *args], input=stdin, capture_output=True, timeout=TOOL_TIMEOUT)
+    if done.returncode != 0:
+        fail(f"spate {' '.join(args[:2])} failed: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout.decode()
+
+
 def cli_tools(cluster):
     """`spate produce` and `spate consume`, each given one broker of the cluster, on a topic
     whose partitions have leaders on different brokers: each partition's records must go to
@@ -1074,10 +1086,7 @@ def cli_tools(cluster):
     first, second = (f"127.0.0.1:{cluster.brokers[n].port}" for n in NODE_IDS[:2])
 
     def tool(*args, stdin=None):
-        done = subprocess.run([spate, *args], input=stdin, capture_output=True, timeout=60)
-        if done.returncode != 0:
-            fail(f"spate {' '.join(args[:2])} failed: {done.stderr.decode(errors='replace').strip()}")
-        return done.stdout.decode()
+        return spate_tool(spate, *args, stdin=stdin)
 
     def leaders():
         """The leaders of the topic's partitions, once every partition has one."""
@@ -1113,9 +1122,96 @@ def cli_tools(cluster):
     return 0
 
 
+def cli_failover(cluster):
+    """`spate produce` and `spate consume`, both given the broker that leads the partition,
+    keep going when that broker is killed: they find the new leader through the other
+    brokers. Lines are written every few ms across the kill, so a batch may be in flight
+    when its leader dies; with acks=all the producer is idempotent, so a batch sent again
+    is written once. Every line must be in the log exactly once, in the order written,
+    and the consumer that followed the partition across the kill must print each once."""
+    cluster.start(NODE_IDS)
+    cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
+    spate = cluster.brokers[NODE_IDS[0]].binary
+    topic = "failover"
+    spate_tool(spate, "topic", "create", topic, "--partitions", "1", "--replicas", "3",
+               "--brokers", f"127.0.0.1:{cluster.brokers[NODE_IDS[0]].port}")
+
+    def in_sync():
+        """The partition's leader once it has one and all three replicas are in sync."""
+        serving = cluster.serving_ids()[0]
+        try:
+            described = json.loads(spate_tool(spate, "topic", "describe", topic, "--brokers",
+                                              f"127.0.0.1:{cluster.brokers[serving].port}", "--format", "json"))
+        except Failure as e:
+            cluster.probe_error = str(e)
+            return None
+        p = described["partitions"][0]
+        return p["leader"] if p["leader"] in NODE_IDS and sorted(p["isr"]) == list(NODE_IDS) else None
+
+    leader = cluster.wait_for(f"a leader and three in-sync replicas for {topic}", ISR_TIMEOUT, in_sync)
+    at = f"127.0.0.1:{cluster.brokers[leader].port}"
+    consumer = subprocess.Popen([spate, "consume", topic, "--brokers", at, "--from-beginning",
+                                 "--count", str(FAILOVER_LINES), "--format", "{offset} {value}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+    producer = subprocess.Popen([spate, "produce", topic, "--brokers", at], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+    printed = []
+    reading = threading.Thread(target=lambda: printed.extend(line.decode().rstrip("\n") for line in consumer.stdout))
+    reading.start()
+
+    def write_lines():
+        for i in range(FAILOVER_LINES):
+            producer.stdin.write(f"line-{i:05d}\n".encode())
+            producer.stdin.flush()
+            time.sleep(FAILOVER_LINE_INTERVAL)
+        producer.stdin.close()
+
+    writing = threading.Thread(target=write_lines)
+    writing.start()
+    # Lines reach the consumer while stdin is still open: the producer sends as it reads.
+    cluster.wait_for("the consumer printing a third of the lines, before the kill", READ_TIMEOUT,
+                     lambda: True if len(printed) >= FAILOVER_LINES // 3 else None)
+    cluster.kill([leader])
+    started = time.monotonic()
+    writing.join()
+    outcomes = {}
+    for name, process in (("produce", producer), ("consume", consumer)):
+        try:
+            process.wait(timeout=TOOL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        outcomes[name] = (process.returncode, process.stderr.read().decode(errors="replace").strip())
+    reading.join()
+    failed = {name: outcome for name, outcome in outcomes.items() if outcome[0] != 0}
+    if failed:
+        fail(f"after broker {leader} (the leader, and the broker given) was killed: {failed}")
+    written = [f"line-{i:05d}" for i in range(FAILOVER_LINES)]
+    followed = [line.split(" ", 1) for line in printed]
+    # Offsets rise but need not be dense here: a new leader marks its term with a batch
+    # of its own, which consumers skip.
+    offsets = [int(o) for o, _ in followed]
+    if [v for _, v in followed] != written or offsets != sorted(set(offsets)):
+        fail(f"the consumer that followed the kill printed {len(followed)} lines, not the {FAILOVER_LINES} "
+             f"lines in order at rising offsets; first differences: "
+             f"{[(i, f) for i, f in enumerate(followed) if i >= len(written) or f[1] != written[i]][:EXAMPLES_MAX]}")
+    survivor = f"127.0.0.1:{cluster.brokers[cluster.serving_ids()[0]].port}"
+    log = spate_tool(spate, "consume", topic, "--brokers", survivor, "--from-beginning", "--exit-at-end").split()
+    if log != written:
+        counts = collections.Counter(log)
+        fail(f"the log holds {len(log)} lines for {FAILOVER_LINES} written: duplicated "
+             f"{[v for v, n in counts.items() if n > 1][:EXAMPLES_MAX]}, missing "
+             f"{[v for v in written if v not in counts][:EXAMPLES_MAX]}")
+    print(f"cluster.py cli-failover ok: broker {leader} (leader, and the broker both tools were given) "
+          f"killed once {FAILOVER_LINES // 3} of {FAILOVER_LINES} lines were consumed; both tools done "
+          f"{time.monotonic() - started:.1f} s after the kill; every line once, in order, in the log and "
+          f"in the consumer's output")
+    return 0
+
+
 SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
              "group-failover": group_failover, "delete-records": delete_records, "compaction": compaction,
-             "recreated-topic": recreated_topic, "cli-tools": cli_tools}
+             "recreated-topic": recreated_topic, "cli-tools": cli_tools, "cli-failover": cli_failover}
 
 
 def run(cluster, scenario):
@@ -1172,7 +1268,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"cluster.py {scenario}: terminated"))
     cluster = Cluster(binary, workdir)
     try:
-        if scenario in ("compaction", "recreated-topic", "cli-tools"):
+        if scenario in ("compaction", "recreated-topic", "cli-tools", "cli-failover"):
             return SCENARIOS[scenario](cluster)
         return run(cluster, scenario)
     except (Failure, KafkaException) as error:
