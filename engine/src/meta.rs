@@ -5,9 +5,10 @@
 //!      0     4  magic "SPTM"
 //!      4     1  kind (1 partition meta, 2 recovery checkpoint, 3 topic catalog,
 //!                  4 producer snapshot, 5 leader-epoch checkpoint)
-//!      5     1  format version (1; 3 for partition meta: version 2 added compaction's
-//!                  configs, version 3 the topic id; older files are still read, with
-//!                  those configs at their defaults and no topic id)
+//!      5     1  format version (1; 4 for partition meta: version 2 added compaction's
+//!                  configs, version 3 the topic id, version 4 the metadata offset it
+//!                  was seen at; older files are still read, with those configs at
+//!                  their defaults and no topic id or offset)
 //!      6     2  reserved, zero
 //!      8     4  payload length, little-endian
 //!     12     4  CRC-32C of the payload, little-endian
@@ -33,7 +34,7 @@ const MAGIC: &[u8; 4] = b"SPTM";
 /// The format version each kind is written in.
 fn version(kind: FileKind) -> u8 {
     match kind {
-        FileKind::PartitionMeta => 3,
+        FileKind::PartitionMeta => 4,
         _ => 1,
     }
 }
@@ -71,6 +72,20 @@ pub struct PartitionMeta {
     /// the same name has a new id, so a partition left on a broker that was down
     /// meanwhile is known for what it is. `None` in files of earlier versions.
     pub topic_id: Option<[u8; 16]>,
+    /// An offset of the cluster metadata log whose image named this partition's topic
+    /// with `topic_id`. An image applied to this offset or later that names no such
+    /// topic comes after the topic was deleted. `None` in files of earlier versions.
+    pub topic_seen_at: Option<i64>,
+}
+
+/// `partition.meta` as format version 3 wrote it.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionMetaV3 {
+    pub topic: String,
+    pub partition: i32,
+    pub shard: ShardId,
+    pub config: PartitionConfig,
+    pub topic_id: Option<[u8; 16]>,
 }
 
 /// `partition.meta` as format version 2 wrote it.
@@ -96,6 +111,16 @@ pub fn decode_partition_meta(bytes: &[u8]) -> Option<PartitionMeta> {
     if let Some(meta) = decode(FileKind::PartitionMeta, bytes) {
         return Some(meta);
     }
+    if let Some(v3) = decode_version::<PartitionMetaV3>(FileKind::PartitionMeta, 3, bytes) {
+        return Some(PartitionMeta {
+            topic: v3.topic,
+            partition: v3.partition,
+            shard: v3.shard,
+            config: v3.config,
+            topic_id: v3.topic_id,
+            topic_seen_at: None,
+        });
+    }
     if let Some(v2) = decode_version::<PartitionMetaV2>(FileKind::PartitionMeta, 2, bytes) {
         return Some(PartitionMeta {
             topic: v2.topic,
@@ -103,6 +128,7 @@ pub fn decode_partition_meta(bytes: &[u8]) -> Option<PartitionMeta> {
             shard: v2.shard,
             config: v2.config,
             topic_id: None,
+            topic_seen_at: None,
         });
     }
     let v1: PartitionMetaV1 = decode_version(FileKind::PartitionMeta, 1, bytes)?;
@@ -112,6 +138,7 @@ pub fn decode_partition_meta(bytes: &[u8]) -> Option<PartitionMeta> {
         shard: v1.shard,
         config: v1.config.into(),
         topic_id: None,
+        topic_seen_at: None,
     })
 }
 
@@ -209,6 +236,7 @@ mod tests {
             shard: ShardId(1),
             config: PartitionConfig::default(),
             topic_id: Some([7; 16]),
+            topic_seen_at: Some(41),
         };
         let bytes = encode(FileKind::PartitionMeta, &meta);
         assert_eq!(
@@ -218,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn partition_meta_of_format_versions_1_and_2_reads_with_defaults_and_no_topic_id() {
+    fn partition_meta_of_format_versions_1_to_3_reads_with_defaults_and_what_they_held() {
         let v1 = PartitionMetaV1 {
             topic: "t".into(),
             partition: 2,
@@ -251,12 +279,23 @@ mod tests {
         bytes[5] = 2;
         let read = decode_partition_meta(&bytes).expect("a version 2 file reads");
         assert_eq!((read.config.clone(), read.topic_id), (v2.config, None));
-        let current = PartitionMeta {
+        let v3 = PartitionMetaV3 {
+            topic: read.topic.clone(),
+            partition: read.partition,
+            shard: read.shard,
+            config: read.config.clone(),
             topic_id: Some([1; 16]),
+        };
+        let mut bytes = encode(FileKind::PartitionMeta, &v3);
+        bytes[5] = 3;
+        let read = decode_partition_meta(&bytes).expect("a version 3 file reads");
+        assert_eq!((read.topic_id, read.topic_seen_at), (Some([1; 16]), None));
+        let current = PartitionMeta {
+            topic_seen_at: Some(9),
             ..read
         };
         let bytes = encode(FileKind::PartitionMeta, &current);
-        assert_eq!(bytes[5], 3);
+        assert_eq!(bytes[5], 4);
         assert_eq!(decode_partition_meta(&bytes), Some(current));
     }
 

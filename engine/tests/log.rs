@@ -396,6 +396,26 @@ fn config_changes_are_persisted_and_applied() {
     });
 }
 
+#[test]
+fn the_topic_id_and_the_metadata_offset_it_was_seen_at_are_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let log = create(&root, Default::default()).await;
+        assert_eq!((log.topic_id(), log.topic_seen_at()), (None, None));
+        log.set_topic([3; 16], 42).await.unwrap();
+        let config = log.config();
+        log.close().await.unwrap();
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(
+            (log.topic_id(), log.topic_seen_at()),
+            (Some([3; 16]), Some(42))
+        );
+        assert_eq!(log.config(), config, "the other fields are kept");
+        log.close().await.unwrap();
+    });
+}
+
 /// An idempotent producer's batch: `count` records from sequence `sequence`.
 fn producer_batch(sequence: i32, count: i32) -> bytes::BytesMut {
     let mut b = batch(count, 500, 0);

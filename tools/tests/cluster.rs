@@ -8,7 +8,9 @@
 //! twice keeps consuming, and never resumes below an acknowledged commit. A compacted
 //! topic is cleaned by every replica, a follower catches up from its leader's cleaned
 //! log, and a new leader serves the same table. DeleteRecords is refused by followers,
-//! and the log start it sets at the leader holds after a failover. `spate produce` and
+//! and the log start it sets at the leader holds after a failover. A broker down while
+//! one topic is deleted and another deleted and created again deletes the first's
+//! partition and serves none of the second's old records. `spate produce` and
 //! `spate consume` route each partition to its leader, and carry on, writing and
 //! printing every line once, when the leader they were both given is killed. The
 //! scenarios and the checker are `python/cluster.py`.
@@ -78,7 +80,7 @@ fn every_replica_of_a_compacted_topic_cleans_and_a_new_leader_serves_the_same_ta
 }
 
 #[test]
-fn a_broker_away_while_its_topic_was_recreated_does_not_serve_the_old_records() {
+fn a_broker_away_while_topics_were_deleted_or_recreated_keeps_none_of_their_records() {
     run("recreated-topic");
 }
 

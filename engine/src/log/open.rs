@@ -72,6 +72,7 @@ impl PartitionLog {
             shard: shard.shard,
             config,
             topic_id: None,
+            topic_seen_at: None,
         };
         let made = async {
             file::write_atomic(
@@ -260,9 +261,20 @@ impl PartitionLog {
         self.0.state.borrow().meta.topic_id
     }
 
-    /// Records the id of the topic this partition belongs to, persisting it first.
-    pub async fn set_topic_id(&self, id: [u8; 16]) -> Result<()> {
-        self.rewrite_meta(|meta| meta.topic_id = Some(id)).await
+    /// The cluster metadata offset at which the topic was seen with `topic_id`, if
+    /// recorded.
+    pub fn topic_seen_at(&self) -> Option<i64> {
+        self.0.state.borrow().meta.topic_seen_at
+    }
+
+    /// Records the id of the topic this partition belongs to, and an offset of the
+    /// cluster metadata log whose image named it so, persisting them first.
+    pub async fn set_topic(&self, id: [u8; 16], seen_at: i64) -> Result<()> {
+        self.rewrite_meta(|meta| {
+            meta.topic_id = Some(id);
+            meta.topic_seen_at = Some(seen_at);
+        })
+        .await
     }
 
     /// Changes `partition.meta` with `change`, writing it atomically before the new

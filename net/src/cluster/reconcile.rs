@@ -3,17 +3,20 @@
 //! applies changed topic configs, and reports its partitions' leadership to the other
 //! shards when it changes.
 //!
-//! A replica is removed (and its partition deleted) only when an image drops a
-//! partition this shard added from an earlier image in this run: images only move
-//! forward, so that means the topic was deleted. A partition on disk that the image
-//! does not name is left alone (and served by nobody): after a restart the image may
-//! still be catching up, and deleting it then would lose data.
+//! Each replicated partition records its topic's id, and an offset of the metadata log
+//! whose image named the topic with that id (`partition.meta`). Images only move
+//! forward, so a partition is deleted when:
+//! - an image drops a partition this shard added from an earlier image in this run;
+//! - its recorded id is not its topic's in the image: it belongs to a topic of the same
+//!   name that was deleted and created again, while this broker was down or between two
+//!   passes. It is created again empty, so its records never pass for the new topic's;
+//! - it is on disk, unreplicated, and an image applied to its recorded offset or later
+//!   names no topic with its id: the topic was deleted while this broker was down.
 //!
-//! Each replicated partition records its topic's id (`partition.meta`). A partition whose
-//! recorded id is not its topic's in the image belongs to a topic of the same name that
-//! was deleted and created again, while this broker was down or between two passes: it
-//! is deleted and created empty, so its records never pass for the new topic's. A
-//! partition written before ids were recorded takes the image's id as it is.
+//! Any other partition on disk that the image does not name is left alone (and served
+//! by nobody): after a restart the image may still be catching up, and deleting it then
+//! would lose data. A partition written before ids and offsets were recorded takes the
+//! image's when it is next added.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -148,6 +151,19 @@ async fn reconcile(
             complete = false;
         }
     }
+    for tp in node
+        .shard
+        .local_partitions()
+        .iter()
+        .filter(|tp| !wanted.contains_key(*tp) && !present.contains(*tp))
+        .filter(|tp| topic_deleted(node, image, tp))
+    {
+        tracing::warn!(partition = %tp, "deleting the partition of a topic deleted while this broker was down");
+        if let Err(e) = remove(node, cluster, tp).await {
+            tracing::warn!(partition = %tp, error = %e, "could not delete a deleted topic's partition");
+            complete = false;
+        }
+    }
     for (tp, want) in &wanted {
         let stale = node
             .shard
@@ -160,13 +176,13 @@ async fn reconcile(
             // passes: the partition here, replicated or only on disk, is the old topic's.
             tracing::warn!(partition = %tp, "replacing the partition of a deleted topic of the same name");
             match remove(node, cluster, tp).await {
-                Ok(()) => add(node, cluster, tp, want).await,
+                Ok(()) => add(node, cluster, tp, want, image.applied).await,
                 Err(e) => Err(e),
             }
         } else if present.contains(tp) {
             update_configs(node, tp, &want.configs, state).await
         } else {
-            add(node, cluster, tp, want).await
+            add(node, cluster, tp, want, image.applied).await
         };
         match outcome {
             Ok(()) => {
@@ -181,12 +197,27 @@ async fn reconcile(
     complete
 }
 
-/// Opens (creating if needed) and replicates a partition this shard owns.
+/// Whether `tp`, on disk here, belongs to a topic that `image` shows deleted: it
+/// recorded its topic's id and a metadata offset where that topic was seen, and the
+/// image, applied to that offset or later, has no topic of its name with that id.
+fn topic_deleted(node: &Node, image: &MetadataImage, tp: &TopicPartition) -> bool {
+    let Ok(log) = node.shard.local(tp) else {
+        return false;
+    };
+    let (Some(id), Some(seen_at)) = (log.topic_id(), log.topic_seen_at()) else {
+        return false;
+    };
+    image.applied >= seen_at && image.topics.get(&*tp.topic).is_none_or(|t| t.id != id)
+}
+
+/// Opens (creating if needed) and replicates a partition this shard owns; `applied` is
+/// the offset of the image that names it.
 async fn add(
     node: &Node,
     cluster: &Cluster,
     tp: &TopicPartition,
     want: &Wanted,
+    applied: i64,
 ) -> Result<(), String> {
     let log = match node.shard.local(tp) {
         Ok(log) => log,
@@ -200,8 +231,8 @@ async fn add(
         }
         Err(e) => return Err(e.to_string()),
     };
-    if log.topic_id().is_none() {
-        log.set_topic_id(want.topic_id)
+    if log.topic_id().is_none() || log.topic_seen_at().is_none() {
+        log.set_topic(want.topic_id, applied)
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -70,6 +70,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 TOPIC = "chk"
+GONE_TOPIC = "gone"  # deleted while a broker is down, and not created again
 NODE_IDS = (1, 2, 3)
 
 # The producer offers this many values a second; after a blocking call it catches up by at
@@ -460,14 +461,14 @@ class Cluster:
 
     # Set-up.
 
-    def create_topic(self, configs=None):
-        topic = NewTopic(TOPIC, num_partitions=1, replication_factor=3, config=configs or {})
-        self.admin_until_done(f"creating topic {TOPIC}", KafkaError.TOPIC_ALREADY_EXISTS,
-                              lambda admin: admin.create_topics([topic], request_timeout=5)[TOPIC])
+    def create_topic(self, configs=None, name=TOPIC):
+        topic = NewTopic(name, num_partitions=1, replication_factor=3, config=configs or {})
+        self.admin_until_done(f"creating topic {name}", KafkaError.TOPIC_ALREADY_EXISTS,
+                              lambda admin: admin.create_topics([topic], request_timeout=5)[name])
 
-    def delete_topic(self):
-        self.admin_until_done(f"deleting topic {TOPIC}", KafkaError.UNKNOWN_TOPIC_OR_PART,
-                              lambda admin: admin.delete_topics([TOPIC], request_timeout=5)[TOPIC])
+    def delete_topic(self, name=TOPIC):
+        self.admin_until_done(f"deleting topic {name}", KafkaError.UNKNOWN_TOPIC_OR_PART,
+                              lambda admin: admin.delete_topics([name], request_timeout=5)[name])
 
     def admin_until_done(self, what, done_before, request):
         """Sends `request(admin)` until it succeeds, or fails with `done_before` (an earlier
@@ -1006,13 +1007,15 @@ def partition_holds(broker, needle):
 
 
 def recreated_topic(cluster):
-    """TOPIC deleted and created again under the same name while a follower was down. The
-    follower, back, must not take what it held of the old topic for the new one's records
-    (both start at offset 0, in the same leader epochs): it must become an in-sync replica
-    of the new topic holding its records and none of the old one's, and a reader must get
-    exactly the new records."""
+    """TOPIC deleted and created again under the same name while a follower was down, and
+    GONE_TOPIC deleted and not created again. The follower, back, must not take what it
+    held of the old topic for the new one's records (both start at offset 0, in the same
+    leader epochs): it must become an in-sync replica of the new topic holding its records
+    and none of the old one's, and a reader must get exactly the new records. It must
+    delete its partition of GONE_TOPIC, which no broker serves any more."""
     cluster.start(NODE_IDS)
     cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
+    cluster.create_topic(name=GONE_TOPIC)
     cluster.create_topic()
     leader = cluster.wait_for(f"a leader and three in-sync replicas for {TOPIC}", ISR_TIMEOUT,
                               cluster.full_isr).leader
@@ -1042,11 +1045,15 @@ def recreated_topic(cluster):
     write("old", 300)
     cluster.wait_for(f"broker {away} holding the old records", ISR_TIMEOUT,
                      lambda: partition_holds(cluster.brokers[away], b"old-0299") or None)
+    gone_dir = os.path.join(cluster.brokers[away].data_dir, f"{GONE_TOPIC}-0")
+    cluster.wait_for(f"broker {away} holding a partition of {GONE_TOPIC}", ISR_TIMEOUT,
+                     lambda: os.path.isdir(gone_dir) or None)
     cluster.kill([away])
     cluster.delete_topic()  # The broker killed may have been the controller.
+    cluster.delete_topic(GONE_TOPIC)
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
-    cluster.wait_for(f"{TOPIC} gone", CREATE_TIMEOUT,
-                     lambda: TOPIC not in admin.list_topics(timeout=2).topics or None)
+    cluster.wait_for(f"{TOPIC} and {GONE_TOPIC} gone", CREATE_TIMEOUT,
+                     lambda: not {TOPIC, GONE_TOPIC} & set(admin.list_topics(timeout=2).topics) or None)
     cluster.create_topic()
     cluster.start([away])
     cluster.wait_for(f"the new {TOPIC} with three in-sync replicas, broker {away} back", ISR_TIMEOUT,
@@ -1054,6 +1061,11 @@ def recreated_topic(cluster):
     new = write("new", 120)
     cluster.wait_for(f"broker {away} holding the new records", ISR_TIMEOUT,
                      lambda: partition_holds(cluster.brokers[away], b"new-0119") or None)
+    cluster.wait_for(f"broker {away} deleting its partition of {GONE_TOPIC}", ISR_TIMEOUT,
+                     lambda: not os.path.exists(gone_dir) or None)
+    kept = [n for n in NODE_IDS if os.path.exists(os.path.join(cluster.brokers[n].data_dir, f"{GONE_TOPIC}-0"))]
+    if kept:
+        fail(f"brokers {kept} still hold a partition of the deleted {GONE_TOPIC}")
     stale = [n for n in NODE_IDS if partition_holds(cluster.brokers[n], b"old-")]
     records = read_partition(cluster.bootstrap, new[-1][0] + 1)[2]
     if stale or [r for r in records if not r[1].startswith(b"new-")] or len(records) != len(new):
@@ -1063,7 +1075,7 @@ def recreated_topic(cluster):
         deleted = "deleted topic of the same name" in log.read()
     print(f"cluster.py recreated-topic ok: broker {away} away while {TOPIC} was re-created; "
           f"{len(new)} new records read, no old one on any broker; its log says it replaced the "
-          f"old topic's partition: {deleted}")
+          f"old topic's partition: {deleted}; it deleted its partition of {GONE_TOPIC}, deleted meanwhile")
     return 0
 
 
