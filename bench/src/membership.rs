@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kafka_protocol::ResponseError;
 use spate_net::client::errors::failure;
-use spate_net::client::member::Member;
+use spate_net::client::member::{must_rejoin, Member};
 
 use crate::setup;
 
@@ -117,7 +116,7 @@ impl Membership {
             beat = Instant::now();
             match member.heartbeat()? {
                 0 => {}
-                code if code == ResponseError::RebalanceInProgress.code() => {
+                code if must_rejoin(code) => {
                     let partitions = member.rejoin()?;
                     self.publish(member.generation(), partitions);
                 }

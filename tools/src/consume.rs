@@ -23,10 +23,9 @@ use bytes::Bytes;
 use clap::Args;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::records::RecordBatchDecoder;
-use kafka_protocol::ResponseError;
 use serde_json::json;
 use spate_engine::batch::BatchHeader;
-use spate_net::client::member::Member;
+use spate_net::client::member::{must_rejoin, Member};
 use spate_net::client::route::{leader_moved, Partition, Router, FOLLOW_LEADERS};
 
 use crate::client_args::{connect_to, failure, say};
@@ -371,13 +370,13 @@ pub fn run(args: &ConsumeArgs) -> Result<(), String> {
             }
             Ok(())
         }
-        Some(group) => consume_in_group(
-            Member::join(connect_to(&address)?, group, &args.topics)?,
-            &mut Router::new(client, &args.topics)?,
-            version,
-            args,
-            &mut printer,
-        ),
+        Some(group) => {
+            // The router first: it learns every broker, so it can carry on without the
+            // one given even if that one dies while the member joins.
+            let mut router = Router::new(client, &args.topics)?;
+            let member = Member::join(connect_to(&router.any_broker())?, group, &args.topics)?;
+            consume_in_group(member, &mut router, version, args, &mut printer)
+        }
     }
 }
 
@@ -444,23 +443,25 @@ fn consume_in_group(
             }
             if last_beat.elapsed() >= HEARTBEAT_INTERVAL {
                 last_beat = Instant::now();
-                match ResponseError::try_from_code(member.heartbeat()?) {
-                    None => {}
-                    Some(ResponseError::RebalanceInProgress) => {
+                match member.heartbeat()? {
+                    0 => {}
+                    code if must_rejoin(code) => {
+                        // Committed first, where the coordinator still takes it, so the
+                        // partitions' next owners start where this member stopped.
                         member.commit(&positions)?;
                         let assigned = member.rejoin()?;
                         positions = member.positions(router, args, &assigned)?;
                     }
-                    Some(e) => {
+                    code => {
                         break Err(failure(
                             &format!("lost the membership of group \"{}\"", member.group()),
-                            e.code(),
+                            code,
                         ))
                     }
                 }
             }
         };
-        let committed = member.commit(&positions);
+        let committed = member.commit_final(&positions);
         member.leave();
         outcome?;
         match committed? {

@@ -12,7 +12,8 @@
 //! one topic is deleted and another deleted and created again deletes the first's
 //! partition and serves none of the second's old records. `spate produce` and
 //! `spate consume` route each partition to its leader, and carry on, writing and
-//! printing every line once, when the leader they were both given is killed. The
+//! printing every line once, when the leader they were both given is killed; `spate
+//! consume --group` carries on across that kill and the kill of its coordinator. The
 //! scenarios and the checker are `python/cluster.py`.
 
 use std::path::Path;
@@ -90,6 +91,6 @@ fn spate_produce_and_consume_route_each_partition_to_its_leader() {
 }
 
 #[test]
-fn spate_produce_and_consume_follow_the_leader_when_its_broker_is_killed() {
+fn spate_produce_and_consume_follow_leaders_and_coordinators_when_their_brokers_are_killed() {
     run("cli-failover");
 }

@@ -17,7 +17,7 @@ use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::{ApiKey, BrokerId, GroupId, TopicName};
-use kafka_protocol::messages::{ListOffsetsResponse, MetadataResponse};
+use kafka_protocol::messages::{ListOffsetsResponse, MetadataResponse, OffsetCommitResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
@@ -217,6 +217,23 @@ pub fn commit_offsets(
     member: &str,
     offsets: &BTreeMap<(String, i32), i64>,
 ) -> Result<i16, String> {
+    let Some(request) = commit_request(group, generation, member, offsets) else {
+        return Ok(0);
+    };
+    let version = client
+        .version(ApiKey::OffsetCommit, (2, 8))
+        .map_err(|e| e.to_string())?;
+    let answered = client.send(version, &request).map_err(|e| e.to_string())?;
+    Ok(first_commit_error(&answered))
+}
+
+/// The OffsetCommit request of `commit_offsets`; `None` if there is nothing to commit.
+pub fn commit_request(
+    group: &str,
+    generation: i32,
+    member: &str,
+    offsets: &BTreeMap<(String, i32), i64>,
+) -> Option<OffsetCommitRequest> {
     let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
     for ((topic, p), offset) in offsets {
         by_topic.entry(topic).or_default().push(
@@ -227,33 +244,35 @@ pub fn commit_offsets(
         );
     }
     if by_topic.is_empty() {
-        return Ok(0);
+        return None;
     }
-    let version = client
-        .version(ApiKey::OffsetCommit, (2, 8))
-        .map_err(|e| e.to_string())?;
-    let request = OffsetCommitRequest::default()
-        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
-        .with_generation_id_or_member_epoch(generation)
-        .with_member_id(StrBytes::from_string(member.to_string()))
-        .with_topics(
-            by_topic
-                .into_iter()
-                .map(|(t, ps)| {
-                    OffsetCommitRequestTopic::default()
-                        .with_name(topic_name(t))
-                        .with_partitions(ps)
-                })
-                .collect(),
-        );
-    let answered = client.send(version, &request).map_err(|e| e.to_string())?;
-    Ok(answered
+    Some(
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(topic_name(t))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            ),
+    )
+}
+
+/// The first error of an OffsetCommit answer, or 0.
+pub fn first_commit_error(answered: &OffsetCommitResponse) -> i16 {
+    answered
         .topics
         .iter()
         .flat_map(|t| &t.partitions)
         .map(|p| p.error_code)
         .find(|c| *c != 0)
-        .unwrap_or(0))
+        .unwrap_or(0)
 }
 
 /// A connection to `group`'s coordinator.

@@ -2,21 +2,33 @@
 //! range assignor. It joins (answering MEMBER_ID_REQUIRED), assigns as leader, syncs,
 //! heartbeats, reads and commits offsets, and leaves. `spate consume --group` and the
 //! benchmark's group consumers use it; the caller decides when to heartbeat and reacts
-//! to REBALANCE_IN_PROGRESS by calling `rejoin`.
+//! to the errors `must_rejoin` names by calling `rejoin`.
+//!
+//! The coordinator may move (its broker died, or its `__consumer_offsets` partition got
+//! another leader): a connection that breaks, or NOT_COORDINATOR or
+//! COORDINATOR_NOT_AVAILABLE, sends the member to ask FindCoordinator of every broker
+//! it knows (the first given and those its metadata named) until one names a
+//! coordinator that answers, for up to `route::FOLLOW_LEADERS`; then it joins again.
+//! The new coordinator may not know the member (group members are not carried over),
+//! which then joins as a new one, as Kafka's consumers do on UNKNOWN_MEMBER_ID.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
 use kafka_protocol::messages::join_group_request::{JoinGroupRequest, JoinGroupRequestProtocol};
 use kafka_protocol::messages::leave_group_request::LeaveGroupRequest;
 use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequest, OffsetFetchRequestTopic};
 use kafka_protocol::messages::sync_group_request::{SyncGroupRequest, SyncGroupRequestAssignment};
-use kafka_protocol::messages::GroupId;
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, GroupId};
+use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::ResponseError;
 
 use super::errors::failure;
-use super::lookup::{commit_offsets, coordinator_of, partitions_of, topic_name};
+use super::lookup::{
+    ask_metadata, broker_addresses, commit_request, first_commit_error, partitions_of, topic_name,
+};
+use super::route::FOLLOW_LEADERS;
 use super::Client;
 use crate::group::consumer_protocol;
 
@@ -28,10 +40,43 @@ pub const REBALANCE_TIMEOUT_MS: i32 = 30_000;
 #[derive(Debug)]
 pub struct Member {
     coordinator: Client,
+    /// Set when the coordinator stopped answering as one: `rejoin` finds it first.
+    coordinator_lost: bool,
+    /// Every broker address known, to find the coordinator again; bounded by the
+    /// brokers the metadata named at join, plus the first given.
+    brokers: Vec<String>,
     group: String,
     topics: Vec<String>,
     id: String,
     generation: i32,
+}
+
+/// Whether a group error means the coordinator moved (or is still loading the group):
+/// it is to be found again, after a pause.
+fn coordinator_moved(code: i16) -> bool {
+    matches!(
+        ResponseError::try_from_code(code),
+        Some(
+            ResponseError::NotCoordinator
+                | ResponseError::CoordinatorNotAvailable
+                | ResponseError::CoordinatorLoadInProgress
+        )
+    )
+}
+
+/// Whether a heartbeat or commit error means the member must join the group again: a
+/// rebalance, a coordinator that moved, or one that no longer knows this member or its
+/// generation.
+pub fn must_rejoin(code: i16) -> bool {
+    coordinator_moved(code)
+        || matches!(
+            ResponseError::try_from_code(code),
+            Some(
+                ResponseError::RebalanceInProgress
+                    | ResponseError::UnknownMemberId
+                    | ResponseError::IllegalGeneration
+            )
+        )
 }
 
 fn group_id(group: &str) -> GroupId {
@@ -79,13 +124,24 @@ impl Member {
     /// Joins `group` through `bootstrap`, subscribed to `topics`; returns the member and
     /// its partitions.
     pub fn join(
-        bootstrap: Client,
+        mut bootstrap: Client,
         group: &str,
         topics: &[String],
     ) -> Result<(Member, BTreeSet<(String, i32)>), String> {
-        let coordinator = coordinator_of(bootstrap, group)?;
+        let first = bootstrap.address().to_string();
+        let metadata = ask_metadata(&mut bootstrap, &[]).map_err(|e| e.to_string())?;
+        let mut brokers = vec![first.clone()];
+        brokers.extend(
+            broker_addresses(&metadata)
+                .into_values()
+                .filter(|a| *a != first),
+        );
+        // The coordinator is found by `rejoin`, which waits for one while it is being
+        // chosen (the first FindCoordinator of a cluster creates `__consumer_offsets`).
         let mut member = Member {
-            coordinator,
+            coordinator: bootstrap,
+            coordinator_lost: true,
+            brokers,
             group: group.to_string(),
             topics: topics.to_vec(),
             id: String::new(),
@@ -104,8 +160,29 @@ impl Member {
         self.generation
     }
 
-    /// Joins (again) and returns this member's partitions.
+    /// Joins (again) and returns this member's partitions; finds the coordinator again
+    /// first if it was lost, and whenever it turns out to have moved.
     pub fn rejoin(&mut self) -> Result<BTreeSet<(String, i32)>, String> {
+        for attempt in 0..=FOLLOW_LEADERS.retries {
+            if self.coordinator_lost {
+                if attempt > 0 {
+                    std::thread::sleep(FOLLOW_LEADERS.backoff);
+                }
+                self.relocate()?;
+            }
+            if let Some(assigned) = self.join_and_sync()? {
+                return Ok(assigned);
+            }
+        }
+        Err(format!(
+            "could not join group \"{}\": its coordinator kept moving ({} tries)",
+            self.group,
+            FOLLOW_LEADERS.retries + 1
+        ))
+    }
+
+    /// One join and sync; `None` if the coordinator moved meanwhile.
+    fn join_and_sync(&mut self) -> Result<Option<BTreeSet<(String, i32)>>, String> {
         let metadata = consumer_protocol::encode_subscription(&self.topics);
         let joined = loop {
             let request = JoinGroupRequest::default()
@@ -117,10 +194,13 @@ impl Member {
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(StrBytes::from_static_str("range"))
                     .with_metadata(metadata.clone())]);
-            let joined = self
-                .coordinator
-                .send(5, &request)
-                .map_err(|e| e.to_string())?;
+            let Some(joined) = self.call(5, &request)? else {
+                return Ok(None);
+            };
+            if coordinator_moved(joined.error_code) {
+                self.coordinator_lost = true;
+                return Ok(None);
+            }
             match ResponseError::try_from_code(joined.error_code) {
                 Some(ResponseError::MemberIdRequired) => self.id = joined.member_id.to_string(),
                 Some(ResponseError::UnknownMemberId) => self.id.clear(),
@@ -168,19 +248,24 @@ impl Member {
         } else {
             Vec::new()
         };
-        let synced = self
-            .coordinator
-            .send(
-                3,
-                &SyncGroupRequest::default()
-                    .with_group_id(group_id(&self.group))
-                    .with_generation_id(self.generation)
-                    .with_member_id(StrBytes::from_string(self.id.clone()))
-                    .with_assignments(assignments),
-            )
-            .map_err(|e| e.to_string())?;
-        if synced.error_code == ResponseError::RebalanceInProgress.code() {
-            return self.rejoin();
+        let request = SyncGroupRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_generation_id(self.generation)
+            .with_member_id(StrBytes::from_string(self.id.clone()))
+            .with_assignments(assignments);
+        let Some(synced) = self.call(3, &request)? else {
+            return Ok(None);
+        };
+        if coordinator_moved(synced.error_code) {
+            self.coordinator_lost = true;
+            return Ok(None);
+        }
+        if must_rejoin(synced.error_code) {
+            // A rebalance began, or this member is no longer known: join again.
+            if synced.error_code == ResponseError::UnknownMemberId.code() {
+                self.id.clear();
+            }
+            return Ok(None);
         }
         if synced.error_code != 0 {
             return Err(failure(
@@ -188,10 +273,98 @@ impl Member {
                 synced.error_code,
             ));
         }
-        Ok(consumer_protocol::assignment_partitions(&synced.assignment)
-            .unwrap_or_default()
-            .into_iter()
-            .collect())
+        Ok(Some(
+            consumer_protocol::assignment_partitions(&synced.assignment)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        ))
+    }
+
+    /// Sends `request` to the coordinator. `Ok(None)`: the connection broke, and the
+    /// coordinator is to be found again.
+    fn call<R: Request>(
+        &mut self,
+        version: i16,
+        request: &R,
+    ) -> Result<Option<R::Response>, String> {
+        match self.coordinator.send(version, request) {
+            Ok(answer) => Ok(Some(answer)),
+            Err(e) if e.is_connection() => {
+                self.coordinator_lost = true;
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `call`, finding the coordinator again while it cannot be reached, for up to
+    /// `FOLLOW_LEADERS`: for requests that need no membership.
+    fn call_wherever<R: Request>(
+        &mut self,
+        version: i16,
+        request: &R,
+    ) -> Result<R::Response, String> {
+        for attempt in 0..=FOLLOW_LEADERS.retries {
+            if self.coordinator_lost {
+                if attempt > 0 {
+                    std::thread::sleep(FOLLOW_LEADERS.backoff);
+                }
+                self.relocate()?;
+            }
+            if let Some(answer) = self.call(version, request)? {
+                return Ok(answer);
+            }
+        }
+        Err(format!(
+            "lost the coordinator of group \"{}\" ({} tries)",
+            self.group,
+            FOLLOW_LEADERS.retries + 1
+        ))
+    }
+
+    /// Finds the coordinator through the brokers known and connects to it.
+    fn relocate(&mut self) -> Result<(), String> {
+        let request =
+            FindCoordinatorRequest::default().with_key(StrBytes::from_string(self.group.clone()));
+        let mut last = String::from("no broker known");
+        for address in self.brokers.clone() {
+            match self.coordinator_via(&address, &request) {
+                Ok(coordinator) => {
+                    self.coordinator = coordinator;
+                    self.coordinator_lost = false;
+                    return Ok(());
+                }
+                Err(e) => last = format!("{address}: {e}"),
+            }
+        }
+        // Tried again by `rejoin` after a pause: the coordinator may be being chosen.
+        tracing::debug!(group = %self.group, error = %last, "no coordinator found yet");
+        Ok(())
+    }
+
+    /// The coordinator `address` names, connected to.
+    fn coordinator_via(
+        &self,
+        address: &str,
+        request: &FindCoordinatorRequest,
+    ) -> Result<Client, String> {
+        let mut asked = self
+            .coordinator
+            .connect_like(address)
+            .map_err(|e| e.to_string())?;
+        let version = asked
+            .version(ApiKey::FindCoordinator, (1, 3))
+            .map_err(|e| e.to_string())?;
+        let found = asked.send(version, request).map_err(|e| e.to_string())?;
+        if found.error_code != 0 {
+            return Err(failure("no coordinator", found.error_code));
+        }
+        let coordinator = format!("{}:{}", found.host.as_str(), found.port);
+        if coordinator == address {
+            return Ok(asked);
+        }
+        asked.connect_like(&coordinator).map_err(|e| e.to_string())
     }
 
     pub fn committed(
@@ -214,10 +387,7 @@ impl Member {
                     })
                     .collect(),
             ));
-        let fetched = self
-            .coordinator
-            .send(5, &request)
-            .map_err(|e| e.to_string())?;
+        let fetched = self.call_wherever(5, &request)?;
         if fetched.error_code != 0 {
             return Err(failure(
                 "could not read the committed offsets",
@@ -236,26 +406,69 @@ impl Member {
             .collect())
     }
 
+    /// Commits `positions`; the first error code, or 0. A coordinator lost on the way
+    /// answers NOT_COORDINATOR (nothing was committed, or nothing is known to be).
     pub fn commit(&mut self, positions: &BTreeMap<(String, i32), i64>) -> Result<i16, String> {
-        commit_offsets(
-            &mut self.coordinator,
-            &self.group,
-            self.generation,
-            &self.id,
-            positions,
-        )
+        let Some(request) = commit_request(&self.group, self.generation, &self.id, positions)
+        else {
+            return Ok(0);
+        };
+        let version = self
+            .coordinator
+            .version(ApiKey::OffsetCommit, (2, 8))
+            .map_err(|e| e.to_string())?;
+        let code = match self.call(version, &request)? {
+            Some(answer) => first_commit_error(&answer),
+            None => ResponseError::NotCoordinator.code(),
+        };
+        self.coordinator_lost |= coordinator_moved(code);
+        Ok(code)
     }
 
+    /// Commits `positions` on the way out: where the coordinator moved, it is found
+    /// again (for up to `FOLLOW_LEADERS`). A new coordinator does not know this member or
+    /// its generation; the offsets then go as a commit from outside the group (generation
+    /// -1), which a coordinator takes only while the group has no members, so that no
+    /// other member's progress is overwritten. The first error code, or 0.
+    pub fn commit_final(
+        &mut self,
+        positions: &BTreeMap<(String, i32), i64>,
+    ) -> Result<i16, String> {
+        let mut code = self.commit(positions)?;
+        for _ in 0..FOLLOW_LEADERS.retries {
+            if !coordinator_moved(code) {
+                break;
+            }
+            std::thread::sleep(FOLLOW_LEADERS.backoff);
+            self.relocate()?;
+            code = self.commit(positions)?;
+        }
+        let unknown = [
+            ResponseError::UnknownMemberId,
+            ResponseError::IllegalGeneration,
+        ];
+        if unknown.iter().any(|e| e.code() == code) {
+            let (id, generation) = (std::mem::take(&mut self.id), self.generation);
+            self.generation = -1;
+            code = self.commit(positions)?;
+            (self.id, self.generation) = (id, generation);
+        }
+        Ok(code)
+    }
+
+    /// A heartbeat's error code, or 0. A coordinator lost on the way answers
+    /// NOT_COORDINATOR.
     pub fn heartbeat(&mut self) -> Result<i16, String> {
         let request = HeartbeatRequest::default()
             .with_group_id(group_id(&self.group))
             .with_generation_id(self.generation)
             .with_member_id(StrBytes::from_string(self.id.clone()));
-        Ok(self
-            .coordinator
-            .send(3, &request)
-            .map_err(|e| e.to_string())?
-            .error_code)
+        let code = match self.call(3, &request)? {
+            Some(answer) => answer.error_code,
+            None => ResponseError::NotCoordinator.code(),
+        };
+        self.coordinator_lost |= coordinator_moved(code);
+        Ok(code)
     }
 
     pub fn leave(&mut self) {

@@ -75,7 +75,7 @@ impl Router {
                 }
                 Err(e) if e.is_connection() => {
                     self.forget(&address);
-                    failures.push(e.to_string());
+                    failures.push(format!("{address}: {e}"));
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -227,7 +227,8 @@ impl Router {
                 match self.send(&leader, version, &request)? {
                     None => moved.extend(asked),
                     Some(answer) => {
-                        let (found, refused) = read_offsets(&answer, leader_moved)?;
+                        let (found, refused) = read_offsets(&answer, leader_moved)
+                            .map_err(|e| format!("{e}, asked of {leader}"))?;
                         out.extend(found);
                         moved.extend(refused);
                     }

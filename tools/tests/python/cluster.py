@@ -102,6 +102,7 @@ NOT_LEADER_OR_FOLLOWER = 6  # Kafka's error code
 LOG_TAIL_LINES = 40
 TOOL_TIMEOUT = 60  # seconds a `spate` command of a scenario may take
 FAILOVER_LINES = 600
+CLI_GROUP = "cli-group"
 FAILOVER_LINE_INTERVAL = 0.005  # seconds between lines written to `spate produce`
 # What a follower's broker logs when it starts over at its leader's log start.
 RESTARTED_LINE = "restarted the log at the leader's log start"
@@ -433,22 +434,22 @@ class Cluster:
         view = self.settled_view()
         return view if view and sorted(view.isrs) == list(NODE_IDS) else None
 
-    def coordinator(self, excluded=()):
-        """The coordinator of GROUP, once every serving broker but `excluded` names the same
+    def coordinator(self, excluded=(), group=GROUP):
+        """The coordinator of `group`, once every serving broker but `excluded` names the same
         serving one. (A broker that has not caught up yet may name a stale one.)"""
         named = {}
         for node_id in self.serving_ids(excluded):
             try:
-                named[node_id] = find_coordinator(self.brokers[node_id].port, GROUP)
+                named[node_id] = find_coordinator(self.brokers[node_id].port, group)
             except (OSError, ValueError) as e:
-                self.probe_error = f"FindCoordinator for {GROUP} at broker {node_id}: {e}"
+                self.probe_error = f"FindCoordinator for {group} at broker {node_id}: {e}"
                 return None
         coordinators = set(named.values())
         coordinator = coordinators.pop() if len(coordinators) == 1 else None
         if coordinator not in self.serving_ids(excluded):
             self.probe_error = f"coordinators named (asked: named): {named}"
             return None
-        event(f"the brokers name broker {coordinator} the coordinator of {GROUP}")
+        event(f"the brokers name broker {coordinator} the coordinator of {group}")
         return coordinator
 
     def await_new_leader(self, old):
@@ -1167,9 +1168,14 @@ def cli_failover(cluster):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     producer = subprocess.Popen([spate, "produce", topic, "--brokers", at], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
-    printed = []
+    member = subprocess.Popen([spate, "consume", topic, "--brokers", at, "--group", CLI_GROUP, "--from-beginning",
+                               "--format", "{value}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+    printed, grouped = [], []
     reading = threading.Thread(target=lambda: printed.extend(line.decode().rstrip("\n") for line in consumer.stdout))
     reading.start()
+    threading.Thread(target=lambda: grouped.extend(line.decode().rstrip("\n") for line in member.stdout),
+                     daemon=True).start()
 
     def write_lines():
         for i in range(FAILOVER_LINES):
@@ -1214,10 +1220,45 @@ def cli_failover(cluster):
         fail(f"the log holds {len(log)} lines for {FAILOVER_LINES} written: duplicated "
              f"{[v for v, n in counts.items() if n > 1][:EXAMPLES_MAX]}, missing "
              f"{[v for v in written if v not in counts][:EXAMPLES_MAX]}")
+    after_kill = time.monotonic() - started
+
+    # The group member kept reading through the first kill too. Now its coordinator dies.
+    cluster.start([leader])
+    cluster.wait_for(f"broker {leader} back in sync", ISR_TIMEOUT, in_sync)
+    if cluster.wait_for(f"the group member printing the first {FAILOVER_LINES} lines", READ_TIMEOUT,
+                        lambda: True if set(written) <= set(grouped) else None, required=False) is None:
+        member.kill()
+        fail(f"the group member printed {len(set(written) & set(grouped))} of the first {FAILOVER_LINES} lines "
+             f"(broker {leader} was killed meanwhile): {member.stderr.read().decode(errors='replace').strip()}")
+    coordinator = cluster.wait_for(f"a coordinator for {CLI_GROUP}", LEADER_TIMEOUT,
+                                   lambda: cluster.coordinator(group=CLI_GROUP))
+    cluster.kill([coordinator])
+    started = time.monotonic()
+    more = [f"line-{i:05d}" for i in range(FAILOVER_LINES, 2 * FAILOVER_LINES)]
+    spate_tool(spate, "produce", topic, "--brokers", f"127.0.0.1:{cluster.brokers[cluster.serving_ids()[0]].port}",
+               stdin="".join(f"{line}\n" for line in more).encode())
+    if cluster.wait_for(f"the group member printing the lines written after its coordinator died", READ_TIMEOUT,
+                        lambda: True if set(more) <= set(grouped) else None, required=False) is None:
+        member.kill()
+        fail(f"the group member printed {len(set(more) & set(grouped))} of the {len(more)} lines written after "
+             f"its coordinator (broker {coordinator}) was killed: {member.stderr.read().decode(errors='replace')}")
+    regrouped = time.monotonic() - started
+    member.send_signal(signal.SIGTERM)
+    try:
+        member.wait(timeout=TOOL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        member.kill()
+        member.wait()
+    if member.returncode != 0:
+        fail(f"the group member, stopped, exited with {member.returncode}: "
+             f"{member.stderr.read().decode(errors='replace').strip()}")
+    again = len(grouped) - len(set(grouped))
     print(f"cluster.py cli-failover ok: broker {leader} (leader, and the broker both tools were given) "
           f"killed once {FAILOVER_LINES // 3} of {FAILOVER_LINES} lines were consumed; both tools done "
-          f"{time.monotonic() - started:.1f} s after the kill; every line once, in order, in the log and "
-          f"in the consumer's output")
+          f"{after_kill:.1f} s after the kill; every line once, in order, in the log and in the consumer's "
+          f"output. Group member: every line of {2 * FAILOVER_LINES} printed, {again} printed again (read "
+          f"since its last commit), {regrouped:.1f} s after its coordinator (broker {coordinator}) was killed "
+          f"to print the lines written after; it committed and left on SIGTERM")
     return 0
 
 
