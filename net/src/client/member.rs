@@ -9,8 +9,9 @@
 //! COORDINATOR_NOT_AVAILABLE, sends the member to ask FindCoordinator of every broker
 //! it knows (the first given and those its metadata named) until one names a
 //! coordinator that answers, for up to `route::FOLLOW_LEADERS`; then it joins again.
-//! The new coordinator may not know the member (group members are not carried over),
-//! which then joins as a new one, as Kafka's consumers do on UNKNOWN_MEMBER_ID.
+//! A new coordinator that does not know the member (the group's last record predates
+//! it) answers UNKNOWN_MEMBER_ID, and the member joins as a new one, as Kafka's
+//! consumers do.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -8,9 +8,12 @@
 //! offset that a crash could lose. A timer task (`run_timers`) expires sessions,
 //! completes overdue rebalances and drops offsets past retention.
 //!
-//! Group metadata is appended after a generation becomes Stable and when a group
-//! empties; the sync answers do not wait for it, as the metadata only restores the
-//! generation number after a restart (members rejoin then).
+//! Group metadata (generation, leader, members and their assignments) is appended after
+//! a generation becomes Stable, when a static member is replaced, and when a group
+//! empties. The replay restores a Stable group with its members, whose sessions start
+//! anew, so they carry on after a restart or failover without a rebalance. The sync
+//! answers do not wait for the append: if it is lost, the members find an older
+//! generation recorded, get ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID, and join again.
 //!
 //! In cluster mode a partition's groups live with its leader, as in Kafka: appends go
 //! through the partition's replica and are acknowledged at the quorum commit index, a
@@ -1017,19 +1020,16 @@ fn apply(coordinator: &Coordinator, entry: Entry) {
         }
         Entry::Group {
             group,
-            generation_and_type: Some((generation, protocol_type)),
+            metadata: Some(record),
         } => {
             let g = groups
                 .entry(group.clone())
                 .or_insert_with(|| Group::new(group));
-            g.restore(
-                generation,
-                (!protocol_type.is_empty()).then_some(protocol_type),
-            );
+            g.restore(record, Instant::now());
         }
         Entry::Group {
             group,
-            generation_and_type: None,
+            metadata: None,
         } => {
             groups.remove(&group);
         }

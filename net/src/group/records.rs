@@ -10,12 +10,18 @@
 //!   session_timeout_ms, bytes subscription, bytes assignment}}`.
 //!
 //! A record with no value is a tombstone: the offset or group was deleted. Strings are
-//! i16-length-prefixed (-1 for null), bytes i32-length-prefixed. Decoding never panics on
-//! bad input: an unknown version or a short buffer is an error naming what was wrong.
+//! i16-length-prefixed (-1 for null), bytes i32-length-prefixed. Group values of
+//! versions 0–3 are read whole (version 0 has no rebalance timeout, 1 no state
+//! timestamp, 2 no instance id); of version 4 (Kafka's flexible encoding, which Spate
+//! never writes) only the generation and protocol type. Decoding never panics on bad
+//! input: an unknown version or a short buffer is an error naming what was wrong.
+
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::state::{Committed, Group};
+use crate::limits::GROUP_MEMBERS_MAX;
 
 /// What one record of `__consumer_offsets` says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,11 +33,36 @@ pub enum Entry {
         partition: i32,
         committed: Option<Committed>,
     },
-    /// A group's generation and protocol type, or `None`: the group was deleted.
+    /// A group's metadata at a Stable or Empty point, or `None`: the group was deleted.
     Group {
         group: String,
-        generation_and_type: Option<(i32, String)>,
+        metadata: Option<GroupRecord>,
     },
+}
+
+/// A group's metadata as recorded: its generation and, when it was Stable, its members
+/// and their assignments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub members: Vec<MemberRecord>,
+}
+
+/// One member of a recorded group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout: Duration,
+    pub session_timeout: Duration,
+    /// Its metadata for the group's protocol (a consumer's subscription).
+    pub subscription: Bytes,
+    pub assignment: Bytes,
 }
 
 fn put_string(buf: &mut BytesMut, s: &str) {
@@ -128,13 +159,29 @@ impl Reader<'_> {
         Ok(self.0.get_i64())
     }
     fn string(&mut self, what: &str) -> Result<String, String> {
-        let len = self.i16(what)?;
-        let len = usize::try_from(len).map_err(|_| format!("{what} is null"))?;
+        self.nullable_string(what)?
+            .ok_or_else(|| format!("{what} is null"))
+    }
+    fn nullable_string(&mut self, what: &str) -> Result<Option<String>, String> {
+        let Ok(len) = usize::try_from(self.i16(what)?) else {
+            return Ok(None);
+        };
         self.need(len, what)?;
         let s = String::from_utf8(self.0[..len].to_vec())
             .map_err(|_| format!("{what} is not UTF-8"))?;
         self.0.advance(len);
-        Ok(s)
+        Ok(Some(s))
+    }
+    fn bytes(&mut self, what: &str) -> Result<Bytes, String> {
+        let len = usize::try_from(self.i32(what)?).map_err(|_| format!("{what} is null"))?;
+        self.need(len, what)?;
+        let b = Bytes::copy_from_slice(&self.0[..len]);
+        self.0.advance(len);
+        Ok(b)
+    }
+    fn millis(&mut self, what: &str) -> Result<Duration, String> {
+        let ms = u64::try_from(self.i32(what)?).map_err(|_| format!("{what} is negative"))?;
+        Ok(Duration::from_millis(ms))
     }
 }
 
@@ -156,11 +203,8 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Entry, String> {
         }
         2 => {
             let group = k.string("group")?;
-            let generation_and_type = value.map(decode_group).transpose()?;
-            Ok(Entry::Group {
-                group,
-                generation_and_type,
-            })
+            let metadata = value.map(decode_group).transpose()?;
+            Ok(Entry::Group { group, metadata })
         }
         v => Err(format!("unknown key version {v}")),
     }
@@ -188,15 +232,61 @@ fn decode_offset(value: &[u8]) -> Result<Committed, String> {
     })
 }
 
-fn decode_group(value: &[u8]) -> Result<(i32, String), String> {
+fn decode_group(value: &[u8]) -> Result<GroupRecord, String> {
     let mut v = Reader(value);
     let version = v.i16("group value version")?;
     if !(0..=4).contains(&version) {
         return Err(format!("unknown group value version {version}"));
     }
-    let protocol_type = v.string("protocol type")?;
-    let generation = v.i32("generation")?;
-    Ok((generation, protocol_type))
+    let mut group = GroupRecord {
+        protocol_type: v.string("protocol type")?,
+        generation: v.i32("generation")?,
+        ..GroupRecord::default()
+    };
+    if version == 4 {
+        return Ok(group);
+    }
+    group.protocol = v.nullable_string("protocol")?;
+    group.leader = v.nullable_string("leader")?;
+    if version >= 2 {
+        v.i64("state timestamp")?;
+    }
+    let count = usize::try_from(v.i32("member count")?).unwrap_or(0);
+    if count > GROUP_MEMBERS_MAX {
+        return Err(format!("{count} members, more than {GROUP_MEMBERS_MAX}"));
+    }
+    for _ in 0..count {
+        let id = v.string("member id")?;
+        let instance_id = if version >= 3 {
+            v.nullable_string("instance id")?
+        } else {
+            None
+        };
+        let client_id = v.string("client id")?;
+        let client_host = v.string("client host")?;
+        let rebalance_timeout = if version >= 1 {
+            v.millis("rebalance timeout")?
+        } else {
+            Duration::ZERO
+        };
+        let session_timeout = v.millis("session timeout")?;
+        group.members.push(MemberRecord {
+            id,
+            instance_id,
+            client_id,
+            client_host,
+            // Version 0 had one timeout for both.
+            rebalance_timeout: if version >= 1 {
+                rebalance_timeout
+            } else {
+                session_timeout
+            },
+            session_timeout,
+            subscription: v.bytes("subscription")?,
+            assignment: v.bytes("assignment")?,
+        });
+    }
+    Ok(group)
 }
 
 #[cfg(test)]
@@ -232,17 +322,41 @@ mod tests {
     }
 
     #[test]
-    fn group_metadata_round_trips_its_generation() {
-        let mut group = Group::new("g".into());
-        group.restore(9, Some("consumer".into()));
-        let value = group_value(&group, 5);
-        assert_eq!(
-            decode(&group_key("g"), Some(&value)).unwrap(),
-            Entry::Group {
-                group: "g".into(),
-                generation_and_type: Some((9, "consumer".into())),
-            }
-        );
+    fn group_metadata_round_trips_its_generation_members_and_assignments() {
+        let member = |id: &str, instance: Option<&str>| MemberRecord {
+            id: id.into(),
+            instance_id: instance.map(str::to_string),
+            client_id: "client".into(),
+            client_host: "/10.0.0.1".into(),
+            rebalance_timeout: Duration::from_millis(30_000),
+            session_timeout: Duration::from_millis(10_000),
+            subscription: Bytes::from_static(b"sub"),
+            assignment: Bytes::from(format!("assigned to {id}")),
+        };
+        let empty = GroupRecord {
+            generation: 9,
+            protocol_type: "consumer".into(),
+            ..GroupRecord::default()
+        };
+        let stable = GroupRecord {
+            generation: 3,
+            protocol_type: "consumer".into(),
+            protocol: Some("range".into()),
+            leader: Some("a".into()),
+            members: vec![member("a", None), member("b", Some("static-b"))],
+        };
+        for record in [empty, stable] {
+            let mut group = Group::new("g".into());
+            group.restore(record.clone(), std::time::Instant::now());
+            let value = group_value(&group, 5);
+            assert_eq!(
+                decode(&group_key("g"), Some(&value)).unwrap(),
+                Entry::Group {
+                    group: "g".into(),
+                    metadata: Some(record),
+                }
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 
+use super::records::GroupRecord;
 use super::GroupConfig;
 use crate::limits::{GROUP_MEMBERS_MAX, MEMBER_ID_CLIENT_PREFIX_BYTES_MAX};
 
@@ -357,6 +358,9 @@ impl Group {
         }
         match self.state {
             GroupState::Stable if unchanged => {
+                // The recorded members name the new id, so a coordinator that takes the
+                // group over knows this incarnation.
+                self.changed = true;
                 let outcome = self.join_outcome(&id, was_leader);
                 let member = self.members.get_mut(&id).expect("member");
                 let _ = member.join.take().expect("just set").send(outcome);
@@ -802,12 +806,69 @@ impl Group {
         self.state = GroupState::Dead;
     }
 
-    /// Restores what the log recorded of the group at its last Stable or Empty point. Its
-    /// members must rejoin: the group comes back Empty at the recorded generation.
-    pub fn restore(&mut self, generation: i32, protocol_type: Option<String>) {
-        assert!(self.members.is_empty(), "restore happens before any join");
-        self.generation = generation;
-        self.protocol_type = protocol_type;
+    /// Restores what the log recorded of the group at its last Stable or Empty point; a
+    /// later record replaces an earlier one. A Stable group comes back Stable with its
+    /// members, their assignments and its leader, each member's session starting at
+    /// `now`, so that its members carry on across a coordinator failover without a
+    /// rebalance, as they do with Kafka's coordinators. A record that does not hold
+    /// together (a leader not among the members, no protocol, a static id twice) brings
+    /// the group back Empty at its generation, and its members join again.
+    pub fn restore(&mut self, record: GroupRecord, now: Instant) {
+        assert!(
+            self.members
+                .values()
+                .all(|m| m.join.is_none() && m.sync.is_none()),
+            "restore happens in a replay, before any request is waiting"
+        );
+        let protocol_type = Some(record.protocol_type).filter(|t| !t.is_empty());
+        *self = Group {
+            generation: record.generation,
+            protocol_type,
+            offsets: std::mem::take(&mut self.offsets),
+            ..Group::new(std::mem::take(&mut self.id))
+        };
+        let instances: Vec<&String> = record
+            .members
+            .iter()
+            .filter_map(|m| m.instance_id.as_ref())
+            .collect();
+        let distinct = instances
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let leader_known = record
+            .leader
+            .as_ref()
+            .is_some_and(|l| record.members.iter().any(|m| &m.id == l));
+        let (Some(protocol), true, true) =
+            (record.protocol, leader_known, distinct == instances.len())
+        else {
+            self.check();
+            return;
+        };
+        for m in record.members {
+            if let Some(instance) = &m.instance_id {
+                self.statics.insert(instance.clone(), m.id.clone());
+            }
+            let member = Member {
+                id: m.id.clone(),
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: m.session_timeout,
+                rebalance_timeout: m.rebalance_timeout,
+                protocols: vec![(protocol.clone(), m.subscription)],
+                assignment: m.assignment,
+                join: None,
+                sync: None,
+                expires: now + m.session_timeout,
+            };
+            self.members.insert(m.id, member);
+        }
+        self.protocol = Some(protocol);
+        self.leader = record.leader;
+        self.state = GroupState::Stable;
+        self.check();
     }
 
     /// The state machine's invariants.
@@ -1002,6 +1063,77 @@ mod tests {
         }
         // The runs must mostly reach assignments, or they prove nothing.
         assert!(settled > 200, "only {settled} generations were assigned");
+    }
+
+    fn recorded(members: &[(&str, Option<&str>)], leader: &str) -> GroupRecord {
+        GroupRecord {
+            generation: 4,
+            protocol_type: "consumer".into(),
+            protocol: Some("range".into()),
+            leader: Some(leader.into()),
+            members: members
+                .iter()
+                .map(|(id, instance)| super::super::records::MemberRecord {
+                    id: id.to_string(),
+                    instance_id: instance.map(str::to_string),
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    rebalance_timeout: Duration::from_secs(20),
+                    session_timeout: Duration::from_secs(10),
+                    subscription: Bytes::from_static(b"s"),
+                    assignment: Bytes::from(format!("a-{id}")),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_restored_stable_group_keeps_its_members_and_their_sessions_start_anew() {
+        let settings = GroupConfig::default();
+        let now = Instant::now();
+        let mut group = Group::new("g".into());
+        group.restore(recorded(&[("m1", None), ("m2", Some("i2"))], "m1"), now);
+        assert_eq!(group.state, GroupState::Stable);
+        assert_eq!(group.leader.as_deref(), Some("m1"));
+        assert_eq!(group.members["m2"].assignment.as_ref(), b"a-m2");
+        let later = now + Duration::from_secs(8);
+        assert_eq!(group.heartbeat("m1", None, 4, later), None);
+        assert_eq!(group.heartbeat("m2", Some("i2"), 4, later), None);
+        assert_eq!(
+            group.heartbeat("m1", None, 3, later),
+            Some(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(
+            group.heartbeat("m3", None, 4, later),
+            Some(ResponseError::UnknownMemberId)
+        );
+        // m1 goes on heartbeating, m2 stops: m2's session runs out 10 s after its last.
+        group.heartbeat("m1", None, 4, now + Duration::from_secs(16));
+        group.tick(now + Duration::from_secs(17), &settings);
+        assert!(group.members.contains_key("m2"));
+        group.tick(now + Duration::from_secs(19), &settings);
+        assert!(group.members.contains_key("m1") && !group.members.contains_key("m2"));
+        assert_eq!(group.state, GroupState::PreparingRebalance);
+    }
+
+    #[test]
+    fn a_recorded_group_that_does_not_hold_together_comes_back_empty() {
+        let now = Instant::now();
+        for record in [
+            recorded(&[("m1", None)], "m9"),
+            recorded(&[("m1", Some("i")), ("m2", Some("i"))], "m1"),
+            GroupRecord {
+                protocol: None,
+                ..recorded(&[("m1", None)], "m1")
+            },
+        ] {
+            let mut group = Group::new("g".into());
+            group.restore(record, now);
+            assert_eq!(
+                (group.state, group.generation, group.members.len()),
+                (GroupState::Empty, 4, 0)
+            );
+        }
     }
 
     #[test]
