@@ -8,7 +8,9 @@
 //!      5     1  format version (1; 4 for partition meta: version 2 added compaction's
 //!                  configs, version 3 the topic id, version 4 the metadata offset it
 //!                  was seen at; older files are still read, with those configs at
-//!                  their defaults and no topic id or offset)
+//!                  their defaults and no topic id or offset. 2 for metadata
+//!                  snapshots: version 2 added partitions' leaders; a version 1
+//!                  snapshot is not read, and the image is replayed from the log)
 //!      6     2  reserved, zero
 //!      8     4  payload length, little-endian
 //!     12     4  CRC-32C of the payload, little-endian
@@ -35,6 +37,7 @@ const MAGIC: &[u8; 4] = b"SPTM";
 fn version(kind: FileKind) -> u8 {
     match kind {
         FileKind::PartitionMeta => 4,
+        FileKind::MetadataSnapshot => 2,
         _ => 1,
     }
 }

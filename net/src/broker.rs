@@ -10,7 +10,7 @@ use spate_engine::catalog::Catalog;
 use spate_engine::shard::channels::Mesh;
 use spate_engine::{EngineConfig, Shard, ShardSet, TopicPartition};
 
-use crate::cluster::{reconcile, register, Cluster};
+use crate::cluster::{leaders, reconcile, register, Cluster};
 use crate::controller;
 use crate::limits::CONTROL_CHANNEL_CAPACITY;
 use crate::node::{ControlMessage, Node, ServerConfig};
@@ -120,6 +120,7 @@ impl Broker {
                     if id.index() == 0 {
                         glommio::spawn_local(reconcile::publish_loop(node.clone())).detach();
                         glommio::spawn_local(register::registration_loop(node.clone())).detach();
+                        glommio::spawn_local(leaders::report_loop(node.clone())).detach();
                     }
                 } else {
                     apply_topic_configs(&node).await;

@@ -72,3 +72,8 @@ const _: () = assert!(RESERVED_ALLOCATION_BYTES_MIN > REQUEST_FRAME_BYTES_MAX);
 
 /// Producer ids a broker takes from the metadata log at once (Kafka's block size).
 pub const PRODUCER_ID_BLOCK: i32 = 1000;
+
+/// Most partitions one leadership report (AlterPartition) to the controller carries: a
+/// broker leading more reports the rest in its next rounds; the controller refuses a
+/// larger request.
+pub const LEADER_REPORTS_MAX: usize = 1000;

@@ -121,6 +121,13 @@ pub enum ControlMessage {
     ProducerIdBlock {
         reply: ReplySender<Result<(i64, i32), Failure>>,
     },
+    /// Cluster mode, to shard 0: record the leadership `broker` reports (AlterPartition);
+    /// an error, or none, per report.
+    RecordLeaders {
+        broker: u32,
+        reports: Vec<crate::cluster::admin::LeaderReport>,
+        reply: ReplySender<Result<Vec<Option<kafka_protocol::ResponseError>>, Failure>>,
+    },
 }
 
 /// One shard's server context. Lives on its shard only.
@@ -522,6 +529,24 @@ impl Node {
             .unwrap_or_else(|| Err(crate::cluster::admin::stopping()))
     }
 
+    /// Records the leadership `broker` reports through the controller (cluster mode).
+    pub async fn record_leaders(
+        &self,
+        broker: u32,
+        reports: Vec<crate::cluster::admin::LeaderReport>,
+    ) -> Result<Vec<Option<kafka_protocol::ResponseError>>, Failure> {
+        if self.is_controller() {
+            return crate::cluster::admin::record_leaders(self, broker, reports).await;
+        }
+        self.ask_controller(|reply| ControlMessage::RecordLeaders {
+            broker,
+            reports,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(crate::cluster::admin::stopping()))
+    }
+
     /// Serves one peer's control channel.
     pub async fn serve_control(self: Rc<Self>, receiver: ConnectedReceiver<ControlMessage>) {
         while let Some(message) = receiver.recv().await {
@@ -572,6 +597,13 @@ impl Node {
                 }
                 ControlMessage::ProducerIdBlock { reply } => {
                     reply.send(crate::cluster::admin::producer_id_block(&self).await);
+                }
+                ControlMessage::RecordLeaders {
+                    broker,
+                    reports,
+                    reply,
+                } => {
+                    reply.send(crate::cluster::admin::record_leaders(&self, broker, reports).await);
                 }
                 // Inline, so a peer's channel bounds its pending requests. Changes are
                 // serialised anyway, and snapshots go out on other channels (from the

@@ -3,7 +3,7 @@
 //!
 //! JSON output (`--format json`):
 //! - `list`: `[{"topic", "partitions", "internal"}]`
-//! - `describe`: `{"topic", "internal", "partitions": [{"partition", "leader",
+//! - `describe`: `{"topic", "internal", "partitions": [{"partition", "leader", "leader_epoch",
 //!   "replicas", "isr", "log_start", "log_end"}], "configs": [{"name", "value",
 //!   "source"}]}` (`source` is `topic`, `broker` or `default`)
 //! - `create`, `delete`, `alter-config`, `add-partitions`: `[{"topic", "error"}]`
@@ -316,7 +316,7 @@ fn describe(args: &ClientArgs, name: &str) -> Result<(), String> {
             "topic": name,
             "internal": topic.is_internal,
             "partitions": rows.iter().map(|p| json!({
-                "partition": p.partition_index, "leader": p.leader_id.0,
+                "partition": p.partition_index, "leader": p.leader_id.0, "leader_epoch": p.leader_epoch,
                 "replicas": ids(&p.replica_nodes), "isr": ids(&p.isr_nodes),
                 "log_start": starts.get(&key(p.partition_index)), "log_end": ends.get(&key(p.partition_index)),
             })).collect::<Vec<_>>(),

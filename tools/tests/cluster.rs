@@ -13,7 +13,9 @@
 //! partition and serves none of the second's old records. `spate produce` and
 //! `spate consume` route each partition to its leader, and carry on, writing and
 //! printing every line once, when the leader they were both given is killed; `spate
-//! consume --group` carries on across that kill and the kill of its coordinator. The
+//! consume --group` carries on across that kill and the kill of its coordinator. With
+//! two replicas per partition on three brokers, every broker names each partition's
+//! leader and epoch as its replicas do, before and after an election. The
 //! scenarios and the checker are `python/cluster.py`.
 
 use std::path::Path;
@@ -93,4 +95,9 @@ fn spate_produce_and_consume_route_each_partition_to_its_leader() {
 #[test]
 fn spate_produce_and_consume_follow_leaders_and_coordinators_when_their_brokers_are_killed() {
     run("cli-failover");
+}
+
+#[test]
+fn every_broker_names_each_partitions_leader_and_epoch_without_a_replica_too() {
+    run("leaders-everywhere");
 }

@@ -279,8 +279,10 @@ pub fn leaders_in(
         .collect()
 }
 
-/// Whether a partition error means its leader moved or is being chosen: the request
-/// goes again to the leader the metadata names next.
+/// Whether a partition error means its leader moved or is being chosen, or the broker
+/// asked does not know the partition yet (it just restarted and its metadata is
+/// catching up; Kafka's clients also take UNKNOWN_TOPIC_OR_PARTITION as a reason to ask
+/// the metadata again): the request goes again to the leader the metadata names next.
 pub fn leader_moved(code: i16) -> bool {
     matches!(
         ResponseError::try_from_code(code),
@@ -289,6 +291,7 @@ pub fn leader_moved(code: i16) -> bool {
                 | ResponseError::LeaderNotAvailable
                 | ResponseError::FencedLeaderEpoch
                 | ResponseError::UnknownLeaderEpoch
+                | ResponseError::UnknownTopicOrPartition
         )
     )
 }

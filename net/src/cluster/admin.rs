@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 use spate_replication::driver::DriverError;
 use spate_replication::metadata::{
-    placement, MetadataImage, MetadataQuorum, MetadataRecord, TopicImage,
+    placement, MetadataError, MetadataImage, MetadataQuorum, MetadataRecord, TopicImage,
 };
 
 use super::replicated::Failure;
@@ -296,6 +296,67 @@ pub async fn producer_id_block(node: &Node) -> Result<(i64, i32), Failure> {
                     .await
                     .map_err(proposal_failure)?;
                 Ok((start, PRODUCER_ID_BLOCK))
+            }
+            .await;
+            (result, None)
+        })
+        .await;
+    answer.unwrap_or_else(|| Err(stopping()))
+}
+
+/// One partition's leadership as its leader reports it: topic id, partition, leader
+/// epoch.
+pub type LeaderReport = ([u8; 16], i32, i32);
+
+/// Records the leadership `broker` reports (AlterPartition): a `PartitionLeader` record
+/// for each report newer than the one recorded. Per report: none, or why it was not
+/// recorded (UNKNOWN_TOPIC_ID for a topic deleted meanwhile, FENCED_LEADER_EPOCH for an
+/// epoch older than the one recorded, INVALID_REQUEST for a broker that is not a
+/// replica).
+pub async fn record_leaders(
+    node: &Node,
+    broker: u32,
+    reports: Vec<LeaderReport>,
+) -> Result<Vec<Option<ResponseError>>, Failure> {
+    let answer = node
+        .serially(async {
+            let result = async {
+                let quorum = leading(node)?;
+                let image = quorum.image();
+                let mut records = Vec::new();
+                let mut outcomes = Vec::with_capacity(reports.len());
+                for (id, partition, epoch) in reports {
+                    let Some(topic) = image
+                        .topics
+                        .iter()
+                        .find(|(_, t)| t.id == id)
+                        .map(|(n, _)| n)
+                    else {
+                        outcomes.push(Some(ResponseError::UnknownTopicId));
+                        continue;
+                    };
+                    outcomes.push(match image.check_leader(topic, partition, broker, epoch) {
+                        Ok(()) => {
+                            if image.recorded_leader(topic, partition) != Some((broker, epoch)) {
+                                records.push(MetadataRecord::PartitionLeader {
+                                    topic: topic.clone(),
+                                    partition,
+                                    leader: broker,
+                                    epoch,
+                                });
+                            }
+                            None
+                        }
+                        Err(MetadataError::StaleLeader { .. }) => {
+                            Some(ResponseError::FencedLeaderEpoch)
+                        }
+                        Err(_) => Some(ResponseError::InvalidRequest),
+                    });
+                }
+                if !records.is_empty() {
+                    propose(node, quorum, records).await?;
+                }
+                Ok(outcomes)
             }
             .await;
             (result, None)

@@ -16,13 +16,17 @@
 //! - every shard sends the leadership of its partitions (leader, epoch, and on the
 //!   leader its in-sync replicas) to every other shard when it changes, so Metadata and
 //!   Fetch on any shard answer from a local copy (`views`);
-//! - produce and OffsetForLeaderEpoch run on the partition's owning shard (`replicated`).
+//! - produce and OffsetForLeaderEpoch run on the partition's owning shard (`replicated`);
+//! - shard 0 reports the partitions this broker leads to the controller, which records
+//!   them in the metadata log, so brokers without a replica name their leaders too
+//!   (`leaders`).
 //!
 //! Invariants: a partition's log is appended to only through its shard's `Replicator`
 //! once it is added there; a partition is deleted only when an image this broker
 //! applied drops it (never because an image that is still catching up lacks it).
 
 pub mod admin;
+pub mod leaders;
 pub mod reconcile;
 pub mod register;
 pub mod replicated;
@@ -182,6 +186,19 @@ impl Cluster {
         if let Some(slot) = self.views.borrow_mut().get_mut(shard) {
             *slot = views;
         }
+    }
+
+    /// Every partition with a replica on this broker that this broker leads, and the
+    /// epoch, from every shard's views.
+    pub fn led_here(&self) -> Vec<(TopicPartition, i32)> {
+        let me = Some(self.me());
+        self.views
+            .borrow()
+            .iter()
+            .flat_map(|views| views.iter())
+            .filter(|(_, view)| view.leader == me)
+            .map(|(tp, view)| (tp.clone(), view.epoch))
+            .collect()
     }
 
     /// The leadership of `tp` as its owning shard on this broker last reported it;

@@ -2,22 +2,25 @@
 //! it), blocks of producer ids, and the topics it creates itself (auto-created topics,
 //! `__consumer_offsets`). The controller may be another broker; it is asked in the
 //! Kafka protocol on its client listener (BrokerRegistration, AllocateProducerIds,
-//! CreateTopics, as KRaft brokers ask theirs), with the blocking client on a
+//! CreateTopics, AlterPartition, as KRaft brokers ask theirs), with the blocking client on a
 //! short-lived thread, so the shard's executor never blocks. These are rare: once per
 //! start, once per `PRODUCER_ID_BLOCK` producers, once per topic.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kafka_protocol::messages::alter_partition_request::{PartitionData, TopicData};
 use kafka_protocol::messages::broker_registration_request::Listener;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::{
-    AllocateProducerIdsRequest, ApiKey, BrokerId, BrokerRegistrationRequest, CreateTopicsRequest,
-    TopicName,
+    AllocateProducerIdsRequest, AlterPartitionRequest, ApiKey, BrokerId, BrokerRegistrationRequest,
+    CreateTopicsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use uuid::Uuid;
 
 use super::replicated::Failure;
 use crate::client::errors::failure;
@@ -160,6 +163,70 @@ pub async fn remote_producer_ids(node: &Node) -> Result<(i64, i32), Failure> {
         .await
         .unwrap_or_else(|| Err("the controller request thread failed".into()))
         .map_err(unavailable)
+}
+
+fn send_alter_partition(
+    address: String,
+    me: u32,
+    reports: Vec<super::admin::LeaderReport>,
+) -> Result<Vec<i16>, String> {
+    let mut client = connect(&address, me)?;
+    let version = client
+        .version(ApiKey::AlterPartition, (2, 2))
+        .map_err(|e| e.to_string())?;
+    let mut by_topic: BTreeMap<[u8; 16], Vec<PartitionData>> = BTreeMap::new();
+    for (id, partition, epoch) in &reports {
+        by_topic.entry(*id).or_default().push(
+            PartitionData::default()
+                .with_partition_index(*partition)
+                .with_leader_epoch(*epoch),
+        );
+    }
+    let topics = by_topic
+        .into_iter()
+        .map(|(id, partitions)| {
+            TopicData::default()
+                .with_topic_id(Uuid::from_bytes(id))
+                .with_partitions(partitions)
+        })
+        .collect();
+    let request = AlterPartitionRequest::default()
+        .with_broker_id(BrokerId(me as i32))
+        .with_topics(topics);
+    let response = client.send(version, &request).map_err(|e| e.to_string())?;
+    if response.error_code != 0 {
+        return Err(failure("AlterPartition", response.error_code));
+    }
+    Ok(response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+        .collect())
+}
+
+/// Reports leaderships to a controller on another broker: `(id, partition, epoch)`
+/// with the error code each got (0 if recorded, or already).
+pub async fn remote_record_leaders(
+    node: &Node,
+    reports: Vec<super::admin::LeaderReport>,
+) -> Result<Vec<(super::admin::LeaderReport, i16)>, String> {
+    let address = controller_address(node).ok_or("no controller known yet")?;
+    let me = node.cluster().map_or(0, |c| c.me());
+    // The answer lists the partitions as the request did: by topic, in id order.
+    let mut sent = reports;
+    sent.sort_unstable();
+    let asked = sent.clone();
+    let codes = run_blocking(move || send_alter_partition(address, me, asked))
+        .await
+        .unwrap_or_else(|| Err("the controller request thread failed".into()))?;
+    if codes.len() != sent.len() {
+        return Err(format!(
+            "AlterPartition answered {} partitions of {}",
+            codes.len(),
+            sent.len()
+        ));
+    }
+    Ok(sent.into_iter().zip(codes).collect())
 }
 
 /// A topic to create and what became of it: (name, error code, message).

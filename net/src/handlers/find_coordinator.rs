@@ -70,12 +70,16 @@ fn group_coordinator(node: &Node, group: &str) -> Result<Found, NotFound> {
                 .cloned()
                 .unwrap_or_default();
             // A replica not added yet (the broker is starting) knows nothing; one that is
-            // not a replica names the preferred leader, as Metadata does (a client sent
-            // astray is answered NOT_COORDINATOR there and asks again).
+            // not a replica names the leader the image records, else the preferred one,
+            // as Metadata does (a client sent astray is answered NOT_COORDINATOR there
+            // and asks again).
             if replicas.contains(&cluster.me()) {
                 return Err(unavailable(format!("{tp} is not replicated here yet")));
             }
-            replicas.first().copied()
+            image
+                .recorded_leader(OFFSETS_TOPIC, partition)
+                .map(|(leader, _)| leader)
+                .or_else(|| replicas.first().copied())
         }
     };
     let leader = leader.ok_or_else(|| unavailable(format!("{tp} has no leader yet")))?;

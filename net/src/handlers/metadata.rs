@@ -52,8 +52,10 @@ fn topic_entry(node: &Node, record: &TopicRecord, version: i16) -> MetadataRespo
 }
 
 /// A partition in cluster mode: replicas from the metadata image; leader, epoch and ISR
-/// from the replica on this broker. A broker without a replica names the preferred
-/// leader (a client it sends astray gets NOT_LEADER_OR_FOLLOWER and asks again).
+/// from the replica on this broker. A broker without a replica names the leader and
+/// epoch the image records (as the leader reported them, `cluster::leaders`), with the
+/// replicas as the ISR; before any is recorded, the preferred leader with epoch -1 (a
+/// client it sends astray gets NOT_LEADER_OR_FOLLOWER and asks again).
 fn cluster_partition(
     node: &Node,
     cluster: &Cluster,
@@ -61,8 +63,8 @@ fn cluster_partition(
     p: i32,
 ) -> MetadataResponsePartition {
     let ids = |v: &[u32]| v.iter().map(|id| BrokerId(*id as i32)).collect::<Vec<_>>();
-    let replicas = cluster
-        .image()
+    let image = cluster.image();
+    let replicas = image
         .topics
         .get(topic)
         .and_then(|t| t.assignments.get(p as usize).cloned())
@@ -85,10 +87,15 @@ fn cluster_partition(
             .with_error_code(ResponseError::LeaderNotAvailable.code())
             .with_leader_id(BrokerId(-1))
             .with_leader_epoch(-1),
-        None => partition
-            .with_leader_id(BrokerId(replicas.first().map_or(-1, |id| *id as i32)))
-            .with_leader_epoch(-1)
-            .with_isr_nodes(ids(&replicas)),
+        None => {
+            let (leader, epoch) = image
+                .recorded_leader(topic, p)
+                .map_or((replicas.first().copied(), -1), |(l, e)| (Some(l), e));
+            partition
+                .with_leader_id(BrokerId(leader.map_or(-1, |id| id as i32)))
+                .with_leader_epoch(epoch)
+                .with_isr_nodes(ids(&replicas))
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod allocate_producer_ids;
 pub mod alter_configs;
+pub mod alter_partition;
 pub mod api_versions;
 pub mod broker_registration;
 pub mod create_partitions;
@@ -71,6 +72,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // Between the brokers of a cluster (see `cluster::register`).
     (ApiKey::BrokerRegistration, 0, 0),
     (ApiKey::AllocateProducerIds, 0, 0),
+    (ApiKey::AlterPartition, 2, 2),
 ];
 
 /// The accepted version range of `api_key`, if it is implemented.
@@ -175,6 +177,9 @@ pub async fn handle(node: &Rc<Node>, request: &Request, peer: &str) -> Result<Re
         }
         RequestKind::AllocateProducerIds(body) => {
             ResponseKind::AllocateProducerIds(allocate_producer_ids::handle(node, body).await)
+        }
+        RequestKind::AlterPartition(body) => {
+            ResponseKind::AlterPartition(alter_partition::handle(node, body).await)
         }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(describe_cluster::handle(node))

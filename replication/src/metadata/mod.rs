@@ -51,9 +51,28 @@ pub enum MetadataError {
     },
     #[error("record at offset {offset} comes after offset {applied} was applied")]
     OutOfOrder { offset: i64, applied: i64 },
+    #[error("{topic}-{partition}: leader {leader} in epoch {epoch} is stale: broker {recorded_leader} leads in epoch {recorded_epoch}")]
+    StaleLeader {
+        topic: String,
+        partition: i32,
+        leader: u32,
+        epoch: i32,
+        recorded_leader: u32,
+        recorded_epoch: i32,
+    },
+    #[error("{topic}-{partition}: broker {leader} is not one of its replicas")]
+    NotAReplica {
+        topic: String,
+        partition: i32,
+        leader: u32,
+    },
 }
 
 /// One change to the cluster's metadata.
+///
+/// Variants are only ever added at the end, and no larger than the largest: records
+/// already in a log must decode as they were written (the archived size is checked by a
+/// test).
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum MetadataRecord {
     /// A broker and where clients reach it.
@@ -89,6 +108,15 @@ pub enum MetadataRecord {
         start: i64,
         next: i64,
     },
+    /// A partition's leader and its leader epoch, as the leader reported it. The
+    /// partition's replicas elect their leaders themselves; this record lets brokers
+    /// without a replica name the leader in Metadata. Epochs only go up.
+    PartitionLeader {
+        topic: String,
+        partition: i32,
+        leader: u32,
+        epoch: i32,
+    },
 }
 
 /// A registered broker.
@@ -104,6 +132,8 @@ pub struct TopicImage {
     pub id: [u8; 16],
     pub configs: Vec<(String, String)>,
     pub assignments: Vec<Vec<u32>>,
+    /// Partition → (leader, leader epoch), as last reported (`PartitionLeader`).
+    pub leaders: BTreeMap<i32, (u32, i32)>,
 }
 
 /// The cluster's metadata as of `applied`: what every broker serves Metadata from.
@@ -163,6 +193,7 @@ impl MetadataImage {
                         id: *id,
                         configs: configs.clone(),
                         assignments: assignments.clone(),
+                        leaders: BTreeMap::new(),
                     },
                 );
             }
@@ -197,9 +228,66 @@ impl MetadataImage {
                 }
                 self.next_producer_id = *next;
             }
+            MetadataRecord::PartitionLeader {
+                topic,
+                partition,
+                leader,
+                epoch,
+            } => {
+                self.check_leader(topic, *partition, *leader, *epoch)?;
+                let image = self.topics.get_mut(topic).expect("checked just above");
+                image.leaders.insert(*partition, (*leader, *epoch));
+            }
         }
         self.applied = offset.0;
         Ok(())
+    }
+
+    /// Whether `leader` in `epoch` may be recorded as the leader of `topic`-`partition`:
+    /// it is a replica, and the epoch is newer than the one recorded (or the same, with
+    /// the same leader).
+    pub fn check_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: u32,
+        epoch: i32,
+    ) -> Result<(), MetadataError> {
+        let image = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_string()))?;
+        let replicas = usize::try_from(partition)
+            .ok()
+            .and_then(|p| image.assignments.get(p));
+        if !replicas.is_some_and(|r| r.contains(&leader)) {
+            return Err(MetadataError::NotAReplica {
+                topic: topic.to_string(),
+                partition,
+                leader,
+            });
+        }
+        match image.leaders.get(&partition) {
+            Some(&(recorded_leader, recorded_epoch))
+                if recorded_epoch > epoch
+                    || (recorded_epoch == epoch && recorded_leader != leader) =>
+            {
+                Err(MetadataError::StaleLeader {
+                    topic: topic.to_string(),
+                    partition,
+                    leader,
+                    epoch,
+                    recorded_leader,
+                    recorded_epoch,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The leader of `topic`-`partition` and its epoch, as last recorded.
+    pub fn recorded_leader(&self, topic: &str, partition: i32) -> Option<(u32, i32)> {
+        self.topics.get(topic)?.leaders.get(&partition).copied()
     }
 
     /// The partitions `broker` holds a replica of, with their replica lists.

@@ -103,11 +103,19 @@ fn record() -> impl Strategy<Value = MetadataRecord> {
             .prop_map(|name| MetadataRecord::DeleteTopic { name }),
         (name.clone(), assignment)
             .prop_map(|(name, assignments)| MetadataRecord::AddPartitions { name, assignments }),
-        (name, "[0-9]{1,3}").prop_map(|(name, v)| MetadataRecord::SetConfigs {
+        (name.clone(), "[0-9]{1,3}").prop_map(|(name, v)| MetadataRecord::SetConfigs {
             name,
             configs: vec![("retention.ms".into(), v)]
         }),
         (0i64..1000).prop_map(|next| MetadataRecord::ProducerIds { start: 0, next }),
+        (name.clone(), 0i32..3, 1u32..5, 0i32..4).prop_map(|(topic, partition, leader, epoch)| {
+            MetadataRecord::PartitionLeader {
+                topic,
+                partition,
+                leader,
+                epoch,
+            }
+        }),
     ]
 }
 
@@ -164,4 +172,55 @@ fn damaged_records_and_snapshots_are_refused_not_skipped() {
     assert_eq!(MetadataImage::decode_snapshot(&snap), None);
     let marker = batch::encode_leader_marker(0);
     assert_eq!(decode_batch(&marker).unwrap(), vec![]);
+}
+
+#[test]
+fn records_keep_their_archived_size_so_old_logs_decode() {
+    // A new variant larger than the largest would change every record's layout.
+    assert_eq!(std::mem::size_of::<super::ArchivedMetadataRecord>(), 48);
+}
+
+#[test]
+fn a_partitions_leader_is_recorded_for_newer_epochs_only_and_goes_with_its_topic() {
+    let mut image = MetadataImage::new("cluster");
+    image
+        .apply(Offset(0), &topic("t", vec![vec![1, 2], vec![2, 3]]))
+        .unwrap();
+    let leader = |partition, leader, epoch| MetadataRecord::PartitionLeader {
+        topic: "t".into(),
+        partition,
+        leader,
+        epoch,
+    };
+    image.apply(Offset(1), &leader(0, 2, 3)).unwrap();
+    assert_eq!(image.recorded_leader("t", 0), Some((2, 3)));
+    assert_eq!(image.recorded_leader("t", 1), None);
+    // The same report again applies; an older epoch, or another leader in the same
+    // epoch, does not; nor does a broker that is not a replica, or a partition not there.
+    image.apply(Offset(2), &leader(0, 2, 3)).unwrap();
+    assert!(matches!(
+        image.apply(Offset(3), &leader(0, 1, 2)),
+        Err(MetadataError::StaleLeader {
+            recorded_epoch: 3,
+            ..
+        })
+    ));
+    assert!(image.apply(Offset(3), &leader(0, 1, 3)).is_err());
+    assert!(matches!(
+        image.apply(Offset(3), &leader(0, 3, 9)),
+        Err(MetadataError::NotAReplica { .. })
+    ));
+    assert!(image.apply(Offset(3), &leader(5, 1, 9)).is_err());
+    image.apply(Offset(3), &leader(0, 1, 4)).unwrap();
+    assert_eq!(image.recorded_leader("t", 0), Some((1, 4)));
+    let snapshot = MetadataImage::decode_snapshot(&image.encode_snapshot()).unwrap();
+    assert_eq!(snapshot.recorded_leader("t", 0), Some((1, 4)));
+    // A topic deleted and created again starts with no leader recorded.
+    image
+        .apply(Offset(4), &MetadataRecord::DeleteTopic { name: "t".into() })
+        .unwrap();
+    image
+        .apply(Offset(5), &topic("t", vec![vec![1, 2]]))
+        .unwrap();
+    assert_eq!(image.recorded_leader("t", 0), None);
 }

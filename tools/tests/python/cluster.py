@@ -58,6 +58,7 @@ import collections
 import json
 import ctypes
 import os
+import random
 import signal
 import socket
 import struct
@@ -100,6 +101,7 @@ COMMIT_TIMEOUT = 30
 EXAMPLES_MAX = 5
 NOT_LEADER_OR_FOLLOWER = 6  # Kafka's error code
 LOG_TAIL_LINES = 40
+BROKER_PORTS = (20_000, 32_000)  # below the ephemeral range, see `free_ports`
 TOOL_TIMEOUT = 60  # seconds a `spate` command of a scenario may take
 FAILOVER_LINES = 600
 CLI_GROUP = "cli-group"
@@ -117,11 +119,19 @@ def fail(message):
 
 
 def free_ports(count):
-    """Ports free on loopback now; all are held open together so that none repeats."""
-    sockets = [socket.socket() for _ in range(count)]
+    """Ports free on loopback now, below the kernel's ephemeral range (32768 and up on
+    Linux), so that no outgoing connection takes a killed broker's port before it
+    restarts. All are held open together so that none repeats."""
+    sockets = []
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
+        while len(sockets) < count:
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", random.randrange(*BROKER_PORTS)))
+            except OSError:
+                s.close()
+                continue
+            sockets.append(s)
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
@@ -215,7 +225,23 @@ class Broker:
         self.paused = False
         self.extra_flags = []
 
+    def ports_free(self):
+        """Whether both ports can be bound as the broker binds them (SO_REUSEADDR). Just
+        after a kill -9 they may not be yet: the kernel tears down a dead process's
+        io_uring, and the sockets it holds, after the process is gone."""
+        for port in (self.port, self.peer_port):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+        return True
+
     def start(self, voters):
+        deadline = time.monotonic() + LISTEN_TIMEOUT
+        while not self.ports_free() and time.monotonic() < deadline:
+            time.sleep(PROBE_INTERVAL)
         event(f"starting broker {self.node_id}")
         command = [
             self.binary, "serve", "--node-id", str(self.node_id),
@@ -466,6 +492,16 @@ class Cluster:
         topic = NewTopic(name, num_partitions=1, replication_factor=3, config=configs or {})
         self.admin_until_done(f"creating topic {name}", KafkaError.TOPIC_ALREADY_EXISTS,
                               lambda admin: admin.create_topics([topic], request_timeout=5)[name])
+
+    def form_with_topic(self, name, partitions, replicas):
+        """Starts the three brokers, waits for the cluster to form, creates topic `name`
+        with `spate topic create`; returns the `spate` binary."""
+        self.start(NODE_IDS)
+        self.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, self.formed)
+        spate = self.brokers[NODE_IDS[0]].binary
+        spate_tool(spate, "topic", "create", name, "--partitions", str(partitions), "--replicas", str(replicas),
+                   "--brokers", f"127.0.0.1:{self.brokers[NODE_IDS[0]].port}")
+        return spate
 
     def delete_topic(self, name=TOPIC):
         self.admin_until_done(f"deleting topic {name}", KafkaError.UNKNOWN_TOPIC_OR_PART,
@@ -1147,12 +1183,8 @@ def cli_failover(cluster):
     when its leader dies; with acks=all the producer is idempotent, so a batch sent again
     is written once. Every line must be in the log exactly once, in the order written,
     and the consumer that followed the partition across the kill must print each once."""
-    cluster.start(NODE_IDS)
-    cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
-    spate = cluster.brokers[NODE_IDS[0]].binary
     topic = "failover"
-    spate_tool(spate, "topic", "create", topic, "--partitions", "1", "--replicas", "3",
-               "--brokers", f"127.0.0.1:{cluster.brokers[NODE_IDS[0]].port}")
+    spate = cluster.form_with_topic(topic, partitions=1, replicas=3)
 
     def in_sync():
         """The partition's leader once it has one and all three replicas are in sync."""
@@ -1267,9 +1299,56 @@ def cli_failover(cluster):
     return 0
 
 
+def leaders_everywhere(cluster):
+    """A topic of 3 partitions with 2 replicas each on 3 brokers: each broker lacks a
+    replica of one partition. Every broker, those without a replica included, must name
+    each partition's leader and leader epoch as its replicas do (a broker without a
+    replica used to name the preferred leader with epoch -1), and still after the leader
+    of one partition is killed and restarted and the partition elects again, in a newer
+    epoch."""
+    topic = "spread"
+    spate = cluster.form_with_topic(topic, partitions=3, replicas=2)
+
+    def agreed():
+        """Partition → (leader, epoch, replicas), once every serving broker names the same
+        leader and epoch for every partition, and the leader serves."""
+        seen = {}
+        for node_id in cluster.serving_ids():
+            try:
+                described = json.loads(spate_tool(spate, "topic", "describe", topic, "--format", "json",
+                                                  "--brokers", f"127.0.0.1:{cluster.brokers[node_id].port}"))
+            except Failure as e:
+                cluster.probe_error = str(e)
+                return None
+            for p in described["partitions"]:
+                seen.setdefault(p["partition"], set()).add((p["leader"], p["leader_epoch"], tuple(p["replicas"])))
+        if len(seen) != 3 or any(len(views) != 1 for views in seen.values()):
+            cluster.probe_error = f"brokers disagree (partition: {{(leader, epoch, replicas)}}): {seen}"
+            return None
+        named = {p: next(iter(views)) for p, views in seen.items()}
+        return named if all(leader in cluster.serving_ids() for leader, _, _ in named.values()) else None
+
+    before = cluster.wait_for(f"every broker naming the same leader and epoch of each partition of {topic}",
+                              ISR_TIMEOUT, agreed)
+    p = 0
+    leader, epoch, replicas = before[p]
+    outsider = next(n for n in NODE_IDS if n not in replicas)
+    cluster.kill([leader])
+    cluster.start([leader])
+    after = cluster.wait_for(f"every broker, broker {outsider} (no replica of {topic}-{p}) too, naming the leader "
+                             f"of {topic}-{p} in an epoch after {epoch}", LEADER_TIMEOUT * 2,
+                             lambda: (lambda a: a if a and a[p][1] > epoch else None)(agreed()))
+    print(f"cluster.py leaders-everywhere ok: (leader, epoch) of each partition named alike by all three brokers: "
+          f"{[before[q][:2] for q in sorted(before)]}; after broker {leader} was killed and restarted, "
+          f"{topic}-{p} is led by {after[p][0]} in epoch {after[p][1]}, also as broker {outsider}, "
+          f"without a replica, names it")
+    return 0
+
+
 SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
              "group-failover": group_failover, "delete-records": delete_records, "compaction": compaction,
-             "recreated-topic": recreated_topic, "cli-tools": cli_tools, "cli-failover": cli_failover}
+             "recreated-topic": recreated_topic, "cli-tools": cli_tools, "cli-failover": cli_failover,
+             "leaders-everywhere": leaders_everywhere}
 
 
 def run(cluster, scenario):
@@ -1326,7 +1405,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"cluster.py {scenario}: terminated"))
     cluster = Cluster(binary, workdir)
     try:
-        if scenario in ("compaction", "recreated-topic", "cli-tools", "cli-failover"):
+        if scenario in ("compaction", "recreated-topic", "cli-tools", "cli-failover", "leaders-everywhere"):
             return SCENARIOS[scenario](cluster)
         return run(cluster, scenario)
     except (Failure, KafkaException) as error:
