@@ -36,6 +36,7 @@ fn body(key: ApiKey) -> Option<RequestKind> {
         ApiKey::OffsetDelete => RequestKind::OffsetDelete(Default::default()),
         ApiKey::BrokerRegistration => RequestKind::BrokerRegistration(Default::default()),
         ApiKey::AllocateProducerIds => RequestKind::AllocateProducerIds(Default::default()),
+        ApiKey::AlterPartition => RequestKind::AlterPartition(Default::default()),
         _ => return None,
     })
 }
