@@ -30,6 +30,8 @@ pub enum ReplicaCall {
     },
     /// OffsetForLeaderEpoch.
     EpochEnd { epoch: i32 },
+    /// ListOffsets: the epoch of the record at an offset.
+    EpochAt { offset: i64 },
 }
 
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub enum ReplicaAnswer {
     /// The largest epoch at most the one asked and its end offset; `None` if every
     /// epoch of the log is newer.
     EpochEnd(Result<Option<(i32, i64)>, Failure>),
+    /// The leader epoch of the record at the offset asked; `None` below every epoch.
+    EpochAt(Result<Option<i32>, Failure>),
 }
 
 /// The Kafka error a client gets for a driver error.
@@ -66,6 +70,7 @@ pub async fn run_here(node: &Node, tp: &TopicPartition, call: ReplicaCall) -> Re
         return match call {
             ReplicaCall::Write { .. } => ReplicaAnswer::Written(Err(error)),
             ReplicaCall::EpochEnd { .. } => ReplicaAnswer::EpochEnd(Err(error)),
+            ReplicaCall::EpochAt { .. } => ReplicaAnswer::EpochAt(Err(error)),
         };
     };
     let key = key_of(tp);
@@ -89,6 +94,13 @@ pub async fn run_here(node: &Node, tp: &TopicPartition, call: ReplicaCall) -> Re
                 .epoch_end(&key, LeaderEpoch(epoch))
                 .map(|found| found.map(|(epoch, end)| (epoch.0, end.0)));
             ReplicaAnswer::EpochEnd(end.map_err(failure))
+        }
+        ReplicaCall::EpochAt { offset } => {
+            let epoch = cluster
+                .replicator
+                .epoch_at(&key, spate_engine::Offset(offset))
+                .map(|found| found.map(|epoch| epoch.0));
+            ReplicaAnswer::EpochAt(epoch.map_err(failure))
         }
     }
 }
@@ -122,6 +134,18 @@ pub async fn epoch_end(
 ) -> Result<Option<(i32, i64)>, Failure> {
     match node.replica_call(tp, ReplicaCall::EpochEnd { epoch }).await {
         Some(ReplicaAnswer::EpochEnd(end)) => end,
+        _ => Err(stopping()),
+    }
+}
+
+/// The leader epoch of the record at `offset` in `tp`'s replica.
+pub async fn epoch_at(
+    node: &Rc<Node>,
+    tp: TopicPartition,
+    offset: i64,
+) -> Result<Option<i32>, Failure> {
+    match node.replica_call(tp, ReplicaCall::EpochAt { offset }).await {
+        Some(ReplicaAnswer::EpochAt(epoch)) => epoch,
         _ => Err(stopping()),
     }
 }

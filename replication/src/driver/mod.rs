@@ -296,6 +296,17 @@ impl Replicator {
         Ok(replica.epochs().end_of(epoch, replica.log_end()))
     }
 
+    /// The leader epoch of the record at `offset` in `key`'s replica (ListOffsets).
+    pub fn epoch_at(
+        &self,
+        key: &PartitionKey,
+        offset: Offset,
+    ) -> Result<Option<LeaderEpoch>, DriverError> {
+        let partition = self.0.partition(key)?;
+        let replica = partition.replica.borrow();
+        Ok(replica.epochs().epoch_at(offset))
+    }
+
     /// This broker's id.
     pub fn broker(&self) -> ReplicaId {
         self.0.config.broker

@@ -68,7 +68,7 @@ import threading
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 TOPIC = "chk"
 GONE_TOPIC = "gone"  # deleted while a broker is down, and not created again
@@ -1338,10 +1338,20 @@ def leaders_everywhere(cluster):
     after = cluster.wait_for(f"every broker, broker {outsider} (no replica of {topic}-{p}) too, naming the leader "
                              f"of {topic}-{p} in an epoch after {epoch}", LEADER_TIMEOUT * 2,
                              lambda: (lambda a: a if a and a[p][1] > epoch else None)(agreed()))
+    # ListOffsets answers, as Kafka does, the current epoch with the latest offset and
+    # the epoch of the record at the earliest (the first leader's epoch marker).
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    listed = {}
+    for name, spec in (("latest", OffsetSpec.latest()), ("earliest", OffsetSpec.earliest())):
+        futures = admin.list_offsets({TopicPartition(topic, p): spec}, request_timeout=METADATA_TIMEOUT * 5)
+        listed[name] = next(iter(futures.values())).result().leader_epoch
+    if listed != {"latest": after[p][1], "earliest": epoch}:
+        fail(f"ListOffsets of {topic}-{p} answered leader epochs {listed}, not latest {after[p][1]} and "
+             f"earliest {epoch}")
     print(f"cluster.py leaders-everywhere ok: (leader, epoch) of each partition named alike by all three brokers: "
           f"{[before[q][:2] for q in sorted(before)]}; after broker {leader} was killed and restarted, "
           f"{topic}-{p} is led by {after[p][0]} in epoch {after[p][1]}, also as broker {outsider}, "
-          f"without a replica, names it")
+          f"without a replica, names it; ListOffsets epochs {listed}")
     return 0
 
 
