@@ -5,7 +5,9 @@
 //! A rebalance completes when every known member has rejoined (or at the rebalance
 //! deadline, dropping those that did not): the generation is bumped, one protocol common
 //! to all members is chosen, and the leader alone receives the members' metadata. The
-//! leader's SyncGroup carries everyone's assignment and makes the group Stable.
+//! leader's SyncGroup carries everyone's assignment and makes the group Stable. A member
+//! whose session would end while it waits in a JoinGroup or SyncGroup is kept, as Kafka
+//! keeps it, and its session starts again when it is answered.
 //!
 //! This file does no I/O and reads no clock: callers pass `now`, and waiting requests
 //! are answered through oneshot channels held here. Invariants, asserted in `check`:
@@ -649,7 +651,7 @@ impl Group {
                     let _ = previous.send(SyncOutcome::failed(ResponseError::UnknownMemberId));
                 }
                 if self.leader.as_deref() == Some(member_id) {
-                    self.complete_sync(assignments);
+                    self.complete_sync(assignments, now);
                 }
             }
             _ => unreachable!("other states were answered above"),
@@ -666,8 +668,9 @@ impl Group {
         }
     }
 
-    /// The leader's assignments arrived: store them, go Stable, answer every waiter.
-    fn complete_sync(&mut self, assignments: Vec<(String, Bytes)>) {
+    /// The leader's assignments arrived: store them, go Stable, answer every waiter, whose
+    /// session starts again now.
+    fn complete_sync(&mut self, assignments: Vec<(String, Bytes)>, now: Instant) {
         for member in self.members.values_mut() {
             member.assignment = Bytes::new();
         }
@@ -681,7 +684,9 @@ impl Group {
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let outcome = self.sync_outcome(&id);
-            if let Some(sync) = self.members.get_mut(&id).expect("member").sync.take() {
+            let member = self.members.get_mut(&id).expect("member");
+            if let Some(sync) = member.sync.take() {
+                member.expires = now + member.session_timeout;
                 let _ = sync.send(outcome);
             }
         }
@@ -771,7 +776,9 @@ impl Group {
         let expired: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.join.is_none() && m.expires <= now)
+            // A member waiting in a join or a sync has done its part; Kafka does not expire
+            // it either (its session starts again when it is answered).
+            .filter(|m| m.join.is_none() && m.sync.is_none() && m.expires <= now)
             .map(|m| m.id.clone())
             .collect();
         for id in expired {
@@ -1134,6 +1141,57 @@ mod tests {
                 (GroupState::Empty, 4, 0)
             );
         }
+    }
+
+    #[test]
+    fn a_member_waiting_for_the_leaders_sync_is_not_expired_meanwhile() {
+        let settings = GroupConfig {
+            initial_rebalance_delay: Duration::ZERO,
+            ..GroupConfig::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut group = Group::new("g".into());
+        let join = |group: &mut Group, id: &str, now| {
+            let mut request = join_request(id);
+            request.require_known_member_id = false;
+            let (tx, mut rx) = oneshot::channel();
+            group.join(request, tx, now, &settings);
+            rx.try_recv().unwrap()
+        };
+        let sync = |group: &mut Group, id: &str, generation, now| {
+            let (tx, rx) = oneshot::channel();
+            let assignments = vec![("a".to_string(), Bytes::from_static(b"x"))];
+            group.sync(id, None, generation, None, None, assignments, tx, now);
+            rx
+        };
+        // A alone, then B: A is asked to rejoin, and both are in generation 2, A leading.
+        let a = join(&mut group, "", t0).unwrap();
+        let first = sync(&mut group, &a.member_id, a.generation, t0);
+        drop(first);
+        assert!(
+            join(&mut group, "", t0).is_none(),
+            "B waits for A to rejoin"
+        );
+        let b_id = group
+            .members
+            .keys()
+            .find(|id| **id != a.member_id)
+            .unwrap()
+            .clone();
+        let a = join(&mut group, &a.member_id, t0).unwrap();
+        assert_eq!((a.generation, a.leader.clone()), (2, a.member_id.clone()));
+        // B syncs at once; the leader takes 11 s to assign, heartbeating meanwhile.
+        let mut b_sync = sync(&mut group, &b_id, 2, at(1));
+        assert_eq!(group.heartbeat(&a.member_id, None, 2, at(9)), None);
+        group.tick(at(12), &settings);
+        assert!(group.members.contains_key(&b_id), "B waits in its sync");
+        let a_sync = sync(&mut group, &a.member_id, 2, at(12));
+        drop(a_sync);
+        assert!(b_sync.try_recv().unwrap().unwrap().error.is_none());
+        // B's session starts again when it is answered.
+        group.tick(at(20), &settings);
+        assert_eq!((group.state, group.members.len()), (GroupState::Stable, 2));
     }
 
     #[test]
