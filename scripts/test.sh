@@ -17,17 +17,11 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 
 # Python Kafka clients for the end-to-end tests, in a virtualenv of the repository.
-# kafka-python stays below 3: 3.0.12 sometimes does not act on a SyncGroup answer it
-# logged as received (it never takes its assignment nor heartbeats again, and its
-# session ends), which failed the interop group test in 3 of 9 rounds under load; 2.3.3
-# passed 7 of 7 (the 2026-11-23 note of issue 8).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "
-import sys, confluent_kafka, kafka, zstandard, lz4, cramjam
-sys.exit(int(kafka.__version__.split('.')[0]) >= 3)" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, zstandard, lz4, cramjam" 2>/dev/null; then
   echo "== creating .venv with confluent-kafka and kafka-python"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q confluent-kafka "kafka-python<3" zstandard lz4 cramjam
+  .venv/bin/pip install -q confluent-kafka kafka-python zstandard lz4 cramjam
 fi
 
 # glommio registers io_uring buffers; a low locked-memory limit only makes it fall back
