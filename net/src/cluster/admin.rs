@@ -7,6 +7,7 @@
 //! metadata log commit it, a few fetch round trips later. Another broker answers
 //! NOT_CONTROLLER, and clients retry at the controller Metadata names.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
@@ -323,15 +324,12 @@ pub async fn record_leaders(
             let result = async {
                 let quorum = leading(node)?;
                 let image = quorum.image();
+                let by_id: BTreeMap<[u8; 16], &String> =
+                    image.topics.iter().map(|(name, t)| (t.id, name)).collect();
                 let mut records = Vec::new();
                 let mut outcomes = Vec::with_capacity(reports.len());
                 for (id, partition, epoch) in reports {
-                    let Some(topic) = image
-                        .topics
-                        .iter()
-                        .find(|(_, t)| t.id == id)
-                        .map(|(n, _)| n)
-                    else {
+                    let Some(&topic) = by_id.get(&id) else {
                         outcomes.push(Some(ResponseError::UnknownTopicId));
                         continue;
                     };

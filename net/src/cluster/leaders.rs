@@ -34,9 +34,9 @@ pub async fn report_loop(node: Rc<Node>) {
     while !cluster.replicator.is_stopped() {
         glommio::timer::sleep(REPORT_INTERVAL).await;
         let led = cluster.led_here();
-        answered.retain(|tp, epoch| led.iter().any(|(l, e)| l == tp && e == epoch));
+        answered.retain(|tp, epoch| led.get(tp) == Some(epoch));
         let image = cluster.image();
-        let mut due: Vec<(TopicPartition, LeaderReport)> = led
+        let due: Vec<(TopicPartition, LeaderReport)> = led
             .into_iter()
             .filter(|(tp, epoch)| answered.get(tp) != Some(epoch))
             .filter(|(tp, epoch)| {
@@ -47,8 +47,8 @@ pub async fn report_loop(node: Rc<Node>) {
                 let report = (id, tp.partition.0, epoch);
                 Some((tp, report))
             })
+            .take(LEADER_REPORTS_MAX)
             .collect();
-        due.truncate(LEADER_REPORTS_MAX);
         if due.is_empty() {
             continue;
         }
@@ -89,8 +89,6 @@ async fn report(
             .map(|e| Some(e.map_or(0, |e| e.code())))
             .collect());
     }
-    let answered = super::register::remote_record_leaders(node, reports).await?;
-    // The answer comes sorted; put it back in the order of `due`.
-    let codes: BTreeMap<LeaderReport, i16> = answered.into_iter().collect();
+    let codes = super::register::remote_record_leaders(node, reports).await?;
     Ok(due.iter().map(|(_, r)| codes.get(r).copied()).collect())
 }

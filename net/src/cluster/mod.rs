@@ -190,7 +190,7 @@ impl Cluster {
 
     /// Every partition with a replica on this broker that this broker leads, and the
     /// epoch, from every shard's views.
-    pub fn led_here(&self) -> Vec<(TopicPartition, i32)> {
+    pub fn led_here(&self) -> BTreeMap<TopicPartition, i32> {
         let me = Some(self.me());
         self.views
             .borrow()

@@ -204,12 +204,12 @@ fn send_alter_partition(
         .collect())
 }
 
-/// Reports leaderships to a controller on another broker: `(id, partition, epoch)`
-/// with the error code each got (0 if recorded, or already).
+/// Reports leaderships to a controller on another broker: the error code each report
+/// got (0 if recorded, or already).
 pub async fn remote_record_leaders(
     node: &Node,
     reports: Vec<super::admin::LeaderReport>,
-) -> Result<Vec<(super::admin::LeaderReport, i16)>, String> {
+) -> Result<BTreeMap<super::admin::LeaderReport, i16>, String> {
     let address = controller_address(node).ok_or("no controller known yet")?;
     let me = node.cluster().map_or(0, |c| c.me());
     // The answer lists the partitions as the request did: by topic, in id order.
