@@ -21,6 +21,19 @@ fn partitions() -> Vec<TopicPartition> {
 }
 
 /// Runs `body` on shard 0 only; other shards just serve the mesh.
+/// Creates a partition that shard 1 owns (reached from shard 0 through the mesh).
+async fn create_on_shard1(shard: &spate_engine::Shard) -> TopicPartition {
+    let tp = partitions()
+        .into_iter()
+        .find(|tp| shard.owner(tp).0 == 1)
+        .expect("a partition owned by shard 1");
+    shard
+        .create_partition(tp.clone(), PartitionConfig::default())
+        .await
+        .unwrap();
+    tp
+}
+
 fn on_shard0<F, Fut>(config: EngineConfig, body: F) -> spate_engine::Result<()>
 where
     F: Fn(spate_engine::Shard) -> Fut + Send + Clone + 'static,
@@ -147,14 +160,7 @@ fn a_data_directory_serves_one_process_and_bad_settings_are_refused() {
 fn cross_shard_replies_arrive_under_concurrent_appends_and_abandoned_waits() {
     let dir = tempfile::tempdir().unwrap();
     on_shard0(config(dir.path(), 2), move |shard| async move {
-        let tp = partitions()
-            .into_iter()
-            .find(|tp| shard.owner(tp).0 == 1)
-            .expect("a partition owned by shard 1");
-        shard
-            .create_partition(tp.clone(), PartitionConfig::default())
-            .await
-            .unwrap();
+        let tp = create_on_shard1(&shard).await;
         let tasks: Vec<_> = (0..400)
             .map(|i| {
                 let (shard, tp) = (shard.clone(), tp.clone());
@@ -195,6 +201,61 @@ fn cross_shard_replies_arrive_under_concurrent_appends_and_abandoned_waits() {
             (0..200).collect::<Vec<i64>>(),
             "every append answered once"
         );
+    })
+    .unwrap();
+}
+
+/// A long poll's read from another shard (`read_or_wait`, one round trip): an empty
+/// partition answers empty after the wait; a waiting read is woken by an append and
+/// answers with it, long before its wait ends; an offset past the end is an error at
+/// once, not a wait.
+#[test]
+fn a_long_poll_read_from_another_shard_waits_for_data_and_returns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    on_shard0(config(dir.path(), 2), move |shard| async move {
+        let tp = create_on_shard1(&shard).await;
+        let ms = std::time::Duration::from_millis;
+
+        let started = std::time::Instant::now();
+        let empty = shard
+            .read_or_wait(tp.clone(), Offset(0), 4096, ms(50))
+            .await;
+        let empty = empty.unwrap();
+        assert_eq!(empty.bytes(), 0);
+        assert!(
+            started.elapsed() >= ms(40),
+            "it waited before answering empty"
+        );
+
+        let started = std::time::Instant::now();
+        let waiting = {
+            let (shard, tp) = (shard.clone(), tp.clone());
+            glommio::spawn_local(async move {
+                shard.read_or_wait(tp, Offset(0), 1 << 20, ms(30_000)).await
+            })
+        };
+        glommio::timer::sleep(ms(20)).await;
+        let b = BytesMut::from(&batch::encode_test_batch(3, 10, 0)[..]);
+        shard
+            .append(tp.clone(), b, LeaderEpoch(0), AckPolicy::Durable)
+            .await
+            .unwrap();
+        let read = waiting.await.unwrap();
+        assert!(
+            read.bytes() > 0,
+            "the append woke the read, which returned it"
+        );
+        assert_eq!(read.high_watermark, Offset(3));
+        assert!(
+            started.elapsed() < ms(10_000),
+            "woken by the append, not the timeout"
+        );
+
+        let past_end = shard.read_or_wait(tp, Offset(10), 4096, ms(30_000)).await;
+        assert!(matches!(
+            past_end,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
     })
     .unwrap();
 }

@@ -81,6 +81,25 @@ impl ReadResult {
 }
 
 impl PartitionLog {
+    /// `read`, and when that finds nothing at `offset` (the reader is caught up), waits
+    /// up to `wait` for data there and reads again: a long poll's wait and read in one
+    /// call. Errors (offset out of range, a failed partition) return at once.
+    pub async fn read_or_wait(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        wait: std::time::Duration,
+    ) -> Result<ReadResult> {
+        let first = self.read(offset, max_bytes).await?;
+        if first.bytes() > 0 || wait.is_zero() {
+            return Ok(first);
+        }
+        drop(first);
+        // Read again even after a timeout: the watermarks may have moved meanwhile.
+        self.wait_for_data(offset, wait).await;
+        self.read(offset, max_bytes).await
+    }
+
     /// Reads batches from `offset`, up to `max_bytes` (at least one whole batch).
     /// `offset` outside [log_start, log_end] is `OffsetOutOfRange`; at or past the high
     /// watermark the result is empty.

@@ -47,10 +47,13 @@ pub enum Request {
         policy: AckPolicy,
         reply: ReplySender<Result<AppendInfo>>,
     },
+    /// A read; with a nonzero `wait`, a long poll that waits for data first when there
+    /// is none (`PartitionLog::read_or_wait`).
     Read {
         tp: TopicPartition,
         offset: Offset,
         max_bytes: usize,
+        wait: std::time::Duration,
         reply: ReplySender<Result<ReadResult>>,
     },
     Offsets {
@@ -90,6 +93,18 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the request may wait for data (a long poll), counted against
+    /// `SHARD_PEER_WAITS_INFLIGHT_MAX` rather than the request permits.
+    fn waits(&self) -> bool {
+        match self {
+            Request::WaitForData { .. } => true,
+            Request::Read { wait, .. } => !wait.is_zero(),
+            _ => false,
+        }
+    }
+}
+
 /// Serves shard `peer`'s channel until it closes.
 pub(super) async fn serve_peer(shard: Shard, peer: usize, receiver: ConnectedReceiver<Message>) {
     let permits = Rc::new(Semaphore::new(SHARD_PEER_REQUESTS_INFLIGHT_MAX as u64));
@@ -104,18 +119,28 @@ pub(super) async fn serve_peer(shard: Shard, peer: usize, receiver: ConnectedRec
             }
             Message::Request(request) => request,
         };
-        let permit = if let Request::WaitForData { .. } = request {
+        let mut request = request;
+        let permit = if request.waits() {
             // Waits run to their own timeout (their requester cannot cancel them across
-            // shards), so when the budget is spent a wait is answered at once, "no data
-            // yet", instead of blocking this channel for the requests behind it.
+            // shards), so when the budget is spent a wait is answered at once ("no data
+            // yet", or a read without waiting) instead of blocking this channel for the
+            // requests behind it.
             match waits.try_acquire_static_permit(1) {
                 Ok(permit) => permit,
-                Err(_) => {
-                    if let Request::WaitForData { reply, .. } = request {
+                Err(_) => match request {
+                    Request::WaitForData { reply, .. } => {
                         reply.send(Ok(false));
+                        continue;
                     }
-                    continue;
-                }
+                    Request::Read { ref mut wait, .. } => {
+                        *wait = std::time::Duration::ZERO;
+                        let Ok(permit) = permits.acquire_static_permit(1).await else {
+                            return;
+                        };
+                        permit
+                    }
+                    _ => unreachable!("only long polls wait"),
+                },
             }
         } else {
             let Ok(permit) = permits.acquire_static_permit(1).await else {
@@ -173,10 +198,11 @@ async fn execute(shard: &Shard, request: Request) {
             tp,
             offset,
             max_bytes,
+            wait,
             reply,
         } => {
             let result = match shard.local(&tp) {
-                Ok(log) => log.read(offset, max_bytes).await,
+                Ok(log) => log.read_or_wait(offset, max_bytes, wait).await,
                 Err(e) => Err(e),
             };
             reply.send(result);

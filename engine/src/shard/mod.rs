@@ -439,14 +439,29 @@ impl Shard {
         offset: Offset,
         max_bytes: usize,
     ) -> Result<ReadResult> {
+        self.read_or_wait(tp, offset, max_bytes, std::time::Duration::ZERO)
+            .await
+    }
+
+    /// A long poll in one call: reads, and if nothing is readable at `offset` yet, waits
+    /// up to `wait` for data and reads again. On another shard that is one round trip
+    /// where a read, a wait and a second read would be three.
+    pub async fn read_or_wait(
+        &self,
+        tp: TopicPartition,
+        offset: Offset,
+        max_bytes: usize,
+        wait: std::time::Duration,
+    ) -> Result<ReadResult> {
         route!(
             self,
             tp,
-            async { self.local(&tp)?.read(offset, max_bytes).await },
+            async { self.local(&tp)?.read_or_wait(offset, max_bytes, wait).await },
             |reply| Request::Read {
                 tp,
                 offset,
                 max_bytes,
+                wait,
                 reply
             }
         )

@@ -171,8 +171,14 @@ impl FrameWriter {
     }
 }
 
-/// Reads every requested partition once, within the byte limits.
-async fn read_all(node: &Node, request: &FetchRequest) -> Vec<(String, Vec<PartitionData>)> {
+/// Reads every requested partition once, within the byte limits. With `wait` (only
+/// for a single partition), a partition with nothing to read yet is waited for up to that
+/// long and read again, in one call to its shard.
+async fn read_all(
+    node: &Node,
+    request: &FetchRequest,
+    wait: Duration,
+) -> Vec<(String, Vec<PartitionData>)> {
     let mut remaining = request.max_bytes.max(0) as u64;
     let mut any_data = false;
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -196,7 +202,7 @@ async fn read_all(node: &Node, request: &FetchRequest) -> Vec<(String, Vec<Parti
             let limit = (p.partition_max_bytes.max(0) as u64).min(remaining);
             match node
                 .shard
-                .read(tp, Offset(p.fetch_offset), limit.max(1) as usize)
+                .read_or_wait(tp, Offset(p.fetch_offset), limit.max(1) as usize, wait)
                 .await
             {
                 Ok(result) => {
@@ -251,8 +257,17 @@ pub async fn handle(
     correlation_id: i32,
 ) -> Vec<Part> {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    // A long poll of one partition for any data (min_bytes 1, what librdkafka and the
+    // Java client send by default) waits inside its read: one round trip to the
+    // partition's shard. Otherwise reads and waits alternate below.
+    let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    let waits_in_read = partitions == 1 && request.min_bytes == 1;
     let topics = loop {
-        let topics = read_all(node, request).await;
+        let wait = match waits_in_read {
+            true => deadline.saturating_duration_since(Instant::now()),
+            false => Duration::ZERO,
+        };
+        let topics = read_all(node, request, wait).await;
         let ready: u64 = topics
             .iter()
             .flat_map(|(_, ps)| ps.iter())
@@ -266,7 +281,9 @@ pub async fn handle(
             break topics;
         }
         drop(topics);
-        wait_for_any(node, request, deadline).await;
+        if !waits_in_read {
+            wait_for_any(node, request, deadline).await;
+        }
     };
     let mut w = FrameWriter::new(version, correlation_id);
     w.head.put_i32(0); // throttle_time_ms
