@@ -77,3 +77,8 @@ pub const PRODUCER_ID_BLOCK: i32 = 1000;
 /// broker leading more reports the rest in its next rounds; the controller refuses a
 /// larger request.
 pub const LEADER_REPORTS_MAX: usize = 1000;
+
+/// A fetch whose long-poll wait the partition's shard refused (its
+/// `SHARD_PEER_WAITS_INFLIGHT_MAX` budget is spent, so it answers at once) asks again
+/// after this pause instead of at once, which would spin until the fetch's deadline.
+pub const FETCH_REFUSED_WAIT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);

@@ -297,6 +297,50 @@ fn a_long_poll_is_woken_by_an_append_not_by_its_timeout() {
         .is_none_or(|r| r.is_empty()));
 }
 
+/// This process's CPU time so far (user + system, every thread: the broker's shards).
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// A fetch with some data but less than its `min_bytes` waits for more data, not on a
+/// loop of reads: it used to ask for data past its fetch offset, which was there, so it
+/// read again at once until its deadline (a consumer with `fetch.min.bytes` 1 MB on a
+/// slow topic kept 1.4 cores busy). The CPU bound is an order of magnitude from both the
+/// spin (a core or more) and the fetch's real cost (microseconds).
+#[test]
+fn a_fetch_short_of_min_bytes_waits_without_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), 2);
+    let mut c = broker.client();
+    create(&mut c, "slow", 1);
+    let one = Bytes::from(batch::encode_test_batch(1, 10, 0));
+    produce(&mut c, 9, -1, "slow", 0, one);
+    let (cpu, start) = (process_cpu(), Instant::now());
+    let r = fetch(&mut c, 12, "slow", 0, 0, 1_000, 1 << 20);
+    let (cpu, waited) = (process_cpu() - cpu, start.elapsed());
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.high_watermark, 1);
+    assert!(
+        p.records.as_ref().is_some_and(|r| !r.is_empty()),
+        "the data there"
+    );
+    assert!(
+        waited >= Duration::from_millis(990),
+        "it waited for more: {waited:?}"
+    );
+    assert!(
+        cpu < waited / 4,
+        "the wait took {cpu:?} of CPU in {waited:?}: a busy loop"
+    );
+}
+
 #[test]
 fn delete_records_and_offset_for_leader_epoch() {
     use kafka_protocol::messages::delete_records_request::{

@@ -26,6 +26,7 @@ use spate_engine::{Offset, ReadChunk, TopicPartition};
 
 use super::errors::kafka_error;
 use crate::cluster::leader_check;
+use crate::limits::FETCH_REFUSED_WAIT_PAUSE;
 use crate::node::Node;
 
 /// One piece of an outgoing frame.
@@ -226,27 +227,37 @@ async fn read_all(
     topics
 }
 
-/// Waits until any partition without an error has data past its fetch offset, or the
-/// deadline passes.
-async fn wait_for_any(node: &Node, request: &FetchRequest, deadline: Instant) {
+/// Waits until any partition has data past what the last read of it saw (`seen`: past
+/// its high watermark then, or past the fetch offset if that is further), or the
+/// deadline passes. Waiting past the fetch offset alone would return at once whenever
+/// some data is there but less than `min_bytes`, and the fetch would spin on reads until
+/// its deadline. Returns false if the wait ended without data: at the deadline, or at
+/// once when a partition's shard refused to wait.
+async fn wait_for_any(
+    node: &Node,
+    request: &FetchRequest,
+    seen: &[(String, Vec<PartitionData>)],
+    deadline: Instant,
+) -> bool {
     let timeout = deadline.saturating_duration_since(Instant::now());
     let waits: Vec<_> = request
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.as_str(), p)))
-        .map(|(name, p)| {
-            Box::pin(node.shard.wait_for_data(
-                TopicPartition::new(name, p.partition),
-                Offset(p.fetch_offset),
-                timeout,
-            ))
+        .zip(seen)
+        .flat_map(|(t, (_, read))| {
+            let name = t.topic.0.as_str();
+            t.partitions.iter().zip(read).map(move |(p, data)| {
+                let past = Offset(p.fetch_offset.max(data.high_watermark));
+                let tp = TopicPartition::new(name, p.partition);
+                Box::pin(node.shard.wait_for_data(tp, past, timeout))
+            })
         })
         .collect();
     if waits.is_empty() {
         glommio::timer::sleep(timeout).await;
-        return;
+        return true;
     }
-    let _ = futures::future::select_all(waits).await;
+    matches!(futures::future::select_all(waits).await.0, Ok(true))
 }
 
 /// Builds the whole response frame.
@@ -280,9 +291,13 @@ pub async fn handle(
         if ready >= request.min_bytes.max(0) as u64 || errors || Instant::now() >= deadline {
             break topics;
         }
+        // With the wait inside the read, an empty answer before the deadline means the
+        // partition's shard refused to wait.
+        let waited = !waits_in_read && wait_for_any(node, request, &topics, deadline).await;
         drop(topics);
-        if !waits_in_read {
-            wait_for_any(node, request, deadline).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !waited && !left.is_zero() {
+            glommio::timer::sleep(FETCH_REFUSED_WAIT_PAUSE.min(left)).await;
         }
     };
     let mut w = FrameWriter::new(version, correlation_id);
