@@ -184,13 +184,14 @@ fn flush(producer: &BaseProducer<Deliveries>, timeout: Duration) -> Result<(), K
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match producer.flush(left) {
-            Ok(()) if producer.in_flight_count() == 0 => return Ok(()),
-            Err(e) if left.is_zero() => return Err(e),
-            _ if left.is_zero() => {
-                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
-            }
-            _ => {}
+        let flushed = producer.flush(left);
+        if producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if left.is_zero() {
+            return Err(flushed
+                .err()
+                .unwrap_or(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)));
         }
     }
 }

@@ -111,7 +111,7 @@ pub(super) async fn serve_peer(shard: Shard, peer: usize, receiver: ConnectedRec
     let waits = Rc::new(Semaphore::new(SHARD_PEER_WAITS_INFLIGHT_MAX as u64));
     let mut finished = false;
     while let Some(message) = receiver.recv().await {
-        let request = match message {
+        let mut request = match message {
             Message::Done => {
                 finished = true;
                 shard.note_peer_done(1);
@@ -119,34 +119,32 @@ pub(super) async fn serve_peer(shard: Shard, peer: usize, receiver: ConnectedRec
             }
             Message::Request(request) => request,
         };
-        let mut request = request;
-        let permit = if request.waits() {
-            // Waits run to their own timeout (their requester cannot cancel them across
-            // shards), so when the budget is spent a wait is answered at once ("no data
-            // yet", or a read without waiting) instead of blocking this channel for the
-            // requests behind it.
-            match waits.try_acquire_static_permit(1) {
-                Ok(permit) => permit,
-                Err(_) => match request {
-                    Request::WaitForData { reply, .. } => {
-                        reply.send(Ok(false));
-                        continue;
-                    }
-                    Request::Read { ref mut wait, .. } => {
-                        *wait = std::time::Duration::ZERO;
-                        let Ok(permit) = permits.acquire_static_permit(1).await else {
-                            return;
-                        };
-                        permit
-                    }
-                    _ => unreachable!("only long polls wait"),
-                },
+        // Waits run to their own timeout (their requester cannot cancel them across
+        // shards), so when the budget is spent a wait is answered at once ("no data yet",
+        // or a read without waiting) instead of blocking this channel for the requests
+        // behind it.
+        let wait_permit = request
+            .waits()
+            .then(|| waits.try_acquire_static_permit(1).ok())
+            .flatten();
+        if wait_permit.is_none() {
+            match request {
+                Request::WaitForData { reply, .. } => {
+                    reply.send(Ok(false));
+                    continue;
+                }
+                Request::Read { ref mut wait, .. } => *wait = std::time::Duration::ZERO,
+                _ => {}
             }
-        } else {
-            let Ok(permit) = permits.acquire_static_permit(1).await else {
-                return;
-            };
-            permit
+        }
+        let permit = match wait_permit {
+            Some(permit) => permit,
+            None => {
+                let Ok(permit) = permits.acquire_static_permit(1).await else {
+                    return;
+                };
+                permit
+            }
         };
         let queue = shard.latency_queue();
         let shard = shard.clone();
