@@ -37,3 +37,7 @@ pub const REBUILD_READ_BYTES: usize = 64 * 1024 * 1024;
 
 /// Bytes the applier reads per step.
 pub const APPLY_READ_BYTES: usize = 1024 * 1024;
+
+/// Observers a leader serves at once (`replica::Config::observers`): brokers following
+/// the metadata log without voting.
+pub const OBSERVERS_MAX: usize = 1024;

@@ -85,7 +85,10 @@ fn start(id: u32, root: PathBuf, addrs: &BTreeMap<u32, SocketAddr>, shared: Arc<
             .run(async move {
                 let log = open_or_create(&root).await;
                 let driver = Replicator::start(config).expect("start");
-                driver.add(key(), log, membership).await.expect("add");
+                driver
+                    .add(key(), log, membership, false)
+                    .await
+                    .expect("add");
                 let writers: Vec<_> = (0..WRITERS_PER_BROKER)
                     .map(|w| {
                         glommio::spawn_local(writer(

@@ -51,6 +51,7 @@ impl Broker {
                 check_quorum_ms: 300,
                 fetch_records_max: 64,
                 preferred_leader_check_ms: Some(200),
+                observers: false,
                 seed: p as u64,
             };
             replicas.insert(key(p), Replica::new(config, Recovered::empty(), 0));

@@ -240,7 +240,7 @@ async fn add(
     let membership = Membership::new(voters, Vec::new())?;
     cluster
         .replicator
-        .add(key_of(tp), log, membership)
+        .add(key_of(tp), log, membership, false)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(partition = %tp, replicas = ?want.replicas, "replicating partition");

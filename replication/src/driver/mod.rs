@@ -219,12 +219,14 @@ impl Replicator {
     }
 
     /// Runs a replica for `log`, whose replica set is `membership`, recovering its vote
-    /// and epoch cache from the partition's directory.
+    /// and epoch cache from the partition's directory. With `observers`, brokers outside
+    /// the set follow the log too (`replica::Config::observers`).
     pub async fn add(
         &self,
         key: PartitionKey,
         log: PartitionLog,
         membership: Membership,
+        observers: bool,
     ) -> Result<(), DriverError> {
         let shared = &self.0;
         let recovered = store::recover(&log).await?;
@@ -245,6 +247,7 @@ impl Replicator {
             check_quorum_ms: timing.check_quorum_ms,
             fetch_records_max: FETCH_RECORDS_MAX,
             preferred_leader_check_ms: timing.preferred_leader_check_ms,
+            observers,
             seed,
         };
         let saved_epochs = recovered.epochs.clone();

@@ -89,7 +89,7 @@ impl MetadataQuorum {
             .and_then(|bytes| MetadataImage::decode_snapshot(&bytes))
             .filter(|image| image.cluster_id == cluster_id)
             .unwrap_or_else(|| MetadataImage::new(cluster_id));
-        driver.add(key(), log.clone(), voters).await?;
+        driver.add(key(), log.clone(), voters, true).await?;
         let next = Offset(image.applied + 1);
         let quorum = MetadataQuorum(Rc::new(Inner {
             driver: driver.clone(),

@@ -234,6 +234,7 @@ impl Replica {
             since: now,
             progress: BTreeMap::new(),
             parked: BTreeMap::new(),
+            observers: BTreeMap::new(),
             transfer: None,
             preferred_checked_ms: now,
         }));

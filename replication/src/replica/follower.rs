@@ -72,6 +72,11 @@ impl Replica {
         let Role::Follower { leader } = self.role else {
             return;
         };
+        self.fetch_from(now, leader, out);
+    }
+
+    /// Sends the next fetch to `to`: the leader, or a voter an observer asks for it.
+    pub(super) fn fetch_from(&mut self, now: u64, to: ReplicaId, out: &mut Vec<Action>) {
         let (last_fetched_epoch, fetch_offset) = self.last_log();
         self.fetch_request += 1;
         let message = Message::Fetch {
@@ -83,7 +88,7 @@ impl Replica {
             log_start: self.log_start,
         };
         self.fetch_sent_at = Some(now);
-        self.send(leader, message, out);
+        self.send(to, message, out);
     }
 
     fn take_answer(

@@ -15,6 +15,20 @@ use super::{
 };
 use crate::commit::quorum_commit;
 
+impl Leadership {
+    /// Holds `fetch` until there is something to answer. A fetch sent again from the
+    /// same offset keeps the deadline of the one it replaces: a follower whose fetch
+    /// timeout is shorter than the wait must still get its answer.
+    pub(super) fn park(&mut self, from: ReplicaId, mut fetch: Parked) {
+        if let Some(old) = self.parked.get(&from) {
+            if old.fetch_offset == fetch.fetch_offset {
+                fetch.deadline = fetch.deadline.min(old.deadline);
+            }
+        }
+        self.parked.insert(from, fetch);
+    }
+}
+
 impl Replica {
     fn leadership(&self) -> Option<&Leadership> {
         match &self.role {
@@ -23,7 +37,7 @@ impl Replica {
         }
     }
 
-    fn leadership_mut(&mut self) -> Option<&mut Leadership> {
+    pub(super) fn leadership_mut(&mut self) -> Option<&mut Leadership> {
         match &mut self.role {
             Role::Leader(l) => Some(l),
             _ => None,
@@ -175,6 +189,7 @@ impl Replica {
             leadership.transfer = None;
         }
         self.advance_transfer(now, out);
+        self.forget_observers(now);
         self.check_preferred_leader(now, out);
         self.announce(now, out);
         self.answer_parked(now, false, out);
@@ -216,9 +231,12 @@ impl Replica {
             self.adopt(now, epoch, None, out);
         }
         if epoch == self.epoch && self.is_leader() {
-            // Replicas outside the set (removed, or not added yet) are not served.
+            // Replicas outside the set (removed, or not added yet) are served only
+            // where observers are.
             if self.membership().is_member(from) {
                 self.answer_fetch(now, from, fetch, follower, out);
+            } else if self.config.observers {
+                self.answer_observer(now, from, fetch, follower, out);
             }
         } else {
             let answer = Message::FetchAnswer {
@@ -241,28 +259,10 @@ impl Replica {
         follower: FollowerLog,
         out: &mut Vec<Action>,
     ) {
-        let fetch_offset = fetch.fetch_offset;
-        if fetch_offset < self.log_start {
-            return self.start_over(now, from, fetch, out);
+        if self.answer_log_mismatch(now, from, fetch, follower, out) {
+            return;
         }
-        let FollowerLog {
-            last_fetched_epoch,
-            durable_end,
-            log_start: follower_start,
-        } = follower;
-        if let Some(diverging) = self.epochs.diverging(
-            (last_fetched_epoch, fetch_offset),
-            follower_start,
-            self.log_end,
-        ) {
-            let answer = Message::FetchAnswer {
-                request: fetch.request,
-                epoch: self.epoch,
-                commit: self.commit,
-                body: FetchBody::Diverging(diverging),
-            };
-            return self.send(from, answer, out);
-        }
+        let (fetch_offset, durable_end) = (fetch.fetch_offset, follower.durable_end);
         let log_end = self.log_end;
         let leadership = self.leadership_mut().expect("leader");
         // The follower's log agrees with ours up to `fetch_offset`, so its durable
@@ -277,8 +277,7 @@ impl Replica {
             progress.caught_up_ms = now;
         }
         progress.end_at_last_fetch = log_end;
-        leadership.parked.remove(&from);
-        leadership.parked.insert(from, fetch);
+        leadership.park(from, fetch);
         // Answers every held fetch if the commit index moves, this one included.
         self.update_leader_commit(now, out);
         self.advance_transfer(now, out);
@@ -289,6 +288,38 @@ impl Replica {
             leadership.parked.remove(&from);
             self.send_records(from, fetch, out);
         }
+    }
+
+    /// Answers a fetch whose follower log does not continue ours: one from below our
+    /// log start (start over there) or one that diverges (truncate first). Returns
+    /// whether it answered.
+    pub(super) fn answer_log_mismatch(
+        &mut self,
+        now: u64,
+        from: ReplicaId,
+        fetch: Parked,
+        follower: FollowerLog,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if fetch.fetch_offset < self.log_start {
+            self.start_over(now, from, fetch, out);
+            return true;
+        }
+        let Some(diverging) = self.epochs.diverging(
+            (follower.last_fetched_epoch, fetch.fetch_offset),
+            follower.log_start,
+            self.log_end,
+        ) else {
+            return false;
+        };
+        let answer = Message::FetchAnswer {
+            request: fetch.request,
+            epoch: self.epoch,
+            commit: self.commit,
+            body: FetchBody::Diverging(diverging),
+        };
+        self.send(from, answer, out);
+        true
     }
 
     /// Answers a fetch below this log's start: the follower lacks only records deleted
@@ -315,7 +346,12 @@ impl Replica {
         let epoch = self.epoch;
         let leadership = self.leadership_mut().expect("leader");
         leadership.progress.retain(|r, _| members.contains(r));
-        leadership.parked.retain(|r, _| members.contains(r));
+        // An observer added to the set is served as a member from now on.
+        leadership.observers.retain(|r, _| !members.contains(r));
+        let observers = &leadership.observers;
+        leadership
+            .parked
+            .retain(|r, _| members.contains(r) || observers.contains_key(r));
         for to in members {
             if let std::collections::btree_map::Entry::Vacant(entry) = leadership.progress.entry(to)
             {
@@ -351,7 +387,7 @@ impl Replica {
         }
     }
 
-    fn send_records(&mut self, to: ReplicaId, fetch: Parked, out: &mut Vec<Action>) {
+    pub(super) fn send_records(&mut self, to: ReplicaId, fetch: Parked, out: &mut Vec<Action>) {
         let from = fetch.fetch_offset;
         let until = self
             .log_end
@@ -360,6 +396,8 @@ impl Replica {
         let leadership = self.leadership_mut().expect("leader");
         if let Some(p) = leadership.progress.get_mut(&to) {
             p.commit_sent = commit;
+        } else if let Some(o) = leadership.observers.get_mut(&to) {
+            o.commit_sent = commit;
         }
         out.push(Action::SendRecords {
             to,

@@ -19,6 +19,7 @@ mod follower;
 mod leader;
 mod membership;
 mod message;
+mod observer;
 #[cfg(test)]
 mod tests;
 
@@ -57,6 +58,11 @@ pub struct Config {
     /// whether it can hand leadership back to it; `None` never does (Kafka's
     /// `auto.leader.rebalance.enable=false`).
     pub preferred_leader_check_ms: Option<u64>,
+    /// Whether brokers outside the replica set may follow the log (KRaft's observers;
+    /// set for the metadata log, whose voters are a few of the brokers): a leader then
+    /// serves their fetches without counting them anywhere, and a replica outside the
+    /// set finds the leader by asking the voters in turn (`observer`).
+    pub observers: bool,
     pub seed: u64,
 }
 
@@ -114,8 +120,11 @@ struct Leadership {
     since: u64,
     /// One entry per other member (voters and learners) of the set in force.
     progress: BTreeMap<ReplicaId, Progress>,
-    /// Held fetches: at most one per member.
+    /// Held fetches: at most one per member and per observer.
     parked: BTreeMap<ReplicaId, Parked>,
+    /// The observers served (`Config::observers`), at most `OBSERVERS_MAX`: those that
+    /// stop fetching are forgotten after a check-quorum interval.
+    observers: BTreeMap<ReplicaId, Observed>,
     transfer: Option<Transfer>,
     preferred_checked_ms: u64,
 }
@@ -135,6 +144,13 @@ struct Progress {
     caught_up_ms: u64,
     /// The leader's log end when this replica last fetched.
     end_at_last_fetch: Offset,
+}
+
+/// What a leader keeps of an observer: enough to hold its fetches like a member's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Observed {
+    commit_sent: Offset,
+    last_fetch_ms: u64,
 }
 
 /// A fetch the leader holds until there is something to answer.
@@ -184,6 +200,8 @@ pub struct Replica {
     /// When the outstanding fetch was sent (followers), and its number.
     fetch_sent_at: Option<u64>,
     fetch_request: u64,
+    /// Which voter an observer asks next for the leader (an index into the voters).
+    probe: usize,
 }
 
 impl Replica {
@@ -212,6 +230,7 @@ impl Replica {
             last_leader_contact: None,
             fetch_sent_at: None,
             fetch_request: 0,
+            probe: 0,
         };
         replica.reset_election(now);
         replica
@@ -306,6 +325,11 @@ impl Replica {
         self.membership().is_voter(self.config.id)
     }
 
+    /// Whether this replica follows the log from outside the replica set.
+    fn observing(&self) -> bool {
+        self.config.observers && !self.membership().is_member(self.config.id)
+    }
+
     /// The other voters: whom a candidate asks.
     fn other_voters(&self) -> Vec<ReplicaId> {
         let me = self.config.id;
@@ -373,6 +397,7 @@ impl Replica {
         let mut out = Vec::new();
         match &self.role {
             Role::Leader(_) => self.leader_tick(now, &mut out),
+            _ if self.observing() => self.observer_tick(now, &mut out),
             Role::Follower { .. } if now >= self.election_deadline && self.is_voter() => {
                 self.start_pre_vote(now, &mut out)
             }

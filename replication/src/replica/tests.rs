@@ -20,6 +20,7 @@ fn config(id: u32, voters: &[u32], preferred_check: Option<u64>) -> Config {
         check_quorum_ms: 300,
         fetch_records_max: 64,
         preferred_leader_check_ms: preferred_check,
+        observers: false,
         seed: 1,
     }
 }
@@ -43,8 +44,17 @@ impl Group {
     /// `n` replicas, of which `voters` are the initial voters; the others wait to be
     /// added.
     fn new(n: u32, voters: &[u32], preferred_check: Option<u64>) -> Group {
+        Group::with(n, voters, preferred_check, false)
+    }
+
+    /// As `new`; with `observers`, the replicas outside the set observe.
+    fn with(n: u32, voters: &[u32], preferred_check: Option<u64>, observers: bool) -> Group {
+        let config = |i| Config {
+            observers,
+            ..config(i, voters, preferred_check)
+        };
         let replicas = (0..n)
-            .map(|i| Replica::new(config(i, voters, preferred_check), fresh(), 0))
+            .map(|i| Replica::new(config(i), fresh(), 0))
             .collect();
         Group {
             replicas,
@@ -495,4 +505,63 @@ fn a_follower_refuses_what_no_leader_sends_and_keeps_its_log() {
     let out = r.receive(10, leader, answer(request, 5, far));
     assert!(refused(&out));
     assert_eq!((r.log_start(), r.log_end()), (Offset::ZERO, Offset(5)));
+}
+
+#[test]
+fn an_observer_finds_the_leader_follows_the_log_and_counts_nowhere() {
+    // Voters 0 and 1; replica 2 observes.
+    let mut g = Group::with(3, &[0, 1], None, true);
+    g.run(400);
+    let leader = g.leader().unwrap();
+    assert!(leader < 2, "an observer never leads");
+    g.write(5);
+    g.run(200);
+    let end = g.replicas[leader].log_end();
+    assert_eq!(g.replicas[2].leader(), Some(ReplicaId(leader as u32)));
+    assert_eq!(g.replicas[2].log_end(), end);
+    assert_eq!(g.replicas[2].commit_index(), end);
+    assert_eq!(
+        g.replicas[leader].in_sync(g.now, 10_000),
+        Some(ids(&[0, 1])),
+        "observers are not in sync replicas"
+    );
+    // With the other voter gone, the observer's copy commits nothing.
+    let other = 1 - leader;
+    g.down[other] = true;
+    let committed = g.replicas[leader].commit_index();
+    g.write(3);
+    g.run(100);
+    assert_eq!(g.replicas[2].log_end(), g.replicas[leader].log_end());
+    assert_eq!(g.replicas[leader].commit_index(), committed);
+    assert_eq!(g.replicas[2].commit_index(), committed);
+}
+
+#[test]
+fn an_observer_follows_a_new_leader_after_the_old_one_dies() {
+    let mut g = Group::with(4, &[0, 1, 2], None, true);
+    g.run(400);
+    let old = g.leader().unwrap();
+    g.write(4);
+    g.run(100);
+    g.down[old] = true;
+    // A new leader within a few election timeouts; the observer asks the voters in
+    // turn and follows it.
+    g.run(1500);
+    let new = g.leader().expect("a new leader");
+    assert_ne!(new, old);
+    g.write(2);
+    g.run(200);
+    let end = g.replicas[new].log_end();
+    assert_eq!(g.replicas[3].leader(), Some(ReplicaId(new as u32)));
+    assert_eq!(g.replicas[3].commit_index(), end);
+}
+
+#[test]
+fn without_observers_a_replica_outside_the_set_is_not_served() {
+    let mut g = Group::new(3, &[0, 1], None);
+    g.run(400);
+    g.write(5);
+    g.run(200);
+    assert_eq!(g.replicas[2].leader(), None);
+    assert_eq!(g.replicas[2].log_end(), Offset::ZERO);
 }

@@ -69,11 +69,14 @@ pub struct SimConfig {
     pub recovery_bound_ms: u64,
     /// Whether leaders hand leadership back to the preferred replica.
     pub preferred_leader_check_ms: Option<u64>,
+    /// Whether spares follow the log as observers before they are added
+    /// (`replica::Config::observers`).
+    pub observers: bool,
 }
 
 impl SimConfig {
     /// A run with moderate faults of every kind. Odd seeds rebalance leadership to the
-    /// preferred replica.
+    /// preferred replica; in half the seeds (0 and 1 mod 4) spares observe.
     pub fn standard(seed: u64, replicas: u32) -> SimConfig {
         SimConfig {
             seed,
@@ -95,6 +98,7 @@ impl SimConfig {
             write_every_ms: 5,
             recovery_bound_ms: 3_000,
             preferred_leader_check_ms: (seed % 2 == 1).then_some(400),
+            observers: seed % 4 < 2,
         }
     }
 }
@@ -252,6 +256,7 @@ impl Sim {
             check_quorum_ms: 300,
             fetch_records_max: 64,
             preferred_leader_check_ms: self.config.preferred_leader_check_ms,
+            observers: self.config.observers,
             seed,
         }
     }
@@ -318,8 +323,34 @@ impl Sim {
                 self.config.recovery_bound_ms
             )));
         }
+        self.check_observers_caught_up(first_after_heal)?;
         self.report.acknowledged = self.acknowledged.len();
         Ok(self.report)
+    }
+
+    /// Liveness of observers: by the end, each one running holds the first write
+    /// acknowledged after the faults healed as committed.
+    fn check_observers_caught_up(&self, first_after_heal: u64) -> Result<(), Violation> {
+        if !self.config.observers {
+            return Ok(());
+        }
+        let Some((_, offset)) = self.acknowledged.range(first_after_heal..).next() else {
+            return Ok(());
+        };
+        for node in &self.nodes {
+            let Some(replica) = node.replica.as_ref() else {
+                continue;
+            };
+            let observer = !replica.membership().is_member(replica.id());
+            if observer && node.running(self.now) && node.commit_seen <= *offset {
+                return Err(self.violation(format!(
+                    "liveness: observer {:?} has committed only below {:?}, short of acknowledged offset {offset:?}",
+                    replica.id(),
+                    node.commit_seen
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn inject_faults(&mut self) {
