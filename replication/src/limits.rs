@@ -15,6 +15,10 @@ pub use crate::outbox::{
 };
 pub use crate::wire::{FRAME_BYTES_MAX, HEADER_BYTES_MAX};
 
+/// Peers one shard keeps an outbound link to: the voters, and the brokers learned
+/// since (from the metadata image, or from their `Hello`).
+pub const PEERS_MAX: usize = 1024;
+
 /// Frames waiting per peer.
 pub const LINK_FRAMES_MAX: usize = 256;
 

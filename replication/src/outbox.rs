@@ -367,6 +367,7 @@ pub fn inbound(header: &Header) -> Result<(ReplicaId, Vec<Inbound>), WireError> 
         Body::Fetch(p) => p.len(),
         Body::FetchAnswer(p) => p.len(),
         Body::Election(p) => p.len(),
+        Body::Hello { .. } => 0,
     };
     if parts > FRAME_PARTS_MAX {
         return Err(WireError::TooLarge {
@@ -388,6 +389,7 @@ pub fn inbound(header: &Header) -> Result<(ReplicaId, Vec<Inbound>), WireError> 
             .iter()
             .map(election_in)
             .collect::<Result<_, _>>()?,
+        Body::Hello { .. } => Vec::new(),
     };
     Ok((ReplicaId(header.from), messages))
 }

@@ -30,8 +30,11 @@ pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The largest header accepted (a fetch naming 100,000 partitions fits).
 pub const HEADER_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// The version of this layout and of `Header`'s archive. Version 1 had no version
-/// field; version 2 added it, fetches' log start and `Outcome::StartAt`.
-pub const WIRE_VERSION: u16 = 2;
+/// field; version 2 added it, fetches' log start and `Outcome::StartAt`; version 3
+/// added `Body::Hello`.
+pub const WIRE_VERSION: u16 = 3;
+/// The longest address a `Body::Hello` may name.
+pub const HELLO_ADDRESS_BYTES_MAX: usize = 256;
 const PREFIX_BYTES: usize = 12;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -46,6 +49,12 @@ pub enum Body {
     Fetch(Vec<PartitionFetch>),
     FetchAnswer(Vec<PartitionAnswer>),
     Election(Vec<PartitionElection>),
+    /// The first frame on every connection: the sender's replication address (its
+    /// shard's), so a broker that does not know the sender (one that is not a voter,
+    /// say) can answer it. At most `HELLO_ADDRESS_BYTES_MAX` bytes.
+    Hello {
+        listen: String,
+    },
 }
 
 /// Which partition a part of a frame is about.
@@ -379,10 +388,20 @@ mod tests {
             }]),
         };
         bytes.extend(encode(&fetch, &[]).unwrap());
+        let hello = Header {
+            from: 4,
+            body: Body::Hello {
+                listen: "127.0.0.4:9093".into(),
+            },
+        };
+        bytes.extend(encode(&hello, &[]).unwrap());
         let (h, r, used) = decode(&bytes).unwrap();
         assert_eq!((h, r), (header, &records[..]));
-        let (h, r, rest) = decode(&bytes[used..]).unwrap();
-        assert_eq!((h, r.len(), used + rest), (fetch, 0, bytes.len()));
+        let (h, r, second) = decode(&bytes[used..]).unwrap();
+        assert_eq!((h, r.len()), (fetch, 0));
+        let (h, r, third) = decode(&bytes[used + second..]).unwrap();
+        assert_eq!((h, r.len()), (hello, 0));
+        assert_eq!(used + second + third, bytes.len());
     }
 
     #[test]

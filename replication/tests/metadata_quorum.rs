@@ -3,6 +3,7 @@
 //! brokers and creates the topics the test asks for, placed by `placement::assign`;
 //! every broker's image must converge on the same topics and assignments, across a
 //! leader crash, and a restarted broker must come back from its snapshot plus the log.
+//! A fourth broker, not a voter and not known to the voters, observes the log.
 
 mod common;
 
@@ -13,11 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{driver_config, three_brokers, wait_for};
+use common::{driver_config, free_port, three_brokers, wait_for};
 use spate_engine::{ShardId, ShardResources};
 use spate_replication::driver::Replicator;
 use spate_replication::metadata::placement;
 use spate_replication::metadata::{MetadataImage, MetadataQuorum, MetadataRecord, SNAPSHOT_FILE};
+use spate_replication::replica::{Membership, ReplicaId};
 
 /// What the test asks for and sees.
 #[derive(Default)]
@@ -36,9 +38,24 @@ struct Broker {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// Starts broker `id`: a voter if `addrs` (the voters) names it, else an observer
+/// listening at `own`, which the voters are not told of.
 fn start(id: u32, root: PathBuf, addrs: &BTreeMap<u32, SocketAddr>, shared: Arc<Shared>) -> Broker {
+    start_at(id, root, addrs, addrs[&id], shared)
+}
+
+fn start_at(
+    id: u32,
+    root: PathBuf,
+    addrs: &BTreeMap<u32, SocketAddr>,
+    own: SocketAddr,
+    shared: Arc<Shared>,
+) -> Broker {
     let stop = Arc::new(AtomicBool::new(false));
-    let (config, voters) = driver_config(id, addrs);
+    let mut everyone = addrs.clone();
+    everyone.insert(id, own);
+    let (config, _) = driver_config(id, &everyone);
+    let voters = Membership::new(addrs.keys().map(|v| ReplicaId(*v)).collect(), vec![]).unwrap();
     let halt = stop.clone();
     let brokers: Vec<u32> = addrs.keys().copied().collect();
     let thread = std::thread::spawn(move || {
@@ -176,7 +193,18 @@ fn three_brokers_agree_on_topics_across_a_controller_crash_and_restart_from_a_sn
         .iter()
         .map(|(id, root)| (*id, start(*id, root.clone(), &addrs, shared.clone())))
         .collect();
+    // The observer knows the voters; they learn its address from its hello.
+    let observer_dir = tempfile::tempdir().unwrap();
+    let observer_addr = free_port();
+    let observer = start_at(
+        4,
+        observer_dir.path().to_path_buf(),
+        &addrs,
+        observer_addr,
+        shared.clone(),
+    );
     let mut alive: BTreeSet<u32> = brokers.keys().copied().collect();
+    alive.insert(4);
 
     want(&shared, "orders", 6, 3);
     want(&shared, "clicks", 4, 2);
@@ -224,9 +252,14 @@ fn three_brokers_agree_on_topics_across_a_controller_crash_and_restart_from_a_sn
         "{:?}",
         shared.refused.lock().unwrap()
     );
+    assert!(
+        !shared.images.lock().unwrap()[&4].1,
+        "an observer never leads"
+    );
     for (_, broker) in std::mem::take(&mut brokers) {
         kill(broker);
     }
+    kill(observer);
     // Every broker wrote snapshots (one every two records), and a snapshot read back is
     // a prefix of the final image.
     for root in roots.values() {

@@ -112,6 +112,7 @@ impl Broker {
                 Body::Fetch(p) => (0, p.len()),
                 Body::FetchAnswer(p) => (1, p.len()),
                 Body::Election(p) => (2, p.len()),
+                Body::Hello { .. } => panic!("the outbox never makes a hello"),
             };
             self.parts_sent += parts;
             let count = kinds.entry((frame.to, kind)).or_default();

@@ -1,5 +1,8 @@
 //! The broker-to-broker connections of one shard: a listener that reads frames from
 //! peers, and one outbound connection per peer that writes this shard's frames to it.
+//! Every outbound connection starts with a `Hello` frame naming this shard's address,
+//! so a broker learns where to answer a peer it was not configured with (one that is
+//! not a voter); the voters' addresses come from the configuration and are pinned.
 //!
 //! Each direction is its own TCP connection: a peer's frames arrive on the connection it
 //! opened, and ours leave on the one we opened, so neither side ever waits for the other
@@ -14,7 +17,7 @@
 //! allocated. A lost connection is dialled again after `RECONNECT_BACKOFF`; frames queued
 //! meanwhile wait, and those being written when it broke are lost.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -29,9 +32,11 @@ use spate_engine::file::send_file;
 use spate_engine::ReadChunk;
 
 use super::Shared;
-use crate::limits::{INBOUND_FRAMES_MAX, LINK_FRAMES_MAX, PEER_CONNECTIONS_MAX, READ_STEP_BYTES};
+use crate::limits::{
+    INBOUND_FRAMES_MAX, LINK_FRAMES_MAX, PEERS_MAX, PEER_CONNECTIONS_MAX, READ_STEP_BYTES,
+};
 use crate::replica::ReplicaId;
-use crate::wire::FRAME_BYTES_MAX;
+use crate::wire::{self, Body, Header, FRAME_BYTES_MAX};
 
 /// A frame not written within this long (the peer stopped reading: it hangs, or the
 /// connection leads nowhere) drops the connection, which is then dialled again.
@@ -46,89 +51,162 @@ pub struct OutFrame {
     pub chunks: Vec<ReadChunk>,
 }
 
-/// The outbound queues, one per peer.
+/// One peer's outbound queue and where its writer dials.
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    queue: LocalSender<OutFrame>,
+    /// A configured voter's address: never replaced by what a peer announces.
+    pinned: bool,
+    /// Set when the link is replaced: its writer stops dialling.
+    retired: Rc<Cell<bool>>,
+}
+
+/// The outbound queues, one per peer: the configured peers, and those learned since —
+/// from the metadata image (`Replicator::set_peer`) or from a peer's `Hello` — at most
+/// `PEERS_MAX` in all.
 #[derive(Debug)]
 pub struct Links {
-    queues: BTreeMap<ReplicaId, LocalSender<OutFrame>>,
-    /// The receiving ends, until `start` hands them to the writer tasks.
-    pending: RefCell<Vec<(ReplicaId, SocketAddr, LocalReceiver<OutFrame>)>>,
+    links: RefCell<BTreeMap<ReplicaId, Link>>,
+    /// This shard's `Hello` frame, written first on every connection.
+    hello: Vec<u8>,
 }
 
 impl Links {
-    pub fn new(peers: &BTreeMap<ReplicaId, SocketAddr>) -> Links {
-        let mut queues = BTreeMap::new();
-        let mut pending = Vec::new();
-        for (&peer, &addr) in peers {
-            let (tx, rx) = local_channel::new_bounded(LINK_FRAMES_MAX);
-            queues.insert(peer, tx);
-            pending.push((peer, addr, rx));
-        }
+    pub fn new(me: ReplicaId, listen: SocketAddr) -> Links {
+        let header = Header {
+            from: me.0,
+            body: Body::Hello {
+                listen: listen.to_string(),
+            },
+        };
+        let hello = wire::encode(&header, &[]).expect("a hello frame is small");
         Links {
-            queues,
-            pending: RefCell::new(pending),
+            links: RefCell::new(BTreeMap::new()),
+            hello,
         }
     }
 
-    /// Starts one writer task per peer.
-    pub fn start(&self, shared: &Rc<Shared>) {
-        for (peer, addr, rx) in self.pending.borrow_mut().drain(..) {
-            shared.spawn(write_loop(peer, addr, rx));
+    /// Starts a writer to `peer` at `addr`, replacing one to another address unless
+    /// that one is pinned. Returns whether the link is now to `addr`.
+    pub fn connect(
+        &self,
+        shared: &Rc<Shared>,
+        peer: ReplicaId,
+        addr: SocketAddr,
+        pin: bool,
+    ) -> bool {
+        let mut links = self.links.borrow_mut();
+        match links.get(&peer) {
+            Some(link) if link.addr == addr => return true,
+            Some(link) if link.pinned && !pin => return false,
+            Some(link) => {
+                tracing::info!(peer = peer.0, old = %link.addr, new = %addr, "a peer's replication address changed");
+                link.retired.set(true);
+            }
+            None if links.len() >= PEERS_MAX => {
+                tracing::warn!(peer = peer.0, %addr, max = PEERS_MAX, "not connecting to another peer: too many");
+                return false;
+            }
+            None => {}
         }
+        let (queue, frames) = local_channel::new_bounded(LINK_FRAMES_MAX);
+        let retired = Rc::new(Cell::new(false));
+        let writer = Writer {
+            peer,
+            addr,
+            hello: self.hello.clone(),
+            retired: retired.clone(),
+        };
+        links.insert(
+            peer,
+            Link {
+                addr,
+                queue,
+                pinned: pin,
+                retired,
+            },
+        );
+        drop(links);
+        shared.spawn(writer.run(frames));
+        true
     }
 
     /// Queues a frame for `to`; drops it when the queue is full or the peer unknown.
     pub fn send(&self, to: ReplicaId, frame: OutFrame) {
-        match self.queues.get(&to) {
-            Some(queue) => {
-                if queue.try_send(frame).is_err() {
+        match self.links.borrow().get(&to) {
+            Some(link) => {
+                if link.queue.try_send(frame).is_err() {
                     tracing::debug!(
                         peer = to.0,
                         "replication frame dropped: the peer's queue is full"
                     );
                 }
             }
-            None => tracing::warn!(
+            None => tracing::debug!(
                 peer = to.0,
-                "replication frame for a broker that is not a peer"
+                "replication frame for a broker whose address is not known yet"
             ),
         }
     }
 }
 
-async fn write_loop(peer: ReplicaId, addr: SocketAddr, frames: LocalReceiver<OutFrame>) {
-    loop {
-        let mut stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(peer = peer.0, %addr, error = %e, "cannot reach peer; retrying");
-                glommio::timer::sleep(RECONNECT_BACKOFF).await;
-                continue;
+/// The task that dials one peer and writes its frames, `Hello` first on each
+/// connection.
+struct Writer {
+    peer: ReplicaId,
+    addr: SocketAddr,
+    hello: Vec<u8>,
+    retired: Rc<Cell<bool>>,
+}
+
+impl Writer {
+    async fn run(self, frames: LocalReceiver<OutFrame>) {
+        let (peer, addr) = (self.peer, self.addr);
+        while !self.retired.get() {
+            let mut stream = match TcpStream::connect(addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = peer.0, %addr, error = %e, "cannot reach peer; retrying");
+                    glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tracing::debug!(peer = peer.0, %addr, "connected to peer");
+            let hello = OutFrame {
+                head: self.hello.clone(),
+                chunks: Vec::new(),
+            };
+            let mut outcome = write_timed(&mut stream, &hello).await;
+            while outcome.is_ok() {
+                // Ends once the link is replaced (its sender dropped).
+                let Some(frame) = frames.recv().await else {
+                    return;
+                };
+                outcome = write_timed(&mut stream, &frame).await;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        tracing::debug!(peer = peer.0, %addr, "connected to peer");
-        loop {
-            let Some(frame) = frames.recv().await else {
-                return;
-            };
-            let written = futures::future::select(
-                Box::pin(write_frame(&mut stream, &frame)),
-                Box::pin(glommio::timer::sleep(LINK_WRITE_TIMEOUT)),
-            )
-            .await;
-            let outcome = match written {
-                futures::future::Either::Left((outcome, _)) => outcome,
-                futures::future::Either::Right(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the peer has not read a frame for too long",
-                )),
-            };
             if let Err(e) = outcome {
                 tracing::info!(peer = peer.0, %addr, error = %e, "lost the connection to a peer");
-                break;
             }
+            glommio::timer::sleep(RECONNECT_BACKOFF).await;
         }
-        glommio::timer::sleep(RECONNECT_BACKOFF).await;
+    }
+}
+
+/// Writes `frame`, or fails once it has waited `LINK_WRITE_TIMEOUT`.
+async fn write_timed(stream: &mut TcpStream, frame: &OutFrame) -> std::io::Result<()> {
+    let written = futures::future::select(
+        Box::pin(write_frame(stream, frame)),
+        Box::pin(glommio::timer::sleep(LINK_WRITE_TIMEOUT)),
+    )
+    .await;
+    match written {
+        futures::future::Either::Left((outcome, _)) => outcome,
+        futures::future::Either::Right(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the peer has not read a frame for too long",
+        )),
     }
 }
 

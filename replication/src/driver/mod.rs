@@ -193,7 +193,7 @@ impl Replicator {
         })?;
         let shared = Rc::new(Shared {
             outbox: RefCell::new(Outbox::new(config.broker)),
-            links: Links::new(&config.peers),
+            links: Links::new(config.broker, config.listen),
             config,
             start: Instant::now(),
             partitions: RefCell::new(BTreeMap::new()),
@@ -201,10 +201,19 @@ impl Replicator {
             tasks: RefCell::new(BTreeMap::new()),
             next_task: Cell::new(0),
         });
-        shared.links.start(&shared);
+        for (&peer, &addr) in &shared.config.peers {
+            shared.links.connect(&shared, peer, addr, true);
+        }
         shared.spawn(link::accept_loop(listener, shared.clone()));
         glommio::spawn_local(step::tick_loop(shared.clone())).detach();
         Ok(Replicator(shared))
+    }
+
+    /// Where to reach `peer`'s replication listener for this shard, as the metadata
+    /// image says: starts a link to it, or moves one learned earlier. A configured
+    /// peer's address stays as configured. Returns whether the link is now to `addr`.
+    pub fn set_peer(&self, peer: ReplicaId, addr: SocketAddr) -> bool {
+        peer == self.0.config.broker || self.0.links.connect(&self.0, peer, addr, false)
     }
 
     /// Stops the replicas and closes every connection and the listener (the tasks

@@ -14,7 +14,7 @@ use spate_engine::{AckPolicy, Offset, ValidBatch};
 use super::link::OutFrame;
 use super::{store, DriverError, Partition, Shared};
 use crate::outbox::{self, ANSWER_BYTES_MAX, FRAME_RECORD_BYTES_MAX};
-use crate::replica::{Action, BatchMeta, FetchBody, Message};
+use crate::replica::{Action, BatchMeta, FetchBody, Message, ReplicaId};
 use crate::wire;
 
 impl Shared {
@@ -200,7 +200,7 @@ impl Shared {
     }
 
     /// A frame from a peer: each partition's message steps its replica.
-    pub(crate) async fn deliver(&self, frame: Bytes) {
+    pub(crate) async fn deliver(self: &Rc<Self>, frame: Bytes) {
         let (header, records) = match wire::decode(&frame) {
             Ok((header, records, _)) => (header, frame.slice_ref(records)),
             Err(error) => {
@@ -208,6 +208,9 @@ impl Shared {
                 return;
             }
         };
+        if let wire::Body::Hello { listen } = &header.body {
+            return self.hello(ReplicaId(header.from), listen);
+        }
         let (from, parts) = match outbox::inbound(&header) {
             Ok(parts) => parts,
             Err(error) => {
@@ -245,6 +248,25 @@ impl Shared {
             };
             self.execute(&partition, actions, fetched).await;
             follow_log_start(&partition, part.log_start).await;
+        }
+    }
+}
+
+impl Shared {
+    /// A peer's `Hello`: answer it at the address it names (unless it is a configured
+    /// peer, whose address is pinned).
+    fn hello(self: &Rc<Self>, from: ReplicaId, listen: &str) {
+        if from == self.config.broker {
+            return tracing::warn!(%listen, "a peer says it is this broker: ignored");
+        }
+        let addr = (listen.len() <= wire::HELLO_ADDRESS_BYTES_MAX)
+            .then(|| listen.parse::<std::net::SocketAddr>().ok())
+            .flatten();
+        match addr {
+            Some(addr) => {
+                self.links.connect(self, from, addr, false);
+            }
+            None => tracing::warn!(peer = from.0, "a peer's hello names no address: ignored"),
         }
     }
 }
