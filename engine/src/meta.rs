@@ -37,7 +37,7 @@ const MAGIC: &[u8; 4] = b"SPTM";
 fn version(kind: FileKind) -> u8 {
     match kind {
         FileKind::PartitionMeta => 4,
-        FileKind::MetadataSnapshot => 2,
+        FileKind::MetadataSnapshot => 3,
         _ => 1,
     }
 }

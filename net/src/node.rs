@@ -25,7 +25,7 @@ use spate_engine::catalog::Catalog;
 use spate_engine::shard::channels::Senders;
 use spate_engine::shard::reply::{self, ReplySender};
 use spate_engine::{Shard, TopicPartition};
-use spate_replication::metadata::MetadataImage;
+use spate_replication::metadata::{BrokerInfo, MetadataImage};
 
 use crate::cluster::replicated::{Failure, ReplicaAnswer, ReplicaCall};
 use crate::cluster::{Cluster, ClusterConfig, Views};
@@ -112,8 +112,7 @@ pub enum ControlMessage {
     /// Cluster mode, to shard 0: register a broker through the controller.
     RegisterBroker {
         id: u32,
-        host: String,
-        port: u16,
+        info: BrokerInfo,
         reply: ReplySender<Result<(), Failure>>,
     },
     /// Cluster mode, to shard 0: a block of producer ids from the controller,
@@ -505,18 +504,13 @@ impl Node {
     }
 
     /// Registers broker `id` through the controller (cluster mode).
-    pub async fn register_broker(&self, id: u32, host: String, port: u16) -> Result<(), Failure> {
+    pub async fn register_broker(&self, id: u32, info: BrokerInfo) -> Result<(), Failure> {
         if self.is_controller() {
-            return crate::cluster::admin::register(self, id, host, port).await;
+            return crate::cluster::admin::register(self, id, info).await;
         }
-        self.ask_controller(|reply| ControlMessage::RegisterBroker {
-            id,
-            host,
-            port,
-            reply,
-        })
-        .await
-        .unwrap_or_else(|| Err(crate::cluster::admin::stopping()))
+        self.ask_controller(|reply| ControlMessage::RegisterBroker { id, info, reply })
+            .await
+            .unwrap_or_else(|| Err(crate::cluster::admin::stopping()))
     }
 
     /// A block of producer ids from the controller (cluster mode): `(start, length)`.
@@ -587,13 +581,8 @@ impl Node {
                     })
                     .detach();
                 }
-                ControlMessage::RegisterBroker {
-                    id,
-                    host,
-                    port,
-                    reply,
-                } => {
-                    reply.send(crate::cluster::admin::register(&self, id, host, port).await);
+                ControlMessage::RegisterBroker { id, info, reply } => {
+                    reply.send(crate::cluster::admin::register(&self, id, info).await);
                 }
                 ControlMessage::ProducerIdBlock { reply } => {
                     reply.send(crate::cluster::admin::producer_id_block(&self).await);

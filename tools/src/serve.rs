@@ -76,11 +76,13 @@ pub struct ServeArgs {
     log_cleaner_io_max_bytes_per_second: Option<u64>,
     /// Cluster mode: every voter of the metadata quorum as ID@HOST:PORT, comma
     /// separated, with the address its shard 0 takes replication traffic on (shard i
-    /// on the port plus i). This broker's --node-id must be one of them.
+    /// on the port plus i). A broker whose --node-id is not among them joins the
+    /// cluster without voting (it needs --peer-listen).
     #[arg(long, env = "SPATE_VOTERS")]
     voters: Option<String>,
     /// Cluster mode: where this broker's shard 0 listens for peers [default: its
-    /// address in --voters].
+    /// address in --voters]. For a broker that is not a voter, also the address peers
+    /// reach it at, so not 0.0.0.0.
     #[arg(long, env = "SPATE_PEER_LISTEN")]
     peer_listen: Option<String>,
     /// Cluster mode: the cluster's id, the same on every broker [default: derived from
@@ -295,32 +297,42 @@ fn cluster_settings(
         return Ok(None);
     };
     let voters = spate_net::cluster::parse_voters(&voters)?;
-    let me = u32::try_from(node_id).ok();
-    let Some(own) = me.and_then(|id| voters.get(&id)) else {
-        return Err(format!(
-            "node id {node_id} is not among the voters {:?}",
-            voters.keys().collect::<Vec<_>>()
-        ));
+    let me = u32::try_from(node_id)
+        .map_err(|_| format!("invalid node id {node_id}: cluster mode needs 0 or more"))?;
+    let own = voters.get(&me).copied();
+    let peer_listen = match (peer_listen, own) {
+        (Some(a), _) => address("peer listen address", &a)?,
+        (None, Some(own)) => own,
+        (None, None) => {
+            return Err(format!(
+                "node id {node_id} is not among the voters {:?}: a broker that is not a voter needs --peer-listen, the address its peers reach it at",
+                voters.keys().collect::<Vec<_>>()
+            ))
+        }
     };
-    // Shard i of every voter listens on its port plus i: the ranges must not overlap
+    if own.is_none() && peer_listen.ip().is_unspecified() {
+        return Err(format!(
+            "--peer-listen {peer_listen}: a broker that is not a voter is reached there, so it must name an address, not {}",
+            peer_listen.ip()
+        ));
+    }
+    // Shard i of every broker listens on its port plus i: the ranges must not overlap
     // (the listeners use SO_REUSEPORT, so an overlap would silently share a port).
-    for (a, x) in &voters {
+    let mut brokers = voters.clone();
+    brokers.insert(me, own.unwrap_or(peer_listen));
+    for (a, x) in &brokers {
         let later = (std::ops::Bound::Excluded(*a), std::ops::Bound::Unbounded);
-        for (b, y) in voters.range(later) {
+        for (b, y) in brokers.range(later) {
             let (lo, hi) = if x.port() <= y.port() { (x, y) } else { (y, x) };
             if x.ip() == y.ip() && usize::from(hi.port()) < usize::from(lo.port()) + shards {
                 return Err(format!(
-                    "voters {a} and {b} are {} ports apart on {}, fewer than the {shards} shards each needs (shard i takes the port plus i)",
+                    "brokers {a} and {b} are {} ports apart on {}, fewer than the {shards} shards each needs (shard i takes the port plus i)",
                     hi.port() - lo.port(),
                     x.ip()
                 ));
             }
         }
     }
-    let peer_listen = match peer_listen {
-        Some(a) => address("peer listen address", &a)?,
-        None => *own,
-    };
     if let Some(id) = &cluster_id {
         if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
             return Err(format!(
@@ -328,12 +340,11 @@ fn cluster_settings(
             ));
         }
     }
+    // Brokers that are not voters count too: a factor above the brokers registered
+    // is refused when a topic is created.
     let rf = default_replication_factor.unwrap_or(1);
-    if rf == 0 || rf as usize > voters.len() {
-        return Err(format!(
-            "invalid default replication factor {rf}: must be between 1 and the {} voters",
-            voters.len()
-        ));
+    if rf == 0 {
+        return Err("invalid default replication factor 0: must be at least 1".into());
     }
     Ok(Some(ClusterConfig::new(
         peer_listen,

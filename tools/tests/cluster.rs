@@ -101,3 +101,8 @@ fn spate_produce_and_consume_follow_leaders_and_coordinators_when_their_brokers_
 fn every_broker_names_each_partitions_leader_and_epoch_without_a_replica_too() {
     run("leaders-everywhere");
 }
+
+#[test]
+fn a_broker_that_is_not_a_voter_replicates_follows_the_controller_and_forwards_to_it() {
+    run("non-voter");
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 use spate_replication::driver::DriverError;
 use spate_replication::metadata::{
-    placement, MetadataError, MetadataImage, MetadataQuorum, MetadataRecord, TopicImage,
+    placement, BrokerInfo, MetadataError, MetadataImage, MetadataQuorum, MetadataRecord, TopicImage,
 };
 
 use super::replicated::Failure;
@@ -256,23 +256,31 @@ pub async fn alter_configs(
     results
 }
 
-/// Records where clients reach broker `id`.
-pub async fn register(node: &Node, id: u32, host: String, port: u16) -> Result<(), Failure> {
+/// Records where clients and peers reach broker `id`.
+pub async fn register(node: &Node, id: u32, info: BrokerInfo) -> Result<(), Failure> {
     let answer = node
         .serially(async {
             let result = async {
                 let quorum = leading(node)?;
-                let known = quorum.image().brokers.get(&id).cloned();
-                if known.is_some_and(|b| b.host == host && b.port == port) {
+                if quorum.image().brokers.get(&id) == Some(&info) {
                     return Ok(());
                 }
-                let record = MetadataRecord::RegisterBroker {
-                    id,
-                    host: host.clone(),
-                    port,
+                let BrokerInfo { host, port, peer } = info;
+                let record = match peer.clone() {
+                    Some(peer) => MetadataRecord::RegisterBrokerAt {
+                        id,
+                        host: host.clone(),
+                        port,
+                        peer,
+                    },
+                    None => MetadataRecord::RegisterBroker {
+                        id,
+                        host: host.clone(),
+                        port,
+                    },
                 };
                 propose(node, quorum, vec![record]).await?;
-                tracing::info!(broker = id, %host, port, "registered broker");
+                tracing::info!(broker = id, %host, port, ?peer, "registered broker");
                 Ok(())
             }
             .await;

@@ -1,6 +1,9 @@
-//! Cluster mode: a broker that is one of the voters of a metadata quorum and replicates
-//! its partitions with its peers (`spate serve --voters`). A cluster of one is the same
-//! code path with one voter.
+//! Cluster mode: a broker of a cluster whose metadata quorum's voters are `--voters`,
+//! replicating its partitions with its peers (`spate serve --voters`). A broker whose
+//! id is not among the voters observes the metadata log instead of voting on it
+//! (`replica::Config::observers`) and holds partition replicas like any other; the
+//! voters learn its replication address from its `Hello` and its registration. A
+//! cluster of one is the same code path with one voter.
 //!
 //! Each shard runs a `Replicator` listening for peers at the peer port plus its shard
 //! index, and connects to the same shard index of every other broker: partition `tp`
@@ -56,7 +59,7 @@ const SNAPSHOT_EVERY: u64 = 1000;
 pub struct ClusterConfig {
     /// Where shard 0 listens for peers; shard i listens at the port plus i.
     pub peer_listen: SocketAddr,
-    /// Every voter's id and peer address, this broker's included.
+    /// Every voter's id and peer address, this broker's included if it is a voter.
     pub voters: BTreeMap<u32, SocketAddr>,
     /// The same on every broker of the cluster.
     pub cluster_id: String,
@@ -89,6 +92,8 @@ pub type Views = Arc<BTreeMap<TopicPartition, LeaderView>>;
 pub struct Cluster {
     pub config: ClusterConfig,
     pub replicator: Replicator,
+    /// This shard's index: its peers listen at their shard 0's port plus it.
+    shard: usize,
     /// On shard 0 only.
     pub quorum: Option<MetadataQuorum>,
     image: RefCell<Arc<MetadataImage>>,
@@ -160,6 +165,7 @@ impl Cluster {
         Ok(Rc::new(Cluster {
             config,
             replicator,
+            shard,
             quorum,
             image: RefCell::new(Arc::new(image)),
             views: RefCell::new(vec![Views::default(); node.shard.shard_count()]),
@@ -178,8 +184,43 @@ impl Cluster {
         self.image.borrow().clone()
     }
 
+    /// Takes a newer image, and links to the replication addresses it names.
     pub(crate) fn set_image(&self, image: Arc<MetadataImage>) {
+        for (id, broker) in &image.brokers {
+            let Some(peer) = broker.peer.as_deref() else {
+                continue;
+            };
+            let address = peer.parse().ok().and_then(|a| shard_address(a, self.shard));
+            match address {
+                Some(address) => {
+                    self.replicator.set_peer(ReplicaId(*id), address);
+                }
+                None => {
+                    tracing::warn!(broker = id, %peer, "a registered replication address is not IP:PORT")
+                }
+            }
+        }
         *self.image.borrow_mut() = image;
+    }
+
+    /// Whether `id` is a broker of this cluster: a voter, or registered.
+    pub fn is_broker(&self, id: u32) -> bool {
+        self.config.voters.contains_key(&id) || self.image().brokers.contains_key(&id)
+    }
+
+    /// The brokers of this cluster as far as this shard knows: voters and registered.
+    pub fn broker_count(&self) -> usize {
+        let image = self.image();
+        let others = image
+            .brokers
+            .keys()
+            .filter(|id| !self.config.voters.contains_key(id));
+        self.config.voters.len() + others.count()
+    }
+
+    /// Where this broker's shard 0 takes replication traffic, as peers reach it.
+    pub fn peer_address(&self) -> SocketAddr {
+        self.config.peer_address(self.me())
     }
 
     pub(crate) fn set_views(&self, shard: usize, views: Views) {
@@ -259,6 +300,12 @@ pub fn has_partition(catalog: &spate_engine::catalog::Catalog, tp: &TopicPartiti
 }
 
 impl ClusterConfig {
+    /// Where broker `me`'s shard 0 takes replication traffic, as peers reach it: its
+    /// address in `voters` if it is one, else where it listens.
+    pub fn peer_address(&self, me: u32) -> SocketAddr {
+        self.voters.get(&me).copied().unwrap_or(self.peer_listen)
+    }
+
     /// Cluster mode with the replication timeouts' defaults. `cluster_id` defaults to
     /// one derived from the voters, so brokers given the same voters agree on it.
     pub fn new(

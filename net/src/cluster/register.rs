@@ -22,6 +22,8 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
+use spate_replication::metadata::BrokerInfo;
+
 use super::replicated::Failure;
 use crate::client::errors::failure;
 use crate::client::Client;
@@ -77,12 +79,22 @@ fn connect(address: &str, me: u32) -> Result<Client, String> {
     .map_err(|e| e.to_string())
 }
 
+/// The name of the listener a broker's registration gives its replication address
+/// under (BrokerRegistration's listeners are Kafka's; this one is Spate's).
+pub const REPLICATION_LISTENER: &str = "REPLICATION";
+
+fn listener(name: &'static str, host: String, port: u16) -> Listener {
+    Listener::default()
+        .with_name(StrBytes::from_static_str(name))
+        .with_host(StrBytes::from_string(host))
+        .with_port(port)
+}
+
 fn send_registration(
     address: String,
     me: u32,
     cluster_id: String,
-    host: String,
-    port: u16,
+    info: BrokerInfo,
 ) -> Result<(), String> {
     let mut client = connect(&address, me)?;
     let version = client
@@ -92,15 +104,28 @@ fn send_registration(
         .with_broker_id(BrokerId(me as i32))
         .with_cluster_id(StrBytes::from_string(cluster_id))
         .with_incarnation_id(uuid::Uuid::from_bytes(rand::random()))
-        .with_listeners(vec![Listener::default()
-            .with_name(StrBytes::from_static_str("PLAINTEXT"))
-            .with_host(StrBytes::from_string(host))
-            .with_port(port)]);
+        .with_listeners(listeners(info));
     let response = client.send(version, &request).map_err(|e| e.to_string())?;
     match response.error_code {
         0 => Ok(()),
         code => Err(failure("BrokerRegistration", code)),
     }
+}
+
+/// The client listener, then the replication one.
+fn listeners(info: BrokerInfo) -> Vec<Listener> {
+    let mut out = vec![listener("PLAINTEXT", info.host, info.port)];
+    if let Some(peer) = info
+        .peer
+        .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
+    {
+        out.push(listener(
+            REPLICATION_LISTENER,
+            peer.ip().to_string(),
+            peer.port(),
+        ));
+    }
+    out
 }
 
 fn send_allocate(address: String, me: u32) -> Result<(i64, i32), String> {
@@ -126,21 +151,23 @@ pub async fn registration_loop(node: Rc<Node>) {
         return;
     };
     let me = cluster.me();
-    let host = node.config.advertise.ip().to_string();
-    let port = node.config.advertise.port();
+    let info = BrokerInfo {
+        host: node.config.advertise.ip().to_string(),
+        port: node.config.advertise.port(),
+        peer: Some(cluster.peer_address().to_string()),
+    };
     while !cluster.replicator.is_stopped() {
-        let known = cluster.image().brokers.get(&me).cloned();
-        if known.is_some_and(|b| b.host == host && b.port == port) {
+        if cluster.image().brokers.get(&me) == Some(&info) {
             return;
         }
         let leads = cluster.quorum.as_ref().is_some_and(|q| q.is_leader());
         let outcome = if leads {
-            super::admin::register(&node, me, host.clone(), port)
+            super::admin::register(&node, me, info.clone())
                 .await
                 .map_err(|(_, m)| m)
         } else if let Some(address) = controller_address(&node) {
-            let (cluster_id, host) = (cluster.config.cluster_id.clone(), host.clone());
-            run_blocking(move || send_registration(address, me, cluster_id, host, port))
+            let (cluster_id, info) = (cluster.config.cluster_id.clone(), info.clone());
+            run_blocking(move || send_registration(address, me, cluster_id, info))
                 .await
                 .unwrap_or_else(|| Err("the registration thread failed".into()))
         } else {

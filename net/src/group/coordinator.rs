@@ -218,8 +218,8 @@ pub async fn ensure_offsets_topic(node: &Rc<Node>) -> Result<(), ResponseError> 
         name: OFFSETS_TOPIC.to_string(),
         partitions: node.config.groups.offsets_partitions,
         replication_factor: node.cluster().map(|c| {
-            let voters = u32::try_from(c.config.voters.len()).unwrap_or(u32::MAX);
-            node.config.groups.offsets_replication_factor.min(voters)
+            let brokers = u32::try_from(c.broker_count()).unwrap_or(u32::MAX);
+            node.config.groups.offsets_replication_factor.min(brokers)
         }),
         config,
         overrides,

@@ -24,8 +24,7 @@ pub async fn handle(
     let Some(cluster) = node.cluster() else {
         return refused(ResponseError::NotController);
     };
-    let member =
-        u32::try_from(request.broker_id.0).is_ok_and(|id| cluster.config.voters.contains_key(&id));
+    let member = u32::try_from(request.broker_id.0).is_ok_and(|id| cluster.is_broker(id));
     if !member {
         return refused(ResponseError::BrokerIdNotRegistered);
     }

@@ -24,7 +24,7 @@ pub async fn handle(node: &Rc<Node>, request: &AlterPartitionRequest) -> AlterPa
         return refused(ResponseError::NotController);
     };
     let broker = u32::try_from(request.broker_id.0).ok();
-    let Some(broker) = broker.filter(|id| cluster.config.voters.contains_key(id)) else {
+    let Some(broker) = broker.filter(|id| cluster.is_broker(*id)) else {
         return refused(ResponseError::BrokerIdNotRegistered);
     };
     let reports: Vec<_> = request

@@ -117,6 +117,15 @@ pub enum MetadataRecord {
         leader: u32,
         epoch: i32,
     },
+    /// A broker, where clients reach it, and where its shard 0 takes replication
+    /// traffic (`IP:PORT`; shard i at the port plus i). Brokers that are not voters are
+    /// reached only there.
+    RegisterBrokerAt {
+        id: u32,
+        host: String,
+        port: u16,
+        peer: String,
+    },
 }
 
 /// A registered broker.
@@ -124,6 +133,8 @@ pub enum MetadataRecord {
 pub struct BrokerInfo {
     pub host: String,
     pub port: u16,
+    /// Where its shard 0 takes replication traffic, if it said (`RegisterBrokerAt`).
+    pub peer: Option<String>,
 }
 
 /// A topic in the image.
@@ -169,13 +180,25 @@ impl MetadataImage {
         }
         match record {
             MetadataRecord::RegisterBroker { id, host, port } => {
-                self.brokers.insert(
-                    *id,
-                    BrokerInfo {
-                        host: host.clone(),
-                        port: *port,
-                    },
-                );
+                let info = BrokerInfo {
+                    host: host.clone(),
+                    port: *port,
+                    peer: None,
+                };
+                self.brokers.insert(*id, info);
+            }
+            MetadataRecord::RegisterBrokerAt {
+                id,
+                host,
+                port,
+                peer,
+            } => {
+                let info = BrokerInfo {
+                    host: host.clone(),
+                    port: *port,
+                    peer: Some(peer.clone()),
+                };
+                self.brokers.insert(*id, info);
             }
             MetadataRecord::CreateTopic {
                 name,

@@ -98,6 +98,12 @@ fn record() -> impl Strategy<Value = MetadataRecord> {
             host: format!("h{id}"),
             port
         }),
+        (1u32..5, 1u16..100).prop_map(|(id, port)| MetadataRecord::RegisterBrokerAt {
+            id,
+            host: format!("h{id}"),
+            port,
+            peer: format!("127.0.0.{id}:{}", port + 1000),
+        }),
         (name.clone(), assignment.clone()).prop_map(|(n, a)| topic(&n, a)),
         name.clone()
             .prop_map(|name| MetadataRecord::DeleteTopic { name }),

@@ -16,6 +16,9 @@ Usage: cluster.py SPATE_BINARY WORKDIR SCENARIO. Driven by tools/tests/cluster.r
                  it, starts over at it and is in sync again; after the leader is killed,
                  the new one starts its log at the same offset (followers follow the
                  leader's log start)
+  non-voter      a fourth broker that is not a voter holds a replica of `chk` (four
+                 replicas): killed and restarted it comes back in sync; after the
+                 controller is killed it names the next one, and creates a topic through it
   compaction     `chk` is compacted (see `compaction` below): a follower killed while the
                  leader cleans catches up, every replica cleans its own log, and after the
                  leader is killed the new one serves the same table
@@ -72,7 +75,8 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 TOPIC = "chk"
 GONE_TOPIC = "gone"  # deleted while a broker is down, and not created again
-NODE_IDS = (1, 2, 3)
+NODE_IDS = (1, 2, 3)  # the voters
+OUTSIDER = 4  # a broker that is not a voter (scenario non-voter)
 
 # The producer offers this many values a second; after a blocking call it catches up by at
 # most BURST_MAX values, so an outage does not turn into one huge batch.
@@ -303,13 +307,16 @@ class Broker:
 class Cluster:
     """Three brokers, the metadata probes that watch them, and what was seen."""
 
-    def __init__(self, binary, workdir):
-        ports = free_ports(2 * len(NODE_IDS))
+    def __init__(self, binary, workdir, node_ids=NODE_IDS):
+        # The first three are the voters; any more join without voting.
+        self.node_ids = node_ids
+        ports = free_ports(2 * len(node_ids))
         self.brokers = {
             node_id: Broker(node_id, binary, workdir, ports[2 * i], ports[2 * i + 1])
-            for i, node_id in enumerate(NODE_IDS)
+            for i, node_id in enumerate(node_ids)
         }
-        self.voters = ",".join(f"{b.node_id}@127.0.0.1:{b.peer_port}" for b in self.brokers.values())
+        self.voters = ",".join(f"{self.brokers[n].node_id}@127.0.0.1:{self.brokers[n].peer_port}"
+                               for n in NODE_IDS)
         self.bootstrap = ",".join(f"127.0.0.1:{b.port}" for b in self.brokers.values())
         self.workload = None
         self.reader = None
@@ -422,10 +429,10 @@ class Cluster:
         return leader
 
     def formed(self):
-        """True once every serving broker lists all three brokers and a controller."""
+        """True once every serving broker lists every broker and a controller."""
         for node_id in self.serving_ids():
             metadata = self.metadata(node_id)
-            if metadata is None or sorted(metadata.brokers) != list(NODE_IDS):
+            if metadata is None or sorted(metadata.brokers) != list(self.node_ids):
                 return None
             if metadata.controller_id not in NODE_IDS:
                 return None
@@ -451,14 +458,14 @@ class Cluster:
         """A serving leader other than `old`, as named by any serving broker but `old`."""
         for node_id in self.serving_ids(excluded=(old,)):
             view = self.partition(node_id)
-            if view and view.leader != old and view.leader in NODE_IDS and self.brokers[view.leader].serving:
+            if view and view.leader != old and view.leader in self.node_ids and self.brokers[view.leader].serving:
                 return self.note_leader(view.leader)
         return None
 
     def full_isr(self):
-        """The settled leader's view once all three replicas are in sync."""
+        """The settled leader's view once every replica (every broker) is in sync."""
         view = self.settled_view()
-        return view if view and sorted(view.isrs) == list(NODE_IDS) else None
+        return view if view and sorted(view.isrs) == list(self.node_ids) else None
 
     def coordinator(self, excluded=(), group=GROUP):
         """The coordinator of `group`, once every serving broker but `excluded` names the same
@@ -489,7 +496,7 @@ class Cluster:
     # Set-up.
 
     def create_topic(self, configs=None, name=TOPIC):
-        topic = NewTopic(name, num_partitions=1, replication_factor=3, config=configs or {})
+        topic = NewTopic(name, num_partitions=1, replication_factor=len(self.node_ids), config=configs or {})
         self.admin_until_done(f"creating topic {name}", KafkaError.TOPIC_ALREADY_EXISTS,
                               lambda admin: admin.create_topics([topic], request_timeout=5)[name])
 
@@ -1355,19 +1362,70 @@ def leaders_everywhere(cluster):
     return 0
 
 
+def non_voter(cluster):
+    """Broker OUTSIDER is not a voter. It holds one of the four replicas of `chk` (which
+    needs three for a quorum): killed and restarted, it comes back in sync. After the
+    controller is killed it names the next one (its observer of the metadata log
+    followed), and a topic created through it is created by that controller."""
+    outsider = OUTSIDER
+    cluster.produce_for(1)
+    cluster.kill([outsider])
+    cluster.fault()
+    cluster.produce_for(2)
+    cluster.start([outsider])
+    cluster.wait_for(f"broker {outsider} back in the in-sync replicas", ISR_TIMEOUT, cluster.full_isr)
+
+    def controller_named(excluded):
+        metadata = cluster.metadata(outsider)
+        named = metadata.controller_id if metadata else None
+        return named if named in NODE_IDS and named != excluded else None
+
+    controller = cluster.wait_for(f"a controller named by broker {outsider}", LEADER_TIMEOUT,
+                                  lambda: controller_named(None))
+    cluster.kill([controller])
+    cluster.fault()
+    started = time.monotonic()
+    successor = cluster.wait_for(f"broker {outsider} naming a controller other than broker {controller}",
+                                 LEADER_TIMEOUT, lambda: controller_named(controller))
+    cluster.elections.append(time.monotonic() - started)
+    topic = NewTopic("after-failover", num_partitions=2, replication_factor=3)
+
+    def create():
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{cluster.brokers[outsider].port}"})
+        try:
+            admin.create_topics([topic], request_timeout=5)["after-failover"].result()
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                cluster.probe_error = f"creating after-failover through broker {outsider}: {e}"
+                return None
+        return True
+
+    cluster.wait_for(f"a topic created through broker {outsider}", CREATE_TIMEOUT, create)
+    def listed():
+        metadata = cluster.metadata(outsider)
+        return True if metadata and "after-failover" in metadata.topics else None
+
+    cluster.wait_for(f"broker {outsider} listing the new topic", CREATE_TIMEOUT, listed)
+    cluster.notes.append(f"broker {outsider} named broker {successor} the controller after broker {controller}")
+    cluster.produce_for(1)
+    cluster.start([controller])
+    cluster.wait_for(f"broker {controller} back in the in-sync replicas", ISR_TIMEOUT, cluster.full_isr)
+    cluster.produce_for(1)
+
+
 SCENARIOS = {"kill-leader": kill_leader, "pause-leader": pause_leader, "kill-all": kill_all,
              "group-failover": group_failover, "delete-records": delete_records, "compaction": compaction,
              "recreated-topic": recreated_topic, "cli-tools": cli_tools, "cli-failover": cli_failover,
-             "leaders-everywhere": leaders_everywhere}
+             "leaders-everywhere": leaders_everywhere, "non-voter": non_voter}
 
 
 def run(cluster, scenario):
     """Sets up, runs `scenario`, checks; returns the exit status."""
     started = time.monotonic()
-    cluster.start(NODE_IDS)
-    cluster.wait_for("three brokers and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
+    cluster.start(cluster.node_ids)
+    cluster.wait_for("every broker and a controller in every broker's metadata", FORM_TIMEOUT, cluster.formed)
     cluster.create_topic()
-    cluster.wait_for(f"a leader and three in-sync replicas for {TOPIC}", ISR_TIMEOUT, cluster.full_isr)
+    cluster.wait_for(f"a leader and every replica in sync for {TOPIC}", ISR_TIMEOUT, cluster.full_isr)
     workload = cluster.workload = Workload(cluster.bootstrap)
     SCENARIOS[scenario](cluster)
     cluster.wait_for("a leader all brokers agree on, before checking", LEADER_TIMEOUT, cluster.settled_leader)
@@ -1413,7 +1471,7 @@ def main():
     binary, workdir, scenario = sys.argv[1:]
     # A SIGTERM (a test harness giving up) must still reach the `finally` that kills the brokers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"cluster.py {scenario}: terminated"))
-    cluster = Cluster(binary, workdir)
+    cluster = Cluster(binary, workdir, node_ids=NODE_IDS + (OUTSIDER,) if scenario == "non-voter" else NODE_IDS)
     try:
         if scenario in ("compaction", "recreated-topic", "cli-tools", "cli-failover", "leaders-everywhere"):
             return SCENARIOS[scenario](cluster)
