@@ -217,6 +217,13 @@ fn settings_come_from_a_toml_file_and_the_environment() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("node_id=7"));
 }
 
+/// Cluster-mode arguments with one voter, broker 1, and then `extra`.
+fn voter_one(extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--shards", "1", "--voters", "1@127.0.0.1:19001"];
+    args.extend_from_slice(extra);
+    args.into_iter().map(String::from).collect()
+}
+
 #[test]
 fn bad_settings_get_one_clear_line_and_create_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -251,6 +258,22 @@ fn bad_settings_get_one_clear_line_and_create_nothing() {
         (
             vec!["--config".into(), bad_toml.display().to_string()],
             "unknown field",
+        ),
+        (
+            voter_one(&["--node-id", "4"]),
+            "a broker that is not a voter needs --peer-listen",
+        ),
+        (
+            voter_one(&["--node-id", "4", "--peer-listen", "0.0.0.0:19050"]),
+            "must name an address, not 0.0.0.0",
+        ),
+        (
+            voter_one(&["--node-id", "4", "--peer-listen", "127.0.0.1:19001"]),
+            "brokers 1 and 4 are 0 ports apart",
+        ),
+        (
+            voter_one(&["--node-id", "1", "--default-replication-factor", "0"]),
+            "invalid default replication factor 0",
         ),
     ];
     for (args, expected) in cases {
