@@ -13,7 +13,7 @@
 pub use crate::outbox::{
     ANSWER_BYTES_MAX, ANSWER_PARTS_MAX, FRAME_PARTS_MAX, FRAME_RECORD_BYTES_MAX,
 };
-pub use crate::wire::{FRAME_BYTES_MAX, HEADER_BYTES_MAX};
+pub use crate::wire::{FRAME_BYTES_MAX, HEADER_BYTES_MAX, HELLO_ADDRESS_BYTES_MAX};
 
 /// Peers one shard keeps an outbound link to: the voters, and the brokers learned
 /// since (from the metadata image, or from their `Hello`).

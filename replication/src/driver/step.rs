@@ -250,9 +250,7 @@ impl Shared {
             follow_log_start(&partition, part.log_start).await;
         }
     }
-}
 
-impl Shared {
     /// A peer's `Hello`: answer it at the address it names (unless it is a configured
     /// peer, whose address is pinned).
     fn hello(self: &Rc<Self>, from: ReplicaId, listen: &str) {

@@ -4,9 +4,10 @@
 //!
 //! - **Finding the leader.** Nobody announces a leader to an observer (BeginEpoch goes
 //!   to members only), so an observer that has not heard from a leader for an election
-//!   timeout (plus a fetch wait) forgets it and sends its fetch to the voters in turn, one per fetch
-//!   timeout. A voter that does not lead answers `Fenced` with the leader it knows; the
-//!   leader answers the fetch. From then on the observer runs the follower's fetch loop.
+//!   timeout (plus a fetch wait) forgets it and sends its fetch to the voters in turn,
+//!   one per fetch timeout. A voter that does not lead answers `Fenced` with the leader
+//!   it knows; the leader answers the fetch. From then on the observer runs the
+//!   follower's fetch loop.
 //! - **Serving them.** The leader answers observers' fetches as it answers members' —
 //!   held while there is nothing new, checked for divergence, started over below its log
 //!   start — but counts them nowhere: not toward the commit index, the quorum check or
