@@ -167,6 +167,7 @@ impl Replica {
             self.persist(out);
         }
         self.fetch_sent_at = None;
+        self.leader_answered = false;
         self.reset_election(now);
         match leader {
             Some(leader) => {

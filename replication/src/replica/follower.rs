@@ -101,6 +101,7 @@ impl Replica {
     ) {
         self.fetch_sent_at = None;
         self.last_leader_contact = Some(now);
+        self.leader_answered = true;
         self.reset_election(now);
         match body {
             FetchBody::Fenced { .. } => unreachable!("handled by on_fetch_answer"),

@@ -197,6 +197,9 @@ pub struct Replica {
     leader_commit: Offset,
     election_deadline: u64,
     last_leader_contact: Option<u64>,
+    /// Whether the leader followed has answered a fetch since it was adopted. A voter
+    /// can name a leader that has died; an observer told of one gives up on it sooner.
+    leader_answered: bool,
     /// When the outstanding fetch was sent (followers), and its number.
     fetch_sent_at: Option<u64>,
     fetch_request: u64,
@@ -228,6 +231,7 @@ impl Replica {
             leader_commit: Offset::ZERO,
             election_deadline: 0,
             last_leader_contact: None,
+            leader_answered: false,
             fetch_sent_at: None,
             fetch_request: 0,
             probe: 0,

@@ -5,9 +5,9 @@
 //! - **Finding the leader.** Nobody announces a leader to an observer (BeginEpoch goes
 //!   to members only), so an observer that has not heard from a leader for an election
 //!   timeout (plus a fetch wait) forgets it and sends its fetch to the voters in turn,
-//!   one per fetch timeout. A voter that does not lead answers `Fenced` with the leader
-//!   it knows; the leader answers the fetch. From then on the observer runs the
-//!   follower's fetch loop.
+//!   one per probe interval (half an election timeout, at most a fetch timeout). A
+//!   voter that does not lead answers `Fenced` with the leader it knows; the leader
+//!   answers the fetch. From then on the observer runs the follower's fetch loop.
 //! - **Serving them.** The leader answers observers' fetches as it answers members' —
 //!   held while there is nothing new, checked for divergence, started over below its log
 //!   start — but counts them nowhere: not toward the commit index, the quorum check or
@@ -26,8 +26,14 @@ use crate::limits::OBSERVERS_MAX;
 
 impl Replica {
     pub(super) fn observer_tick(&mut self, now: u64, out: &mut Vec<Action>) {
-        // A caught-up observer hears from its leader at least once per fetch wait.
-        let quiet = self.config.election_timeout_ms + self.config.fetch_wait_ms;
+        // A caught-up observer hears from its leader at least once per fetch wait. A
+        // leader it was only told of (by a voter that may not know it died) gets one
+        // probe interval to answer.
+        let quiet = if self.leader_answered {
+            self.config.election_timeout_ms + self.config.fetch_wait_ms
+        } else {
+            self.probe_interval_ms() + self.config.fetch_wait_ms
+        };
         let heard = self.last_leader_contact.is_some_and(|at| now < at + quiet);
         if matches!(self.role, Role::Follower { .. }) {
             if heard {
@@ -39,7 +45,7 @@ impl Replica {
         }
         let asked = self
             .fetch_sent_at
-            .is_some_and(|at| now < at + self.config.fetch_timeout_ms);
+            .is_some_and(|at| now < at + self.probe_interval_ms());
         if asked || self.waiting_for_disk() {
             return;
         }
@@ -47,6 +53,18 @@ impl Replica {
         let to = voters[self.probe % voters.len()];
         self.probe = self.probe.wrapping_add(1);
         self.fetch_from(now, to, out);
+    }
+
+    /// How long an observer looking for the leader waits for a voter's answer before it
+    /// asks the next one. A dead voter never answers and one still electing answers
+    /// `Fenced` with no leader; waiting a whole fetch timeout for each of those put up
+    /// to 5 s between a new leader and its observers at KRaft's timeouts. Half an
+    /// election timeout finds a new leader within about one round of the voters after
+    /// it is elected. (A resent fetch keeps the leader's held deadline, so asking a
+    /// leader again before its held answer is due does not starve the observer.)
+    fn probe_interval_ms(&self) -> u64 {
+        let half_election = (self.config.election_timeout_ms / 2).max(1);
+        self.config.fetch_timeout_ms.min(half_election)
     }
 
     /// A fetch from a replica outside the set, on a leader that serves observers.
