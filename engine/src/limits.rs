@@ -19,6 +19,12 @@ pub const STAGING_CHUNK_BYTES: usize = 1024 * 1024;
 /// Smallest O_DIRECT staging chunk (the first chunk of a flush cycle).
 pub const STAGING_CHUNK_BYTES_MIN: usize = 16 * 1024;
 
+/// When more than this is staged, a flush cycle takes only a front of about this many
+/// bytes and leaves the rest for the next cycle, which then writes while this one's
+/// `fdatasync` runs and its appenders refill. One cycle taking everything would leave the
+/// disk idle while its appenders refill (docs/PERFORMANCE.md).
+pub const FLUSH_FRONT_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 /// Most bytes a partition may hold staged (appended but not yet written) before appends
 /// wait for the flush cycle in progress. This is the backpressure point of the write path.
 pub const PARTITION_STAGED_BYTES_MAX: usize = 32 * 1024 * 1024;
@@ -135,6 +141,7 @@ const _: () = assert!(SHARD_STAGED_BYTES_MAX >= PARTITION_STAGED_BYTES_MAX);
 const _: () = assert!(SHARD_TAIL_CACHE_BYTES_MAX >= PARTITION_TAIL_CACHE_BYTES_MAX);
 const _: () = assert!(PARTITION_STAGED_BYTES_MAX >= 2 * BATCH_BYTES_MAX / 4);
 const _: () = assert!(PARTITION_STAGED_BYTES_MAX >= STAGING_CHUNK_BYTES);
+const _: () = assert!(FLUSH_FRONT_BYTES_MAX >= STAGING_CHUNK_BYTES);
 const _: () = assert!(HEADER_SCAN_WINDOW_BYTES as u64 % DIRECT_IO_ALIGNMENT == 0);
 const _: () = assert!(HEADER_SCAN_WINDOW_BYTES >= 2 * INDEX_INTERVAL_BYTES as usize);
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);

@@ -24,6 +24,22 @@ use crate::limits::SEGMENT_PREALLOCATION_BYTES;
 use crate::staging::{PendingWrite, Staging};
 use crate::types::{Offset, Timestamp};
 
+/// What a flush cycle took from one segment's staging.
+#[derive(Debug)]
+pub struct Taken {
+    pub writes: Vec<PendingWrite>,
+    /// The position the segment is durable to once these writes are synced: after the
+    /// last batch they hold whole.
+    pub end: u64,
+    /// For a front, the offset after its last batch; `None` when everything staged was
+    /// taken.
+    pub front_end: Option<Offset>,
+    /// Grow the file to this size with `fallocate` before writing.
+    pub preallocate: Option<u64>,
+    /// Bytes taken that were not already durable.
+    pub new_bytes: usize,
+}
+
 /// One segment and its in-memory state. Lives on the shard that owns the partition.
 #[derive(Debug)]
 pub struct Segment {
@@ -125,6 +141,7 @@ impl Segment {
         assert_eq!(staging.end(), self.size, "staging and segment size agree");
         let position = u32::try_from(self.size).expect("segment position fits in u32");
         staging.push(&self.file, bytes);
+        staging.mark_batch_end(header.last_offset().next());
         self.note_batch(header, position);
         self.size += bytes.len() as u64;
         self.first_append_at.get_or_insert(now);
@@ -145,21 +162,35 @@ impl Segment {
         self.next_offset = header.last_offset().next();
     }
 
-    /// Takes the staged bytes for a flush cycle: the writes to issue, the logical size
-    /// they bring the file to, and the size to preallocate the file to first, if the
-    /// writes reach past what is allocated. Preallocation goes in steps of
+    /// Takes staged bytes for a flush cycle: all of them, or, when more than
+    /// `front_bytes_max` is staged, a front of whole chunks ending after a batch (see
+    /// `Staging::take_front`). Preallocation goes in steps of
     /// `SEGMENT_PREALLOCATION_BYTES`, never much past `segment_bytes`.
-    pub fn take_writes(
-        &mut self,
-        segment_bytes: u64,
-    ) -> Option<(Vec<PendingWrite>, u64, Option<u64>)> {
+    pub fn take_writes(&mut self, segment_bytes: u64, front_bytes_max: usize) -> Option<Taken> {
         let staging = self.staging.as_mut()?;
         if !staging.has_new_bytes() {
             return None;
         }
-        let end = staging.end();
-        let writes = staging.take(&self.file);
-        let needed = file::align_up(end);
+        let front = if staging.new_bytes() > front_bytes_max {
+            staging.take_front(front_bytes_max)
+        } else {
+            None
+        };
+        let (writes, written_to, end, new_bytes) = match front {
+            Some(front) => {
+                let written_to = front
+                    .writes
+                    .last()
+                    .map_or(0, |w| w.position + w.buffer.len() as u64);
+                (front.writes, written_to, Some(front.end), front.new_bytes)
+            }
+            None => {
+                let (end, new_bytes) = (staging.end(), staging.new_bytes());
+                let writes = staging.take(&self.file);
+                (writes, end, None, new_bytes)
+            }
+        };
+        let needed = file::align_up(written_to);
         let preallocate = (needed > self.allocated).then(|| {
             let step = SEGMENT_PREALLOCATION_BYTES;
             let stepped = needed.div_ceil(step) * step;
@@ -168,7 +199,13 @@ impl Segment {
         if let Some(size) = preallocate {
             self.allocated = size;
         }
-        Some((writes, end, preallocate))
+        Some(Taken {
+            writes,
+            end: end.map_or(written_to, |e| e.position),
+            front_end: end.map(|e| e.next_offset),
+            preallocate,
+            new_bytes,
+        })
     }
 
     /// Paths of all three files.

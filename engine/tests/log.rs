@@ -73,6 +73,53 @@ fn concurrent_appends_share_fsyncs() {
     });
 }
 
+/// Far more staged than one flush cycle takes (`FLUSH_FRONT_BYTES_MAX`), across segment
+/// rolls: cycles take fronts, write while earlier ones sync, and every acknowledged
+/// append is durable, in offset order, after an unclean stop.
+#[test]
+fn a_flood_of_durable_appends_is_written_in_fronts_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let segment_bytes = 3 * spate_engine::limits::FLUSH_FRONT_BYTES_MAX as u64 / 2;
+    let stored = run({
+        let root = root.clone();
+        async move {
+            let log = create(&root, small_segments(segment_bytes)).await;
+            let tasks: Vec<_> = (0..48)
+                .map(|task| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        let mut stored = Vec::new();
+                        for round in 0..4 {
+                            let value = 20_000 + 37_123 * ((task * 7 + round) % 11);
+                            stored.push(append(&log, 2, value, 0, AckPolicy::Durable).await);
+                        }
+                        stored
+                    })
+                })
+                .collect();
+            let mut stored = Vec::new();
+            for task in tasks {
+                stored.extend(task.await);
+            }
+            stored.sort_by_key(|b| batch::BatchHeader::parse(b).unwrap().base_offset);
+            let offsets = log.offsets();
+            assert_eq!(offsets.durable_end, offsets.log_end, "every ack is durable");
+            assert_eq!(offsets.log_end, Offset(2 * 48 * 4));
+            assert!(log.segment_count() > 3, "{} segments", log.segment_count());
+            assert_eq!(read_all(&log, Offset(0)).await, stored);
+            // No close: the executor stops with the log open, as in a crash.
+            stored
+        }
+    });
+    run(async move {
+        let log = reopen(&root).await.unwrap();
+        assert_eq!(log.offsets().log_end, Offset(2 * 48 * 4));
+        assert_eq!(read_all(&log, Offset(0)).await, stored);
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn segments_roll_at_segment_bytes_and_survive_a_clean_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,7 +96,8 @@ pub struct LogOffsets {
 pub struct LogStats {
     /// Appends accepted.
     pub appends: u64,
-    /// Flush cycles that wrote something (each ends with one `fdatasync` per segment).
+    /// Sync rounds: each one `fdatasync` per dirty segment, covering one or more flush
+    /// cycles' writes.
     pub flush_cycles: u64,
     /// Bytes handed to O_DIRECT writes, padding and rewritten partial pages included.
     pub bytes_written: u64,
@@ -143,10 +144,11 @@ pub(crate) struct LogState {
     /// the whole log then counts as dirty once).
     cleaned_to: Offset,
     leader_epoch: LeaderEpoch,
-    /// Bytes staged since the last flush cycle took them.
+    /// Bytes staged and not yet taken by a flush cycle.
     staged_bytes: usize,
-    /// Shard-wide staging permits of the staged and in-flight appends.
-    staged_permits: Vec<StaticPermit>,
+    /// Shard-wide staging permits of the staged and in-flight appends, with the offset
+    /// after each append's batch; in offset order.
+    staged_permits: VecDeque<(Offset, StaticPermit)>,
     /// Durable appends waiting for `durable_end` to pass their end offset; in offset order.
     durable_waiters: VecDeque<(Offset, oneshot::Sender<Result<()>>)>,
     /// Woken after every flush cycle (and on failure): staged-bytes backpressure and
@@ -256,7 +258,7 @@ impl LogState {
         self.cache
             .push(header.base_offset, header.last_offset(), bytes);
         self.staged_bytes += header.size;
-        self.staged_permits.push(permit);
+        self.staged_permits.push_back((self.log_end, permit));
         self.stats.appends += 1;
     }
 

@@ -190,7 +190,7 @@ impl PartitionLog {
             commit: Offset::ZERO,
             leader_epoch: recovered.checkpoint.leader_epoch,
             staged_bytes: 0,
-            staged_permits: Vec::new(),
+            staged_permits: VecDeque::new(),
             durable_waiters: VecDeque::new(),
             progress_waiters: Vec::new(),
             dir_dirty: false,
