@@ -177,13 +177,12 @@ impl Segment {
             None
         };
         let (writes, written_to, end, new_bytes) = match front {
-            Some(front) => {
-                let written_to = front
-                    .writes
-                    .last()
-                    .map_or(0, |w| w.position + w.buffer.len() as u64);
-                (front.writes, written_to, Some(front.end), front.new_bytes)
-            }
+            Some(front) => (
+                front.writes,
+                front.written_to,
+                Some(front.end),
+                front.new_bytes,
+            ),
             None => {
                 let (end, new_bytes) = (staging.end(), staging.new_bytes());
                 let writes = staging.take(&self.file);

@@ -40,6 +40,8 @@ pub struct BatchEnd {
 #[derive(Debug)]
 pub struct Front {
     pub writes: Vec<PendingWrite>,
+    /// File position just past the last write: aligned, and at or past `end`.
+    pub written_to: u64,
     /// The last batch wholly inside the front: what the front makes durable.
     pub end: BatchEnd,
     /// Bytes taken that were not already durable (the carried prefix excluded).
@@ -193,25 +195,22 @@ impl Staging {
     /// last chunk staged; the front ends after the last batch that ends in it. `None` if
     /// no batch ends in such a front (a batch larger than `max_bytes`): take it all then.
     pub fn take_front(&mut self, max_bytes: usize) -> Option<Front> {
-        let mut count = 0;
-        let mut bytes = 0;
-        let mut end = None;
-        for chunk in &self.chunks[..self.chunks.len().saturating_sub(1)] {
-            if bytes + chunk.buffer.len() > max_bytes {
+        // Chunks after the one holding the last batch end carry only its successor's
+        // first bytes: they wait, so the front ends as close to that end as chunks allow.
+        let (mut bytes, mut count, mut end) = (0, 0, None);
+        for (i, chunk) in self.chunks[..self.chunks.len().saturating_sub(1)]
+            .iter()
+            .enumerate()
+        {
+            bytes += chunk.buffer.len();
+            if bytes > max_bytes {
                 break;
             }
-            bytes += chunk.buffer.len();
-            count += 1;
-            end = chunk.last_end.or(end);
+            if let Some(e) = chunk.last_end {
+                (count, end) = (i + 1, Some(e));
+            }
         }
         let end = end?;
-        // Chunks after the one holding the last batch end carry only its successor's
-        // first bytes: they wait, so the front ends as close to `end` as chunks allow.
-        let count = self.chunks[..count]
-            .iter()
-            .rposition(|c| c.last_end.is_some())
-            .expect("a marked chunk exists")
-            + 1;
         let mut writes = Vec::with_capacity(count);
         let mut position = self.start;
         for Chunk { buffer, .. } in self.chunks.drain(..count) {
@@ -228,6 +227,7 @@ impl Staging {
         assert!(!self.chunks.is_empty(), "the last chunk stays staged");
         Some(Front {
             writes,
+            written_to: position,
             end,
             new_bytes,
         })

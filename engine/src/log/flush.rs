@@ -87,7 +87,9 @@ type Operation = LocalBoxFuture<'static, (Result<()>, Duration)>;
 struct Pipeline {
     /// The cycle whose writes are in flight.
     writing: Option<(Cycle, Operation)>,
-    /// Cycles written and waiting for the next sync round; in order.
+    /// Cycles written and waiting for the next sync round; in order. Bounded like the
+    /// staged bytes they hold (`PARTITION_STAGED_BYTES_MAX`): each cycle but a
+    /// directory-only one holds at least one staging chunk.
     written: Vec<Cycle>,
     /// The cycles the sync round in flight covers; in order.
     syncing: Option<(Vec<Cycle>, Operation)>,
