@@ -62,6 +62,10 @@ enum Command {
         /// One reading thread per partition instead of one for all.
         #[arg(long)]
         parallel: bool,
+        /// Take up to this many records per call from librdkafka
+        /// (`rd_kafka_consume_batch_queue`) instead of one per `poll`; 0 for one per call.
+        #[arg(long, default_value_t = 0, conflicts_with = "parallel")]
+        batch: usize,
     },
     /// Produce at `mb_per_s` (acks=all) while consuming; report produce-to-consume
     /// latency percentiles over `seconds`, after one second of warm-up.
@@ -332,6 +336,58 @@ fn consume(brokers: &str, topic: &str, records: u64) {
     );
 }
 
+/// `consume`, taking up to `batch` records per call from the consumer's queue with
+/// `rd_kafka_consume_batch_queue` (librdkafka's `rdkafka_performance -B` does the same),
+/// which saves the per-record `poll` of the `rdkafka` crate's consumer.
+fn consume_batches(brokers: &str, topic: &str, records: u64, batch: usize) {
+    use rdkafka::bindings as rd;
+    let consumer = consumer(brokers, topic, Offset::Beginning);
+    // SAFETY: the consumer outlives the queue handle, destroyed below.
+    let queue = unsafe { rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
+    assert!(!queue.is_null(), "the consumer's queue");
+    let mut messages: Vec<*mut rd::rd_kafka_message_t> = vec![std::ptr::null_mut(); batch];
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let (mut first, mut idle) = (None, Instant::now());
+    while count < records {
+        // SAFETY: `messages` has room for `batch` pointers; each returned one is read,
+        // then destroyed once.
+        let wanted = (records - count).min(batch as u64) as usize;
+        let n =
+            unsafe { rd::rd_kafka_consume_batch_queue(queue, 100, messages.as_mut_ptr(), wanted) };
+        assert!(n >= 0, "consume_batch_queue failed");
+        if n == 0 {
+            assert!(
+                idle.elapsed() < Duration::from_secs(10),
+                "no records for 10 s after {count} of {records}"
+            );
+            continue;
+        }
+        idle = Instant::now();
+        first.get_or_insert(idle);
+        for &m in &messages[..n as usize] {
+            // SAFETY: librdkafka returned `m`; it is valid until destroyed here.
+            unsafe {
+                assert_eq!(
+                    (*m).err,
+                    rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                    "consume failed"
+                );
+                bytes += (*m).len as u64;
+                rd::rd_kafka_message_destroy(m);
+            }
+        }
+        count += n as u64;
+    }
+    let seconds = first.expect("records arrived").elapsed().as_secs_f64();
+    // SAFETY: obtained above; no call uses it after this.
+    unsafe { rd::rd_kafka_queue_destroy(queue) };
+    println!(
+        "consume batch={batch} records={count} seconds={seconds:.3} records_per_s={:.0} mb_per_s={:.1}",
+        count as f64 / seconds,
+        bytes as f64 / seconds / 1e6
+    );
+}
+
 fn latency(brokers: &str, topic: &str, size: usize, mb_per_s: f64, seconds: u64, ack_policy: &str) {
     assert!(size >= 8, "records carry their send time in 8 bytes");
     let epoch = Instant::now();
@@ -462,11 +518,19 @@ fn main() {
             topic,
             records,
             parallel: false,
+            batch: 0,
         } => consume(&cli.brokers, &topic, records),
         Command::Consume {
             topic,
             records,
+            parallel: false,
+            batch,
+        } => consume_batches(&cli.brokers, &topic, records, batch),
+        Command::Consume {
+            topic,
+            records,
             parallel: true,
+            ..
         } => consume_parallel(&cli.brokers, &topic, records),
         Command::Latency {
             topic,
