@@ -9,7 +9,9 @@
 //!
 //! Writes go through O_DIRECT in aligned buffers and are made durable by *group commit*:
 //! one flusher per partition issues the writes and one `fdatasync` per cycle for every
-//! append staged meanwhile. Reads return zero-copy file ranges, or tail batches from a
+//! append staged meanwhile. Retention keeps a few deleted segment files for new segments
+//! to write over, since this costs a durable write less than fresh space does. Reads
+//! return zero-copy file ranges, or tail batches from a
 //! bounded in-memory cache. Recovery verifies CRCs past the last checkpoint and cuts torn
 //! tails; damage to acknowledged data is reported, never silently dropped.
 //!

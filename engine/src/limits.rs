@@ -85,6 +85,12 @@ pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// (docs/PERFORMANCE.md). Redpanda uses the same default step.
 pub const SEGMENT_PREALLOCATION_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Deleted segment files a partition keeps to write new segments over (`log::recycle`).
+/// In a steady state each roll takes one and the retention pass after it gives one back,
+/// so two cover a pass that comes late. They take disk space beyond `retention.bytes`:
+/// at most this many segments per partition.
+pub const RECYCLED_SEGMENTS_MAX: usize = 2;
+
 /// Most records a compressed batch may claim per byte of its compressed records. The
 /// record count of an uncompressed batch is checked exactly by walking its records; a
 /// compressed one cannot be walked without its codec, so its claim is bounded instead,

@@ -55,7 +55,8 @@ pub struct Segment {
     pub size: u64,
     pub durable: u64,
     /// Bytes the file is allocated to (by `fallocate` or by earlier writes). The region
-    /// past `size` reads as zeros, which recovery treats like O_DIRECT padding.
+    /// past `size` reads as zeros, which recovery treats like O_DIRECT padding, or, in a
+    /// recycled file (see `log::recycle`), as old batches, which it cuts as a torn tail.
     pub allocated: u64,
     pub index: SegmentIndex,
     pub max_timestamp: Timestamp,
@@ -72,10 +73,24 @@ impl Segment {
     /// before acknowledging anything written to it.
     pub async fn create(dir: &Path, base_offset: Offset, index_interval: u32) -> Result<Segment> {
         let log_path = file::segment_path(dir, base_offset.0, "log");
-        let dma = file::open_dma(&log_path, true).await?;
-        dma.truncate(0)
+        let segment = Segment::create_empty(dir, log_path, base_offset, index_interval).await?;
+        segment
+            .file
+            .truncate(0)
             .await
-            .map_err(|e| EngineError::glommio("truncate", &log_path, e))?;
+            .map_err(|e| EngineError::glommio("truncate", &segment.log_path, e))?;
+        Ok(segment)
+    }
+
+    /// Opens (creating if need be) `log_path` as an empty segment's `.log`, whatever it
+    /// holds, and writes empty index files beside it.
+    pub(crate) async fn create_empty(
+        dir: &Path,
+        log_path: PathBuf,
+        base_offset: Offset,
+        index_interval: u32,
+    ) -> Result<Segment> {
+        let dma = file::open_dma(&log_path, true).await?;
         for ext in ["index", "timeindex"] {
             file::write_atomic(dir, &format!("{:020}.{ext}", base_offset.0), &[]).await?;
         }

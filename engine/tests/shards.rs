@@ -294,3 +294,44 @@ fn a_shard_whose_thread_dies_does_not_keep_the_others_from_stopping() {
     assert!(error.contains("shard thread"), "{error}");
     assert!(noticed.load(std::sync::atomic::Ordering::Relaxed));
 }
+
+#[test]
+fn on_a_shard_a_roll_queues_retention_and_later_rolls_write_over_the_deleted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    on_shard0(config(dir.path(), 1), move |shard| async move {
+        let tp = TopicPartition::new("recycled", 0);
+        let mut config = PartitionConfig::default();
+        config.set("segment.bytes", "65536").unwrap();
+        config.set("retention.bytes", "131072").unwrap();
+        shard.create_partition(tp.clone(), config).await.unwrap();
+        let log = shard.local(&tp).unwrap();
+        // No retention pass is called here and the periodic one is minutes away: only the
+        // pass queued after each seal can delete segments and free their files.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log.stats().segments_recycled < 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rolls did not recycle: {:?}",
+                log.stats()
+            );
+            let b = BytesMut::from(&batch::encode_test_batch(2, 5000, 1_000)[..]);
+            shard
+                .append(tp.clone(), b, LeaderEpoch(0), AckPolicy::Durable)
+                .await
+                .unwrap();
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let offsets = log.offsets();
+        assert!(offsets.log_start > Offset(0));
+        assert!(
+            log.segment_count() <= 4,
+            "retention keeps up with the rolls"
+        );
+        let read = shard
+            .read(tp.clone(), offsets.log_start, 1 << 20)
+            .await
+            .unwrap();
+        assert!(!read.chunks.is_empty());
+    })
+    .unwrap();
+}

@@ -386,8 +386,11 @@ fn complete(inner: &Inner, cycles: &[Cycle]) {
     st.check_invariants();
 }
 
-/// Seals every segment that is no longer active and is fully durable.
-async fn seal_finished_segments(inner: &Inner) -> Result<()> {
+/// Seals every segment that is no longer active and is fully durable, then queues a
+/// retention pass: a sealed segment may take the log past `retention.bytes`, and the
+/// files that pass deletes are what the next roll recycles.
+async fn seal_finished_segments(inner: &Rc<Inner>) -> Result<()> {
+    let mut sealed = false;
     loop {
         let job = {
             let st = inner.state.borrow();
@@ -397,7 +400,12 @@ async fn seal_finished_segments(inner: &Inner) -> Result<()> {
                 .find(|s| !s.sealed && s.base_offset != active && s.durable == s.size)
                 .map(|s| s.base_offset)
         };
-        let Some(base) = job else { return Ok(()) };
+        let Some(base) = job else {
+            if sealed {
+                inner.queue_retention();
+            }
+            return Ok(());
+        };
         // Sealing awaits I/O, so it works on a copy of the segment's bookkeeping and
         // publishes the result after; readers keep using the segment meanwhile.
         let (file, path, size, mut index, max_ts, max_ts_offset) = {
@@ -420,5 +428,6 @@ async fn seal_finished_segments(inner: &Inner) -> Result<()> {
             s.staging = None;
             s.sealed = true;
         }
+        sealed = true;
     }
 }

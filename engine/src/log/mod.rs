@@ -19,6 +19,7 @@ mod compact;
 mod flush;
 pub(crate) mod open;
 mod read;
+mod recycle;
 mod replica;
 mod retention;
 mod scan;
@@ -59,6 +60,9 @@ pub struct ShardResources {
     pub cache_bytes: Rc<Cell<usize>>,
     /// Task queue for flushes, sealing, retention and checkpoints.
     pub background: Option<glommio::TaskQueueHandle>,
+    /// Whether retention keeps deleted segment files for new segments to write over (see
+    /// `recycle`). On by default; benchmarks turn it off to measure what it gains.
+    pub recycle_segments: Cell<bool>,
 }
 
 impl ShardResources {
@@ -68,6 +72,7 @@ impl ShardResources {
             staged: Rc::new(Semaphore::new(SHARD_STAGED_BYTES_MAX as u64)),
             cache_bytes: Rc::new(Cell::new(0)),
             background,
+            recycle_segments: Cell::new(true),
         })
     }
 }
@@ -101,6 +106,10 @@ pub struct LogStats {
     pub flush_cycles: u64,
     /// Bytes handed to O_DIRECT writes, padding and rewritten partial pages included.
     pub bytes_written: u64,
+    /// Segments rolled (started after the first).
+    pub segments_rolled: u64,
+    /// Of those, segments started by writing over a free file (see `recycle`).
+    pub segments_recycled: u64,
 }
 
 /// A handle to a partition log, cheap to clone, usable only on its shard.
@@ -121,6 +130,10 @@ pub(crate) struct Inner {
     /// Rung after every append; the flusher waits on it. Capacity 1: rings coalesce.
     flush_bell: LocalSender<()>,
     flusher: RefCell<Option<JoinHandle<()>>>,
+    /// The retention pass queued after a roll, while it runs (see `recycle`).
+    retention_task: RefCell<Option<JoinHandle<()>>>,
+    /// Another retention pass was asked for while one ran.
+    retention_wanted: Cell<bool>,
     shard: Rc<ShardResources>,
 }
 
@@ -156,6 +169,8 @@ pub(crate) struct LogState {
     progress_waiters: Vec<oneshot::Sender<()>>,
     /// A segment file was created or deleted; the next cycle syncs the directory first.
     dir_dirty: bool,
+    /// Deleted segments' files kept to be written over; at most `RECYCLED_SEGMENTS_MAX`.
+    free: Vec<recycle::FreeFile>,
     failed: Option<String>,
     closing: bool,
     cache: TailCache,
@@ -531,14 +546,18 @@ impl Inner {
             &crate::meta::encode(crate::meta::FileKind::ProducerSnapshot, &producers),
         )
         .await?;
-        let segment = Segment::create(&self.dir, base, interval).await?;
-        tracing::debug!(partition = %self.tp, base_offset = base.0, "rolled a new segment");
+        let segment = match self.take_free(base) {
+            Some(free) => Segment::reuse(&self.dir, base, interval, &free).await?,
+            None => Segment::create(&self.dir, base, interval).await?,
+        };
+        tracing::debug!(partition = %self.tp, base_offset = base.0, recycled = segment.allocated > 0, "rolled a new segment");
         let mut st = self.state.borrow_mut();
         assert!(
             st.segments.insert(base, segment).is_none(),
             "segment base offsets are unique"
         );
         st.dir_dirty = true;
+        st.stats.segments_rolled += 1;
         Ok(())
     }
 

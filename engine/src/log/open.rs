@@ -7,7 +7,8 @@
 //!   is verified batch by batch (CRC, dense offsets) and its indexes rebuilt. At the first
 //!   invalid batch: if the rest of the file is zeros, it is O_DIRECT padding or unwritten
 //!   space and is cut; if the batch lies at or past the recovery point, it is a torn tail
-//!   and is cut, with a warning naming file, position and bytes dropped; if it lies below
+//!   (or the old batches of a recycled file, see `recycle`) and is cut, with a warning
+//!   naming file, position and bytes dropped; if it lies below
 //!   the recovery point, acknowledged data is damaged, and opening fails with an error
 //!   naming the file and position, leaving the files untouched for an operator.
 //! - Segments after a cut are deleted: their data was never acknowledged, because a flush
@@ -24,7 +25,7 @@ use glommio::channels::local_channel;
 use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 
-use super::{compact, flush, scan, Inner, LogState, PartitionLog, ShardResources};
+use super::{compact, flush, recycle, scan, Inner, LogState, PartitionLog, ShardResources};
 use crate::cache::TailCache;
 use crate::config::PartitionConfig;
 use crate::error::{EngineError, Result};
@@ -45,6 +46,7 @@ pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 #[derive(Debug)]
 struct Recovered {
     segments: BTreeMap<Offset, Segment>,
+    free: Vec<recycle::FreeFile>,
     checkpoint: RecoveryCheckpoint,
     producers: ProducerStates,
 }
@@ -110,6 +112,7 @@ impl PartitionLog {
                     meta,
                     Recovered {
                         segments,
+                        free: Vec::new(),
                         checkpoint,
                         producers: ProducerStates::default(),
                     },
@@ -194,6 +197,7 @@ impl PartitionLog {
             durable_waiters: VecDeque::new(),
             progress_waiters: Vec::new(),
             dir_dirty: false,
+            free: recovered.free,
             failed: None,
             closing: false,
             cache: TailCache::new(shard.cache_bytes.clone()),
@@ -210,6 +214,8 @@ impl PartitionLog {
             metadata_gate: Semaphore::new(1),
             flush_bell: bell_tx,
             flusher: RefCell::new(None),
+            retention_task: RefCell::new(None),
+            retention_wanted: std::cell::Cell::new(false),
             shard,
         });
         let task = flush::run(inner.clone(), bell_rx);
@@ -311,6 +317,11 @@ impl PartitionLog {
         if let Some(handle) = handle {
             handle.await;
         }
+        // A retention pass queued after a roll finds the log closing, or finishes first.
+        let retention = inner.retention_task.borrow_mut().take();
+        if let Some(handle) = retention {
+            handle.await;
+        }
         inner.gate.close();
         let mut st = inner.state.borrow_mut();
         for (_, tx) in st.durable_waiters.drain(..) {
@@ -374,10 +385,19 @@ pub(super) async fn write_checkpoint(dir: &Path, checkpoint: &RecoveryCheckpoint
     .await
 }
 
-/// Lists `<20 digits>.log` files by base offset, removing leftover temporaries and
-/// cleaned segments never committed, and finishing the swaps of committed ones.
-async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
+/// Files found in a partition's directory: segments by base offset, and free files (see
+/// `recycle`) with the end offset their names give.
+struct Listed {
+    logs: Vec<(Offset, PathBuf)>,
+    free: Vec<(Offset, PathBuf)>,
+}
+
+/// Lists `<20 digits>.log` files by base offset and free files, removing leftover
+/// temporaries and cleaned segments never committed, and finishing the swaps of committed
+/// ones.
+async fn list_segments(dir: &Path) -> Result<Listed> {
     let mut logs = Vec::new();
+    let mut free = Vec::new();
     let mut swaps = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io("list directory", dir, e))?;
     for entry in entries {
@@ -385,6 +405,8 @@ async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".tmp") || name.ends_with(compact::CLEANED_SUFFIX) {
             file::remove(&entry.path()).await?;
+        } else if let Some(end) = recycle::parse_free_name(&name) {
+            free.push((end, entry.path()));
         } else if let Some(stem) = name.strip_suffix(compact::SWAP_SUFFIX) {
             match stem.parse::<i64>() {
                 Ok(base) if stem.len() == 20 && (0..SEGMENT_BASE_LIMIT).contains(&base) => {
@@ -414,7 +436,7 @@ async fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
         finish_swap(dir, base, &path, &mut logs).await?;
     }
     logs.sort();
-    Ok(logs)
+    Ok(Listed { logs, free })
 }
 
 /// Finishes a cleaning pass's swap that a crash interrupted after its commit point: the
@@ -471,14 +493,16 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         clean_shutdown: false,
     });
     let interval = meta.config.index_interval_bytes;
-    let listed = list_segments(dir).await?;
+    let Listed { logs: listed, free } = list_segments(dir).await?;
     let mut segments = BTreeMap::new();
     if listed.is_empty() {
         let base = checkpoint.log_start;
         segments.insert(base, Segment::create(dir, base, interval).await?);
+        let free = recycle::adopt(free, base).await?;
         file::sync_dir(dir).await?;
         return Ok(Recovered {
             segments,
+            free,
             checkpoint,
             producers: ProducerStates::default(),
         });
@@ -580,8 +604,11 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         active.base_offset,
     )
     .await?;
+    let first = *segments.keys().next().expect("at least one segment");
+    let free = recycle::adopt(free, first).await?;
     Ok(Recovered {
         segments,
+        free,
         checkpoint,
         producers,
     })
@@ -651,7 +678,7 @@ async fn verify_segment(segment: &mut Segment, checkpoint: &RecoveryCheckpoint) 
             position = invalid.position,
             bytes = dropped,
             reason = %invalid.reason,
-            "truncated a torn tail past the recovery point"
+            "truncated a torn tail (or a recycled file's old batches) past the recovery point"
         );
     }
     segment

@@ -5,7 +5,9 @@
 //! The active segment and any segment not yet sealed are never deleted, and neither is a
 //! segment holding offsets at or past the high watermark. Deleting moves `log_start` to
 //! the next segment's base offset; the checkpoint records it, and in-flight zero-copy
-//! reads keep working because they hold the segment's open descriptor.
+//! reads keep working because they hold the segment's open descriptor. Up to
+//! `RECYCLED_SEGMENTS_MAX` deleted `.log` files are kept as free files for later segments
+//! to write over (see `recycle`).
 
 use super::PartitionLog;
 use crate::error::{EngineError, Result};
@@ -122,10 +124,9 @@ impl PartitionLog {
         for segment in removed {
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += segment.size;
-            for path in segment.paths(&inner.dir) {
-                file::remove(&path).await?;
-            }
-            tracing::info!(partition = %inner.tp, base_offset = segment.base_offset.0, "retention deleted a segment");
+            let base_offset = segment.base_offset;
+            inner.retire(segment).await?;
+            tracing::info!(partition = %inner.tp, base_offset = base_offset.0, "retention deleted a segment");
         }
         file::sync_dir(&inner.dir).await?;
         Ok(outcome)
