@@ -164,6 +164,11 @@ pub struct EngineAppendArgs {
     /// report gives medians of the per-round ratios.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// How the logs start out: `fresh` (new logs, default config), `steady` (retention
+    /// deleting a segment per segment rolled, files recycled, as a full broker runs) and
+    /// `steady-unrecycled` (the same without recycling).
+    #[arg(long, value_delimiter = ',', default_values_t = [crate::engine_append::Mode::Fresh, crate::engine_append::Mode::Steady { recycle: true }, crate::engine_append::Mode::Steady { recycle: false }])]
+    pub modes: Vec<crate::engine_append::Mode>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -462,6 +467,7 @@ fn engine_append(args: EngineAppendArgs) -> Result<()> {
         inflight_bytes: args.inflight_bytes,
         raw_block_bytes: args.raw_block_bytes,
         rounds: args.rounds,
+        modes: args.modes,
     };
     let report = executor.run(async move { crate::engine_append::run(plan).await });
     print!("{report}");

@@ -7,6 +7,11 @@
 //! `inflight` concurrent appenders that each wait for durability (an fsync) before their
 //! next append. Each appender copies its batch into a fresh buffer per append, standing
 //! in for the copy a network receive makes.
+//!
+//! Each configuration runs in up to three modes (`Mode`): new logs, and the steady state
+//! of a broker whose retention deletes a segment for each one it rolls, with and without
+//! recycling the deleted files. Each engine run is compared with a raw run just before it,
+//! because this disk's bandwidth swings by a factor of two within seconds.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -15,7 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use spate_engine::{
-    AckPolicy, LeaderEpoch, PartitionConfig, PartitionLog, ShardId, ShardResources, TopicPartition,
+    AckPolicy, LeaderEpoch, LogStats, PartitionConfig, PartitionLog, ShardId, ShardResources,
+    TopicPartition,
 };
 
 /// Microsecond latencies from 1 µs to an hour, 3 significant digits. Explicit bounds:
@@ -148,6 +154,102 @@ pub async fn raw_like_engine(
     }
 }
 
+/// How the partitions' logs start out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// New, empty logs with the default config (1 GiB segments, no size retention): every
+    /// byte goes to freshly allocated space.
+    Fresh,
+    /// Logs in the steady state of a full broker: `steady_segment_bytes` segments and
+    /// `retention.bytes` of two segments, first written four segments' worth, so
+    /// retention deletes a segment for each one rolled. With `recycle`, new segments are written over the
+    /// deleted ones' files (the engine's default); without, each is a new file.
+    Steady { recycle: bool },
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Mode, String> {
+        match s {
+            "fresh" => Ok(Mode::Fresh),
+            "steady" => Ok(Mode::Steady { recycle: true }),
+            "steady-unrecycled" => Ok(Mode::Steady { recycle: false }),
+            _ => Err(format!(
+                "unknown mode {s:?}: expected fresh, steady or steady-unrecycled"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Fresh => "fresh",
+            Mode::Steady { recycle: true } => "steady",
+            Mode::Steady { recycle: false } => "steady-unrecycled",
+        })
+    }
+}
+
+/// Bytes the shard's partitions together fill one segment each with, in the steady-state
+/// modes: 1 GiB, the default `segment.bytes`, split among the partitions, so the shard
+/// rolls about as often as with the default config and one partition, while the warm-up
+/// (four segments per partition) stays at 4 GiB whatever the partition count.
+const STEADY_SHARD_SEGMENT_BYTES: u64 = 1 << 30;
+
+/// `segment.bytes` of each of `partitions` partitions in the steady-state modes.
+fn steady_segment_bytes(partitions: usize) -> u64 {
+    (STEADY_SHARD_SEGMENT_BYTES / partitions.max(1) as u64).max(64 << 20)
+}
+
+/// Runs `inflight` appenders per log, each appending `template` durably until `until`
+/// says stop (given the bytes its partition has had and the time since `start`); returns
+/// the bytes appended.
+async fn drive(
+    logs: &[PartitionLog],
+    template: &Rc<Vec<u8>>,
+    inflight: usize,
+    queue: Option<glommio::TaskQueueHandle>,
+    latency: Option<Rc<std::cell::RefCell<Histogram<u64>>>>,
+    until: Rc<dyn Fn(u64) -> bool>,
+) -> u64 {
+    let mut tasks = Vec::new();
+    for log in logs {
+        let written = Rc::new(std::cell::Cell::new(0u64));
+        for _ in 0..inflight {
+            let (log, template, latency) = (log.clone(), template.clone(), latency.clone());
+            let (written, until) = (written.clone(), until.clone());
+            let task = async move {
+                let mut bytes = 0u64;
+                while !until(written.get()) {
+                    let batch = BytesMut::from(&template[..]);
+                    let t = Instant::now();
+                    log.append(batch, LeaderEpoch(0), AckPolicy::Durable)
+                        .await
+                        .expect("append");
+                    if let Some(latency) = &latency {
+                        latency
+                            .borrow_mut()
+                            .saturating_record(t.elapsed().as_micros() as u64);
+                    }
+                    bytes += template.len() as u64;
+                    written.set(written.get() + template.len() as u64);
+                }
+                bytes
+            };
+            tasks.push(match queue {
+                Some(q) => glommio::spawn_local_into(task, q).expect("queue exists"),
+                None => glommio::spawn_local(task),
+            });
+        }
+    }
+    let mut bytes = 0;
+    for task in tasks {
+        bytes += task.await;
+    }
+    bytes
+}
+
 /// Durable appends of `batch_bytes` batches to `partitions` partitions for `duration`.
 pub async fn engine_append(
     dir: &Path,
@@ -155,15 +257,36 @@ pub async fn engine_append(
     partitions: usize,
     inflight: usize,
     duration: Duration,
+    mode: Mode,
 ) -> Measurement {
     let root = dir.join(format!("engine-{batch_bytes}-{partitions}"));
     std::fs::create_dir_all(&root).expect("bench dir");
-    let shard = ShardResources::new(ShardId(0), None);
+    let (queue, config, shard) = match mode {
+        Mode::Fresh => (
+            None,
+            PartitionConfig::default(),
+            ShardResources::new(ShardId(0), None),
+        ),
+        Mode::Steady { recycle } => {
+            let (latency, background) = spate_engine::shard::task_queues();
+            let mut config = PartitionConfig::default();
+            let segment = steady_segment_bytes(partitions);
+            config
+                .set("segment.bytes", &segment.to_string())
+                .expect("valid segment.bytes");
+            config
+                .set("retention.bytes", &(2 * segment).to_string())
+                .expect("valid retention.bytes");
+            let shard = ShardResources::new(ShardId(0), Some(background));
+            shard.recycle_segments.set(recycle);
+            (Some(latency), config, shard)
+        }
+    };
     let mut logs = Vec::new();
     for p in 0..partitions {
         let tp = TopicPartition::new("bench", p as i32);
         logs.push(
-            PartitionLog::create(&root, tp, PartitionConfig::default(), shard.clone())
+            PartitionLog::create(&root, tp, config.clone(), shard.clone())
                 .await
                 .expect("create"),
         );
@@ -171,46 +294,51 @@ pub async fn engine_append(
     // One record whose value fills the batch; the encoder's overhead is under 100 bytes.
     let template = spate_engine::batch::encode_test_batch(1, batch_bytes - 80, 0);
     let template: Rc<Vec<u8>> = Rc::new(template);
+    if mode != Mode::Fresh {
+        drive(
+            &logs,
+            &template,
+            inflight,
+            queue,
+            None,
+            Rc::new(move |written| written >= 4 * steady_segment_bytes(partitions)),
+        )
+        .await;
+    }
+    let before: Vec<LogStats> = logs.iter().map(PartitionLog::stats).collect();
     let latency = Rc::new(std::cell::RefCell::new(latency_histogram()));
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for log in &logs {
-        for _ in 0..inflight {
-            let (log, template, latency) = (log.clone(), template.clone(), latency.clone());
-            tasks.push(glommio::spawn_local(async move {
-                let mut bytes = 0u64;
-                while start.elapsed() < duration {
-                    let batch = BytesMut::from(&template[..]);
-                    let t = Instant::now();
-                    log.append(batch, LeaderEpoch(0), AckPolicy::Durable)
-                        .await
-                        .expect("append");
-                    latency
-                        .borrow_mut()
-                        .saturating_record(t.elapsed().as_micros() as u64);
-                    bytes += template.len() as u64;
-                }
-                bytes
-            }));
-        }
-    }
-    let mut bytes = 0;
-    for task in tasks {
-        bytes += task.await;
-    }
+    let until = Rc::new(move |_| start.elapsed() >= duration);
+    let bytes = drive(
+        &logs,
+        &template,
+        inflight,
+        queue,
+        Some(latency.clone()),
+        until,
+    )
+    .await;
     let seconds = start.elapsed().as_secs_f64();
-    let (mut appends, mut fsyncs) = (0, 0);
-    for log in &logs {
+    let (mut appends, mut fsyncs, mut rolled, mut recycled) = (0, 0, 0, 0);
+    for (log, before) in logs.iter().zip(&before) {
         let stats = log.stats();
-        appends += stats.appends;
-        fsyncs += stats.flush_cycles;
+        appends += stats.appends - before.appends;
+        fsyncs += stats.flush_cycles - before.flush_cycles;
+        rolled += stats.segments_rolled - before.segments_rolled;
+        recycled += stats.segments_recycled - before.segments_recycled;
         log.close().await.expect("close");
     }
     let _ = std::fs::remove_dir_all(&root);
     let latency = latency.borrow();
+    let state = match mode {
+        Mode::Fresh => String::new(),
+        Mode::Steady { .. } => {
+            format!(", {mode} ({recycled} of {rolled} rolled segments recycled)")
+        }
+    };
     Measurement {
         name: format!(
-            "engine, {} KiB batches, {partitions} partition(s), {inflight} in flight each",
+            "engine, {} KiB batches, {partitions} partition(s), {inflight} in flight each{state}",
             batch_bytes / 1024
         ),
         bytes,
@@ -232,6 +360,7 @@ pub struct Plan {
     pub inflight_bytes: usize,
     pub raw_block_bytes: usize,
     pub rounds: usize,
+    pub modes: Vec<Mode>,
 }
 
 /// One configuration's results over the rounds.
@@ -258,6 +387,8 @@ pub async fn run(plan: Plan) -> String {
     let mut raw = Series::default();
     let mut likes: Vec<Series> = plan.partitions.iter().map(|_| Series::default()).collect();
     let mut engines: Vec<Series> = Vec::new();
+    // Raw runs just before each engine configuration, the references of its "% of raw".
+    let mut adjacent = Vec::new();
     for round in 0..plan.rounds.max(1) {
         let base = raw_direct(&plan.dir, plan.raw_block_bytes, plan.duration).await;
         raw.mb_per_s.push(base.mb_per_s());
@@ -272,30 +403,46 @@ pub async fn run(plan: Plan) -> String {
             series.last = Some(m);
         }
         let mut i = 0;
+        let mut configurations = Vec::new();
         for &batch in &plan.batch_bytes {
             for (p, &parts) in plan.partitions.iter().enumerate() {
-                let inflight = (plan.inflight_bytes / batch).clamp(1, 512);
-                let m = engine_append(&plan.dir, batch, parts, inflight, plan.duration).await;
-                if round == 0 {
-                    engines.push(Series {
-                        name: m.name.clone(),
-                        ..Default::default()
-                    });
+                for &mode in &plan.modes {
+                    configurations.push((batch, p, parts, mode));
                 }
-                let series = &mut engines[i];
-                series.mb_per_s.push(m.mb_per_s());
-                series.versus_raw.push(m.mb_per_s() / base.mb_per_s());
-                series.versus_like.push(m.mb_per_s() / like_now[p]);
-                series.last = Some(m);
-                i += 1;
             }
+        }
+        for (batch, p, parts, mode) in configurations {
+            // The disk's bandwidth swings by a factor of two within seconds here, so each
+            // configuration is compared with a raw run just before it.
+            let base = raw_direct(&plan.dir, plan.raw_block_bytes, plan.duration).await;
+            adjacent.push(base.mb_per_s());
+            let inflight = (plan.inflight_bytes / batch).clamp(1, 512);
+            let m = engine_append(&plan.dir, batch, parts, inflight, plan.duration, mode).await;
+            if round == 0 {
+                engines.push(Series {
+                    name: m.name.clone(),
+                    ..Default::default()
+                });
+            }
+            let series = &mut engines[i];
+            series.mb_per_s.push(m.mb_per_s());
+            series.versus_raw.push(m.mb_per_s() / base.mb_per_s());
+            series.versus_like.push(m.mb_per_s() / like_now[p]);
+            series.last = Some(m);
+            i += 1;
         }
     }
     let mut out = String::new();
     out.push_str(&format!(
-        "{} round(s) of {} s per configuration; medians of per-round values.\n\n",
+        "{} round(s) of {} s per configuration; medians of per-round values. Each engine \
+         row's % of raw is against a raw run just before it ({} such runs: {:.0} to {:.0} \
+         MB/s, median {:.0}); the raw row is the run at the start of each round.\n\n",
         plan.rounds.max(1),
-        plan.duration.as_secs()
+        plan.duration.as_secs(),
+        adjacent.len(),
+        adjacent.iter().copied().fold(f64::INFINITY, f64::min),
+        adjacent.iter().copied().fold(0.0, f64::max),
+        median(&adjacent),
     ));
     out.push_str("| configuration | MB/s (median) | MB/s per round | % of raw | % of raw like the engine | appends/fsync | p50 µs | p99 µs |\n");
     out.push_str("|---|---:|---|---:|---:|---:|---:|---:|\n");

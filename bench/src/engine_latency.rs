@@ -21,7 +21,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use glommio::{Latency, Shares};
 use hdrhistogram::Histogram;
 use spate_engine::{
     AckPolicy, LeaderEpoch, PartitionConfig, PartitionLog, ShardId, ShardResources, TopicPartition,
@@ -110,14 +109,7 @@ async fn raw(dir: &Path, plan: &Plan, interval: Duration) -> Side {
 
 /// The engine: one partition, one append task per due batch.
 async fn engine(dir: &Path, plan: &Plan, interval: Duration) -> Side {
-    let executor = glommio::executor();
-    let appends = executor.create_task_queue(
-        Shares::Static(1000),
-        Latency::Matters(Duration::from_millis(2)),
-        "latency",
-    );
-    let background =
-        executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "background");
+    let (appends, background) = spate_engine::shard::task_queues();
     let root = dir.join("engine-latency");
     std::fs::create_dir_all(&root).expect("bench dir");
     let shard = ShardResources::new(ShardId(0), Some(background));

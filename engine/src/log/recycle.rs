@@ -109,14 +109,20 @@ impl Inner {
             path,
             held: Some((segment.file, segment.reader)),
         };
-        let mut st = self.state.borrow_mut();
         // Another pass may have filled the pool while this one renamed.
-        if st.free.len() < RECYCLED_SEGMENTS_MAX {
-            st.free.push(free);
-            return Ok(());
+        let overflow = {
+            let mut st = self.state.borrow_mut();
+            if st.free.len() < RECYCLED_SEGMENTS_MAX {
+                st.free.push(free);
+                None
+            } else {
+                Some(free.path)
+            }
+        };
+        match overflow {
+            Some(path) => file::remove(&path).await,
+            None => Ok(()),
         }
-        drop(st);
-        file::remove(&free.path).await
     }
 
     /// Takes a free file a segment starting at `base` may be written over: one whose

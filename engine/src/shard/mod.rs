@@ -205,14 +205,7 @@ where
     F: Fn(Shard) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let executor = glommio::executor();
-    let latency = executor.create_task_queue(
-        Shares::Static(1000),
-        Latency::Matters(Duration::from_millis(2)),
-        "latency",
-    );
-    let background =
-        executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "background");
+    let (latency, background) = task_queues();
     reply::install(id.index(), doorbells, latency).await;
     let (senders, receivers) = mesh.connect().await;
     let resources = ShardResources::new(id, Some(background));
@@ -249,6 +242,21 @@ where
     shard.0.stopping.set(true);
     maintenance.cancel().await;
     shard.close_all().await
+}
+
+/// Creates a shard's two task queues on the current executor: *latency* (appends, reads,
+/// mesh requests) and *background* (flushers, sealing, retention, checkpoints). Public so
+/// that benchmarks run the engine as a shard does.
+pub fn task_queues() -> (TaskQueueHandle, TaskQueueHandle) {
+    let executor = glommio::executor();
+    let latency = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_millis(2)),
+        "latency",
+    );
+    let background =
+        executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "background");
+    (latency, background)
 }
 
 /// Periodic background work: retention, cleaning and recovery checkpoints.
