@@ -87,9 +87,13 @@ pub const SEGMENT_PREALLOCATION_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Deleted segment files a partition keeps to write new segments over (`log::recycle`).
 /// In a steady state each roll takes one and the retention pass after it gives one back,
-/// so two cover a pass that comes late. They take disk space beyond `retention.bytes`:
-/// at most this many segments per partition.
+/// so two cover a pass that comes late.
 pub const RECYCLED_SEGMENTS_MAX: usize = 2;
+
+/// Disk space the free files of one shard's partitions may take together, beyond what
+/// `retention.bytes` keeps: retention on a shard with many partitions must still free
+/// the disk. Four default-size (1 GiB) segments; past it, deleted files are unlinked.
+pub const SHARD_RECYCLED_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
 /// Most records a compressed batch may claim per byte of its compressed records. The
 /// record count of an uncompressed batch is checked exactly by walking its records; a

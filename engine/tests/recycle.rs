@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use spate_engine::{AckPolicy, Offset, PartitionConfig, ReadChunk, Timestamp};
+use spate_engine::{AckPolicy, Offset, PartitionConfig, PartitionLog, ReadChunk, Timestamp};
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
 
@@ -24,6 +24,18 @@ fn partition_dir(root: &Path) -> PathBuf {
 }
 
 /// The free files in a partition's directory, by name.
+/// The bytes of the free files in a partition's directory.
+fn free_bytes(root: &Path) -> u64 {
+    free_files(root)
+        .iter()
+        .map(|n| {
+            std::fs::metadata(partition_dir(root).join(n))
+                .unwrap()
+                .len()
+        })
+        .sum()
+}
+
 fn free_files(root: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(partition_dir(root))
         .unwrap()
@@ -62,12 +74,16 @@ fn deleted_segments_are_written_over_and_read_back_right_also_after_a_restart() 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     run(async move {
-        let log = create(&root, config()).await;
+        let shard = shard0();
+        let log = PartitionLog::create(&root, tp(), config(), shard.clone())
+            .await
+            .unwrap();
         let mut stored = fill(&log, 40).await;
         let deleted = log.apply_retention(Timestamp(2_000)).await.unwrap();
         assert!(deleted.segments_deleted >= 2, "{deleted:?}");
         let free = free_files(&root);
         assert_eq!(free.len(), 2, "the pool keeps at most two files: {free:?}");
+        assert_eq!(shard.recycled_bytes.get(), free_bytes(&root));
         // Each free file is named by the end of the offsets it held, all below the log start.
         for name in &free {
             let end: i64 = name.trim_end_matches(".free").parse().unwrap();
@@ -77,6 +93,11 @@ fn deleted_segments_are_written_over_and_read_back_right_also_after_a_restart() 
         let stats = log.stats();
         assert!(stats.segments_recycled >= 2, "{stats:?}");
         assert!(free_files(&root).is_empty());
+        assert_eq!(
+            shard.recycled_bytes.get(),
+            0,
+            "a reused file leaves the budget"
+        );
         let start = log.offsets().log_start;
         assert_eq!(read_all(&log, start).await, kept(&stored, start));
         // Keep going through several rounds of retention and recycling.
@@ -91,13 +112,22 @@ fn deleted_segments_are_written_over_and_read_back_right_also_after_a_restart() 
         log.apply_retention(Timestamp(2_000)).await.unwrap();
         let free_before = free_files(&root);
         assert!(!free_before.is_empty());
+        assert_eq!(shard.recycled_bytes.get(), free_bytes(&root));
         let offsets = log.offsets();
         log.close().await.unwrap();
+        assert_eq!(
+            shard.recycled_bytes.get(),
+            0,
+            "a closed log's files leave the budget"
+        );
 
         // A clean restart keeps the free files and reuses them.
-        let log = reopen(&root).await.unwrap();
+        let log = PartitionLog::open(partition_dir(&root), shard.clone())
+            .await
+            .unwrap();
         assert_eq!(log.offsets(), offsets);
         assert_eq!(free_files(&root), free_before);
+        assert_eq!(shard.recycled_bytes.get(), free_bytes(&root));
         assert_eq!(
             read_all(&log, offsets.log_start).await,
             kept(&stored, offsets.log_start)
@@ -232,5 +262,33 @@ fn free_files_that_could_hold_live_offsets_are_deleted_at_startup() {
         assert_eq!(free_files(&root), kept_before);
         assert_eq!(log.offsets(), offsets);
         log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn past_the_shard_budget_retention_unlinks_deleted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let shard = shard0();
+        // Other partitions of the shard already keep nearly all the budget.
+        let others = spate_engine::limits::SHARD_RECYCLED_BYTES_MAX - 1000;
+        shard.recycled_bytes.set(others);
+        let log = PartitionLog::create(&root, tp(), config(), shard.clone())
+            .await
+            .unwrap();
+        fill(&log, 40).await;
+        let deleted = log.apply_retention(Timestamp(2_000)).await.unwrap();
+        assert!(deleted.segments_deleted >= 2, "{deleted:?}");
+        assert!(free_files(&root).is_empty(), "{:?}", free_files(&root));
+        assert_eq!(shard.recycled_bytes.get(), others);
+        // With room again, the next deleted segments are kept.
+        shard.recycled_bytes.set(0);
+        fill(&log, 20).await;
+        log.apply_retention(Timestamp(2_000)).await.unwrap();
+        assert!(!free_files(&root).is_empty());
+        assert_eq!(shard.recycled_bytes.get(), free_bytes(&root));
+        log.close().await.unwrap();
+        assert_eq!(shard.recycled_bytes.get(), 0);
     });
 }

@@ -63,6 +63,9 @@ pub struct ShardResources {
     /// Whether retention keeps deleted segment files for new segments to write over (see
     /// `recycle`). On by default; benchmarks turn it off to measure what it gains.
     pub recycle_segments: Cell<bool>,
+    /// Bytes of the free files the shard's open partitions keep, at most
+    /// `SHARD_RECYCLED_BYTES_MAX`.
+    pub recycled_bytes: Cell<u64>,
 }
 
 impl ShardResources {
@@ -73,6 +76,7 @@ impl ShardResources {
             cache_bytes: Rc::new(Cell::new(0)),
             background,
             recycle_segments: Cell::new(true),
+            recycled_bytes: Cell::new(0),
         })
     }
 }
@@ -171,6 +175,8 @@ pub(crate) struct LogState {
     dir_dirty: bool,
     /// Deleted segments' files kept to be written over; at most `RECYCLED_SEGMENTS_MAX`.
     free: Vec<recycle::FreeFile>,
+    /// Files a retention pass is renaming into `free`.
+    free_reserved: usize,
     failed: Option<String>,
     closing: bool,
     cache: TailCache,

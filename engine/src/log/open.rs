@@ -46,7 +46,9 @@ pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 #[derive(Debug)]
 struct Recovered {
     segments: BTreeMap<Offset, Segment>,
-    free: Vec<recycle::FreeFile>,
+    /// Free files found, with the end offsets their names give; adopted once the log is
+    /// open (see `recycle`).
+    free: Vec<(Offset, PathBuf)>,
     checkpoint: RecoveryCheckpoint,
     producers: ProducerStates,
 }
@@ -140,7 +142,8 @@ impl PartitionLog {
                     .into(),
             })?;
         let tp = TopicPartition::new(&meta.topic, meta.partition);
-        let recovered = recover(&dir, &meta).await?;
+        let mut recovered = recover(&dir, &meta).await?;
+        let free = std::mem::take(&mut recovered.free);
         if meta.shard != shard.shard {
             tracing::info!(partition = %tp, from = meta.shard.0, to = shard.shard.0, "partition placed on a new shard");
             let moved = PartitionMeta {
@@ -156,6 +159,10 @@ impl PartitionLog {
         }
         let log = PartitionLog::assemble(tp, dir, meta, recovered, shard);
         if let Err(e) = log.write_checkpoint(false).await {
+            log.stop().await;
+            return Err(e);
+        }
+        if let Err(e) = log.0.adopt(free).await {
             log.stop().await;
             return Err(e);
         }
@@ -197,7 +204,8 @@ impl PartitionLog {
             durable_waiters: VecDeque::new(),
             progress_waiters: Vec::new(),
             dir_dirty: false,
-            free: recovered.free,
+            free: Vec::new(),
+            free_reserved: 0,
             failed: None,
             closing: false,
             cache: TailCache::new(shard.cache_bytes.clone()),
@@ -322,6 +330,7 @@ impl PartitionLog {
         if let Some(handle) = retention {
             handle.await;
         }
+        inner.forget_free();
         inner.gate.close();
         let mut st = inner.state.borrow_mut();
         for (_, tx) in st.durable_waiters.drain(..) {
@@ -498,7 +507,6 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
     if listed.is_empty() {
         let base = checkpoint.log_start;
         segments.insert(base, Segment::create(dir, base, interval).await?);
-        let free = recycle::adopt(free, base).await?;
         file::sync_dir(dir).await?;
         return Ok(Recovered {
             segments,
@@ -604,8 +612,6 @@ async fn recover(dir: &Path, meta: &PartitionMeta) -> Result<Recovered> {
         active.base_offset,
     )
     .await?;
-    let first = *segments.keys().next().expect("at least one segment");
-    let free = recycle::adopt(free, first).await?;
     Ok(Recovered {
         segments,
         free,

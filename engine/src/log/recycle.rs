@@ -19,6 +19,9 @@
 //!   the deleted segment may still be sending from it, and must not see new bytes.
 //! - A sealed segment, and the active one at a clean shutdown, is truncated to its data as
 //!   always, so only the active segment after a crash ever has old bytes past its end.
+//! - At most `RECYCLED_SEGMENTS_MAX` free files per partition, and at most
+//!   `SHARD_RECYCLED_BYTES_MAX` bytes of them per shard (`ShardResources::recycled_bytes`
+//!   counts those of open partitions), so retention still frees the disk.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -26,10 +29,10 @@ use std::sync::Arc;
 
 use glommio::io::DmaFile;
 
-use super::{Inner, PartitionLog};
+use super::{Inner, PartitionLog, ShardResources};
 use crate::error::{EngineError, Result};
 use crate::file;
-use crate::limits::{RECYCLED_SEGMENTS_MAX, SEGMENT_BASE_LIMIT};
+use crate::limits::{RECYCLED_SEGMENTS_MAX, SEGMENT_BASE_LIMIT, SHARD_RECYCLED_BYTES_MAX};
 use crate::segment::Segment;
 use crate::types::{Offset, Timestamp};
 
@@ -42,6 +45,8 @@ pub(crate) struct FreeFile {
     /// One past the last offset the file held.
     end: Offset,
     path: PathBuf,
+    /// The file's size, counted in the shard's `recycled_bytes`.
+    bytes: u64,
     /// The deleted segment's descriptors, which reads in flight may still share. `None`
     /// for a file found at startup.
     held: Option<(Rc<DmaFile>, Arc<std::fs::File>)>,
@@ -66,62 +71,112 @@ pub(crate) fn parse_free_name(name: &str) -> Option<Offset> {
     (stem.len() == 20 && (0..=SEGMENT_BASE_LIMIT).contains(&end)).then_some(Offset(end))
 }
 
-/// Free files found at startup: kept if every offset they held lies below `log_first`,
-/// the base of the first recovered segment, up to the pool's bound; the rest deleted.
-pub(super) async fn adopt(
-    mut found: Vec<(Offset, PathBuf)>,
-    log_first: Offset,
-) -> Result<Vec<FreeFile>> {
-    found.sort();
-    let mut kept = Vec::new();
-    // The newest first: they are the likeliest to be as large as a full segment.
-    for (end, path) in found.into_iter().rev() {
-        if end <= log_first && kept.len() < RECYCLED_SEGMENTS_MAX {
-            kept.push(FreeFile {
-                end,
-                path,
-                held: None,
-            });
-        } else {
-            tracing::info!(file = %path.display(), "deleting a free segment file");
-            file::remove(&path).await?;
-        }
+/// Counts `bytes` more of free files on `shard`, if its budget allows.
+fn reserve(shard: &ShardResources, bytes: u64) -> bool {
+    let total = shard.recycled_bytes.get() + bytes;
+    let fits = total <= SHARD_RECYCLED_BYTES_MAX;
+    if fits {
+        shard.recycled_bytes.set(total);
     }
-    Ok(kept)
+    fits
+}
+
+/// Stops counting `bytes` of free files on `shard`.
+fn release(shard: &ShardResources, bytes: u64) {
+    let held = shard.recycled_bytes.get();
+    assert!(held >= bytes, "free-file bytes released more than once");
+    shard.recycled_bytes.set(held - bytes);
 }
 
 impl Inner {
+    /// Takes in the free files found when the log was opened: each is kept if every
+    /// offset it held lies below the log's first segment, within the pool's bounds; the
+    /// rest are deleted.
+    pub(super) async fn adopt(&self, mut found: Vec<(Offset, PathBuf)>) -> Result<()> {
+        let first = *self
+            .state
+            .borrow()
+            .segments
+            .keys()
+            .next()
+            .expect("a log has a segment");
+        // The newest first: they are the likeliest to be as large as a full segment.
+        found.sort();
+        for (end, path) in found.into_iter().rev() {
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| EngineError::io("stat", &path, e))?
+                .len();
+            let kept = {
+                let mut st = self.state.borrow_mut();
+                let keep = end <= first
+                    && st.free.len() < RECYCLED_SEGMENTS_MAX
+                    && reserve(&self.shard, bytes);
+                if keep {
+                    st.free.push(FreeFile {
+                        end,
+                        path: path.clone(),
+                        bytes,
+                        held: None,
+                    });
+                }
+                keep
+            };
+            if kept {
+                continue;
+            }
+            tracing::info!(file = %path.display(), "deleting a free segment file");
+            file::remove(&path).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes a segment that retention dropped, keeping its `.log` as a free file when
     /// the pool has room. The caller syncs the directory.
     pub(super) async fn retire(&self, segment: Segment) -> Result<()> {
         let [log, index, timeindex] = segment.paths(&self.dir);
         file::remove(&index).await?;
         file::remove(&timeindex).await?;
-        let room = self.state.borrow().free.len() < RECYCLED_SEGMENTS_MAX;
-        if !room || segment.size == 0 || !self.shard.recycle_segments.get() {
+        assert!(segment.sealed, "only sealed segments are retired");
+        let keep = {
+            let mut st = self.state.borrow_mut();
+            // Reserved before the rename, so a concurrent pass sees the pool as full.
+            let keep = self.shard.recycle_segments.get()
+                && segment.size > 0
+                && st.free.len() + st.free_reserved < RECYCLED_SEGMENTS_MAX
+                && reserve(&self.shard, segment.size);
+            if keep {
+                st.free_reserved += 1;
+            }
+            keep
+        };
+        if !keep {
             return file::remove(&log).await;
         }
-        assert!(segment.sealed, "only sealed segments are retired");
         let path = free_path(&self.dir, segment.next_offset);
-        std::fs::rename(&log, &path).map_err(|e| EngineError::io("rename", &log, e))?;
-        let free = FreeFile {
+        let renamed = std::fs::rename(&log, &path).map_err(|e| EngineError::io("rename", &log, e));
+        let mut st = self.state.borrow_mut();
+        st.free_reserved -= 1;
+        // A log that closed meanwhile has forgotten its pool: the file stays on disk for
+        // the next open to adopt.
+        if renamed.is_err() || st.closing {
+            release(&self.shard, segment.size);
+            return renamed;
+        }
+        st.free.push(FreeFile {
             end: segment.next_offset,
             path,
+            bytes: segment.size,
             held: Some((segment.file, segment.reader)),
-        };
-        // Another pass may have filled the pool while this one renamed.
-        let overflow = {
-            let mut st = self.state.borrow_mut();
-            if st.free.len() < RECYCLED_SEGMENTS_MAX {
-                st.free.push(free);
-                None
-            } else {
-                Some(free.path)
-            }
-        };
-        match overflow {
-            Some(path) => file::remove(&path).await,
-            None => Ok(()),
+        });
+        Ok(())
+    }
+
+    /// Forgets the pool when the partition closes: its files stay on disk for the next
+    /// open to adopt, and no longer count in the shard's budget.
+    pub(super) fn forget_free(&self) {
+        let free = std::mem::take(&mut self.state.borrow_mut().free);
+        for f in free {
+            release(&self.shard, f.bytes);
         }
     }
 
@@ -132,6 +187,7 @@ impl Inner {
         let i = st.free.iter().position(|f| f.end <= base && !f.in_use())?;
         let free = st.free.swap_remove(i);
         st.stats.segments_recycled += 1;
+        release(&self.shard, free.bytes);
         Some(free.path)
     }
 
