@@ -295,8 +295,14 @@ fn a_changed_segment_size_rolls_segments_and_configs_survive_restart() {
         edit(&mut c, 1, "roll", &[("segment.bytes", 0, Some("1024"))]),
         0
     );
+    // Current timestamps: a sealed segment whose records are older than retention.ms is
+    // deleted by the retention pass that follows its roll.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     for i in 0..8 {
-        let records = Bytes::from(batch::encode_test_batch(2, 200, i));
+        let records = Bytes::from(batch::encode_test_batch(2, 200, now + i));
         assert_eq!(
             produce(&mut c, 9, -1, "roll", 0, records).responses[0].partition_responses[0]
                 .error_code,
