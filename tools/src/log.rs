@@ -70,6 +70,9 @@ struct Walked {
     batches: Vec<(usize, BatchHeader, bool)>,
     /// Zero bytes after the last batch (the O_DIRECT tail of an active segment).
     padding: usize,
+    /// Bytes after the last batch starting with a batch of a lower offset: the old
+    /// batches of a recycled segment file, past the active segment's end.
+    stale: usize,
     /// Why the walk stopped before the end, if it did.
     error: Option<String>,
 }
@@ -84,6 +87,7 @@ fn walk(bytes: &[u8]) -> Walked {
             return Walked {
                 batches,
                 padding: rest.len(),
+                stale: 0,
                 error: None,
             };
         }
@@ -95,6 +99,7 @@ fn walk(bytes: &[u8]) -> Walked {
             return Walked {
                 batches,
                 padding: 0,
+                stale: 0,
                 error: Some(error),
             };
         }
@@ -109,6 +114,7 @@ fn walk(bytes: &[u8]) -> Walked {
                 return Walked {
                     batches,
                     padding: 0,
+                    stale: 0,
                     error: Some(error),
                 };
             }
@@ -116,10 +122,22 @@ fn walk(bytes: &[u8]) -> Walked {
                 return Walked {
                     batches,
                     padding: 0,
+                    stale: 0,
                     error: Some(format!("at position {position}: {e}")),
                 }
             }
         };
+        let expected = batches
+            .last()
+            .map(|(_, h, _): &(usize, BatchHeader, bool)| h.last_offset().next());
+        if expected.is_some_and(|next| header.base_offset < next) {
+            return Walked {
+                batches,
+                padding: 0,
+                stale: rest.len(),
+                error: None,
+            };
+        }
         let crc_valid = verify_stored(&rest[..header.size]).is_ok();
         batches.push((position, header, crc_valid));
         position += header.size;
@@ -127,6 +145,7 @@ fn walk(bytes: &[u8]) -> Walked {
     Walked {
         batches,
         padding: 0,
+        stale: 0,
         error: None,
     }
 }
@@ -203,7 +222,8 @@ fn dump_log(args: &DumpArgs, file: &str, bytes: &[u8]) -> Result<(), String> {
     }
     match args.format {
         Format::Json => print_json(
-            &json!({"file": file, "batches": batches, "padding_bytes": walked.padding, "error": walked.error}),
+            &json!({"file": file, "batches": batches, "padding_bytes": walked.padding,
+                "stale_bytes": walked.stale, "error": walked.error}),
         ),
         Format::Text => {
             say(format!("dumping {file}"));
@@ -225,6 +245,12 @@ fn dump_log(args: &DumpArgs, file: &str, bytes: &[u8]) -> Result<(), String> {
                 say(format!(
                     "{} bytes of zero padding after the last batch",
                     walked.padding
+                ));
+            }
+            if walked.stale > 0 {
+                say(format!(
+                    "{} bytes after the last batch start with an older offset: old batches of a recycled segment file, not part of the log",
+                    walked.stale
                 ));
             }
         }
@@ -317,7 +343,7 @@ fn verify(args: &VerifyArgs) -> Result<(), String> {
     let (mut segment_count, mut batch_count) = (0, 0);
     for partition in segments(&args.dir)? {
         let mut next: Option<i64> = None;
-        for path in &partition {
+        for (i, path) in partition.iter().enumerate() {
             segment_count += 1;
             let name = path.display().to_string();
             let bytes = read(path)?;
@@ -354,6 +380,14 @@ fn verify(args: &VerifyArgs) -> Result<(), String> {
             if let Some(e) = walked.error {
                 problems.push(format!("{name}: {e}"));
             }
+            // Only the active (last) segment of a broker that stopped uncleanly may end in
+            // a recycled file's old batches; a sealed segment is trimmed to its data.
+            if walked.stale > 0 && i + 1 < partition.len() {
+                problems.push(format!(
+                    "{name}: {} bytes after the last batch start with an older offset",
+                    walked.stale
+                ));
+            }
         }
     }
     match args.format {
@@ -378,5 +412,37 @@ fn verify(args: &VerifyArgs) -> Result<(), String> {
             args.dir.display(),
             problems.len()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_engine::batch::{encode_test_batch, patch};
+    use spate_engine::{LeaderEpoch, Offset};
+
+    fn stored(base: i64, count: i32) -> Vec<u8> {
+        let mut b = bytes::BytesMut::from(&encode_test_batch(count, 50, 0)[..]);
+        patch(&mut b, Offset(base), LeaderEpoch(0));
+        b.to_vec()
+    }
+
+    #[test]
+    fn a_walk_stops_at_a_recycled_files_older_batches_and_counts_them_apart() {
+        let mut file = [stored(100, 2), stored(102, 3)].concat();
+        let old = [stored(40, 2), stored(42, 2)].concat();
+        file.extend_from_slice(&old);
+        let walked = walk(&file);
+        assert_eq!(walked.batches.len(), 2);
+        assert_eq!(walked.stale, old.len());
+        assert_eq!((walked.padding, walked.error), (0, None));
+
+        // Zero padding and damage are reported as before.
+        let mut padded = stored(0, 1);
+        padded.extend_from_slice(&[0; 100]);
+        assert_eq!(walk(&padded).padding, 100);
+        let mut torn = stored(0, 1);
+        torn.extend_from_slice(&stored(1, 1)[..30]);
+        assert!(walk(&torn).error.is_some());
     }
 }
