@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use spate_engine::{AckPolicy, Offset, PartitionConfig, PartitionLog, ReadChunk, Timestamp};
+use spate_engine::{AckPolicy, Offset, PartitionConfig, ReadChunk, Timestamp};
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
 
@@ -75,9 +75,7 @@ fn deleted_segments_are_written_over_and_read_back_right_also_after_a_restart() 
     let root = dir.path().to_path_buf();
     run(async move {
         let shard = shard0();
-        let log = PartitionLog::create(&root, tp(), config(), shard.clone())
-            .await
-            .unwrap();
+        let log = create_on(&root, config(), shard.clone()).await;
         let mut stored = fill(&log, 40).await;
         let deleted = log.apply_retention(Timestamp(2_000)).await.unwrap();
         assert!(deleted.segments_deleted >= 2, "{deleted:?}");
@@ -122,9 +120,7 @@ fn deleted_segments_are_written_over_and_read_back_right_also_after_a_restart() 
         );
 
         // A clean restart keeps the free files and reuses them.
-        let log = PartitionLog::open(partition_dir(&root), shard.clone())
-            .await
-            .unwrap();
+        let log = reopen_on(&root, shard.clone()).await.unwrap();
         assert_eq!(log.offsets(), offsets);
         assert_eq!(free_files(&root), free_before);
         assert_eq!(shard.recycled_bytes.get(), free_bytes(&root));
@@ -274,9 +270,7 @@ fn past_the_shard_budget_retention_unlinks_deleted_files() {
         // Other partitions of the shard already keep nearly all the budget.
         let others = spate_engine::limits::SHARD_RECYCLED_BYTES_MAX - 1000;
         shard.recycled_bytes.set(others);
-        let log = PartitionLog::create(&root, tp(), config(), shard.clone())
-            .await
-            .unwrap();
+        let log = create_on(&root, config(), shard.clone()).await;
         fill(&log, 40).await;
         let deleted = log.apply_retention(Timestamp(2_000)).await.unwrap();
         assert!(deleted.segments_deleted >= 2, "{deleted:?}");

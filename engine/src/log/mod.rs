@@ -552,11 +552,13 @@ impl Inner {
             &crate::meta::encode(crate::meta::FileKind::ProducerSnapshot, &producers),
         )
         .await?;
-        let segment = match self.take_free(base) {
+        let free = self.take_free(base);
+        let recycled = free.is_some();
+        let segment = match free {
             Some(free) => Segment::reuse(&self.dir, base, interval, &free).await?,
             None => Segment::create(&self.dir, base, interval).await?,
         };
-        tracing::debug!(partition = %self.tp, base_offset = base.0, recycled = segment.allocated > 0, "rolled a new segment");
+        tracing::debug!(partition = %self.tp, base_offset = base.0, recycled, "rolled a new segment");
         let mut st = self.state.borrow_mut();
         assert!(
             st.segments.insert(base, segment).is_none(),

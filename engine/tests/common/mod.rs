@@ -29,13 +29,30 @@ pub fn tp() -> TopicPartition {
 }
 
 pub async fn create(root: &Path, config: PartitionConfig) -> PartitionLog {
-    PartitionLog::create(root, tp(), config, shard0())
+    create_on(root, config, shard0()).await
+}
+
+/// `create`, on the given shard resources (to watch what the shard counts).
+pub async fn create_on(
+    root: &Path,
+    config: PartitionConfig,
+    shard: Rc<ShardResources>,
+) -> PartitionLog {
+    PartitionLog::create(root, tp(), config, shard)
         .await
         .expect("create")
 }
 
 pub async fn reopen(root: &Path) -> spate_engine::Result<PartitionLog> {
-    PartitionLog::open(root.join(tp().dir_name()), shard0()).await
+    reopen_on(root, shard0()).await
+}
+
+/// `reopen`, on the given shard resources.
+pub async fn reopen_on(
+    root: &Path,
+    shard: Rc<ShardResources>,
+) -> spate_engine::Result<PartitionLog> {
+    PartitionLog::open(root.join(tp().dir_name()), shard).await
 }
 
 pub fn batch(count: i32, value_bytes: usize, ts: i64) -> BytesMut {
